@@ -1,0 +1,1 @@
+"""Audio features and avatar generation; knows nothing about WebRTC or HTTP."""

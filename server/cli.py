@@ -1,0 +1,43 @@
+"""The ``avatar`` command: one entry point, one module per subcommand (server/commands/)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module in server.commands exposing add_arguments(parser) and run(args) -> int
+SUBCOMMANDS = {
+    "serve": ("serve", "run the live avatar server (WebRTC, WHIP, HTTP API)"),
+    "generate": ("generate", "render a talking-portrait video offline from an image and an audio file"),
+    "bench": ("bench", "run reproducible benchmarks and write JSON results under bench/results/"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar", description="Live Avatar Server")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(f"server.commands.{module_name}")
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=getattr(module, "DESCRIPTION", help_text),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
