@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 BENCHMARKS = {
     "lite": "lite engine: fps and CPU-seconds per second of video, 1 and 4 sessions",
@@ -15,7 +16,11 @@ BENCHMARKS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
+    selected = next((a for a in sys.argv[2:] if not a.startswith("-")), None)
     for name, help_text in BENCHMARKS.items():
+        if name != selected:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(f"bench.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
