@@ -1,0 +1,118 @@
+"""The browser client (client_demo/) against the real server, in headless Chromium with a fake microphone.
+
+Checks what a user sees: the page connects, the avatar video plays at the server's size and frame
+rate, the overlay shows a measured first-frame latency, errors from the server are shown clearly,
+and Disconnect ends the session on the server.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CONNECT_TIMEOUT_MS = 45_000
+MEASURE_WINDOW_S = 4.0
+MIN_FRAMES_IN_WINDOW = 25  # ~6 fps: proves steady decoding on a loaded 2-core CI box, not real-time
+
+
+def _frames(page) -> dict:
+    return page.evaluate(
+        """() => {
+            const v = document.getElementById('video');
+            const q = v.getVideoPlaybackQuality();
+            return {presented: window.avatarClient.framesPresented, total: q.totalVideoFrames,
+                    width: v.videoWidth, height: v.videoHeight, t: performance.now()};
+        }"""
+    )
+
+
+def _connect(page, server_url: str) -> None:
+    page.goto(server_url + "/")
+    page.click("#connect")
+    page.wait_for_function(
+        "() => window.avatarClient.connected && window.avatarClient.framesPresented > 0",
+        timeout=CONNECT_TIMEOUT_MS,
+    )
+
+
+def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, http, tmp_path):
+    page = chromium_page
+    _connect(page, server_url)
+    session_id = page.evaluate("window.avatarClient.sessionId")
+    assert session_id, "the page did not keep the session id from /offer"
+
+    before = _frames(page)
+    page.wait_for_timeout(MEASURE_WINDOW_S * 1000)
+    after = _frames(page)
+    decoded = after["total"] - before["total"]
+    assert decoded >= MIN_FRAMES_IN_WINDOW, (
+        f"only {decoded} video frames in {MEASURE_WINDOW_S} s; console: {page.console_log[-10:]}"
+    )
+    assert after["presented"] > before["presented"], "requestVideoFrameCallback saw no new frames"
+
+    status, stats = http("GET", f"{server_url}/sessions/{session_id}/stats")
+    assert status == 200, stats
+    width, height = _server_frame_size(stats)
+    assert (after["width"], after["height"]) == (width, height)
+
+    # The overlay refreshes once a second from the server's stats; the first-frame latency must be
+    # the server's measured number (not the page's own fallback, which is marked "(page)").
+    page.wait_for_function(
+        "() => /^\\d+ ms$/.test(document.getElementById('stat-first-frame').textContent.trim())",
+        timeout=5000,
+    )
+    shown = page.text_content("#stat-first-frame").strip()
+    assert 0 < int(shown.split()[0]) < 10_000
+    fps_text = page.text_content("#stat-fps")
+    assert re.match(r"^\d+(\.\d)? / \d+(\.\d)?$", fps_text.strip()), fps_text
+    assert page.get_attribute("#state", "data-state") == "live"
+    assert page.is_visible("#error") is False
+
+    page.screenshot(path=str(tmp_path / "streaming.png"))
+
+    page.click("#interrupt")
+    page.wait_for_timeout(500)
+    assert page.is_visible("#error") is False, page.text_content("#error-text")
+
+    page.click("#disconnect")
+    page.wait_for_function("() => document.getElementById('state').dataset.state === 'idle'", timeout=5000)
+    # The DELETE is sent right after the local teardown; give the server a moment to drop it.
+    for _ in range(20):
+        status, _ = http("GET", f"{server_url}/sessions/{session_id}/stats")
+        if status == 404:
+            break
+        page.wait_for_timeout(100)
+    assert status == 404, "the server still knows the session after Disconnect"
+
+
+def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url):
+    page = chromium_page
+    page.goto(server_url + "/")
+    page.evaluate(
+        """() => {
+            const select = document.getElementById('avatar-select');
+            select.add(new Option('missing', 'no-such-avatar'));
+            select.value = 'no-such-avatar';
+        }"""
+    )
+    page.click("#connect")
+    page.wait_for_selector("#error:not([hidden])", timeout=CONNECT_TIMEOUT_MS)
+    text = page.text_content("#error-text")
+    assert re.search(r"\(4\d\d\)", text), text  # status code shown, with the server's message
+    assert "no-such-avatar" in text or "avatar" in text.lower(), text
+    assert page.get_attribute("#state", "data-state") == "idle"
+    assert page.is_enabled("#connect") and not page.is_enabled("#disconnect")
+
+
+def _server_frame_size(stats: dict) -> tuple[int, int]:
+    """(width, height) of the session's video as the server reports it."""
+    for key in ("size", "frame_size", "video_size"):
+        value = stats.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return int(value[0]), int(value[1])
+    if "width" in stats and "height" in stats:
+        return int(stats["width"]), int(stats["height"])
+    raise AssertionError(f"the stats endpoint does not report the frame size: {sorted(stats)}")
