@@ -87,7 +87,13 @@ def http():
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory) -> str:
-    """`avatar serve` with the default (lite) engine on a free loopback port; stopped after the module."""
+    """`avatar serve` with the default (lite) engine on a free loopback port; stopped after the module.
+
+    AVATAR_TEST_SERVER_URL points the tests at a server that is already running instead.
+    """
+    if os.environ.get("AVATAR_TEST_SERVER_URL"):
+        yield os.environ["AVATAR_TEST_SERVER_URL"].rstrip("/")
+        return
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = open(log_path, "wb")
