@@ -1,0 +1,185 @@
+"""Wan2.1 VAE for the liveavatar engine: normalised encoding and streaming ("online") decoding.
+
+Built on diffusers ``AutoencoderKLWan`` (its default config is the Wan2.1 VAE). Two jobs:
+
+* ``WanVaeCodec.encode_portrait`` turns a portrait into the reference latent and the motion latents
+  (spec §3.2 / §6.3): the VAE encoding of ``motion_frames`` (73) copies of the image gives 19 motion
+  latents. The encoder is causal, so latent #1 of that encoding *is* latent #1 of a 5-copy encoding
+  (the reference latent of the single-GPU / live drivers): one encode gives both.
+* ``LatentVideoStream`` decodes one latent frame at a time while keeping the decoder's causal-conv
+  caches between calls (spec §6.2). ``AutoencoderKLWan.decode`` clears its caches on every call and
+  cannot stream, so we drive ``vae.decoder`` directly with a cache list owned by the stream (one per
+  session, so several sessions may share one VAE). Decoding frame by frame with a kept cache is the
+  same computation as ``vae.decode`` of the concatenated latents.
+
+Session start (spec §6.2, §11 item 17): the caches are primed by decoding the first
+``prime_latents`` (7) motion latents and discarding the pixels; then each block's latents are
+decoded with the caches kept, and the first ``drop_first_frames`` (3) frames of the session are
+dropped. Because the live runtime wants exactly ``4·latents`` frames per block, the dropped frames
+may instead be replaced by copies of the first kept frame (``dropped_frames="hold"``): frame k of
+the session then still shows the generated frame k, so audio and video stay aligned (the reference,
+which drops them, puts the video 3 frames ahead of the audio).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan
+
+
+@dataclass(frozen=True)
+class VaeStreamConfig:
+    motion_frames: int = 73  # pixel frames of motion context (19 latents)
+    prime_latents: int = 7  # motion latents decoded at session start to fill the causal caches
+    drop_first_frames: int = 3  # frames of the session's first block that the reference discards
+    dropped_frames: Literal["drop", "hold"] = "hold"  # drop them, or repeat the first kept frame
+    reference_latent: Literal["five_copies", "single_frame"] = "five_copies"  # spec §3.2 item 3
+
+
+@dataclass
+class PortraitLatents:
+    reference: torch.Tensor  # [16, 1, h, w], normalised
+    motion: torch.Tensor  # [16, T_m, h, w], normalised, oldest first
+
+
+def count_causal_convs(module: torch.nn.Module) -> int:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
+
+
+class WanVaeCodec:
+    """Normalised encode/decode around one ``AutoencoderKLWan`` (shared by all sessions of an engine)."""
+
+    def __init__(self, vae: "AutoencoderKLWan", config: VaeStreamConfig | None = None) -> None:
+        self.vae = vae.eval().requires_grad_(False)
+        self.config = config or VaeStreamConfig()
+        param = next(vae.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        z_dim = vae.config.z_dim
+        # The reference keeps mean and 1/std in the VAE dtype (bf16 on GPU); so do we.
+        shape = (z_dim, 1, 1, 1)
+        self._mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(shape).to(self.device, self.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32)
+        self._inv_std = inv_std.view(shape).to(self.device, self.dtype)
+        self.decoder_conv_count = count_causal_convs(vae.decoder)
+        self.temporal_ratio = 2 ** sum(vae.config.temperal_downsample)
+        self.spatial_ratio = 2 ** (len(vae.config.dim_mult) - 1)
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.vae.config.z_dim)
+
+    def normalize(self, mu: torch.Tensor) -> torch.Tensor:
+        return (mu.to(self.dtype) - self._mean) * self._inv_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z.to(self.dtype) / self._inv_std + self._mean
+
+    @torch.inference_mode()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels [3, T, H, W] in [-1, 1] -> normalised latents [16, 1 + (T-1)/4, H/8, W/8] (the mean, no sampling)."""
+        if video.ndim != 4 or video.shape[0] != 3:
+            raise ValueError(f"expected video [3, T, H, W], got {tuple(video.shape)}")
+        x = video.to(self.device, self.dtype).unsqueeze(0)
+        mu = self.vae.encode(x).latent_dist.mode()
+        return self.normalize(mu[0])
+
+    @torch.inference_mode()
+    def encode_portrait(self, image: torch.Tensor) -> PortraitLatents:
+        """image [3, H, W] in [-1, 1] -> reference latent and motion latents (spec §3.2 items 3-4)."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected image [3, H, W], got {tuple(image.shape)}")
+        cfg = self.config
+        copies = image.unsqueeze(1).expand(3, cfg.motion_frames, *image.shape[1:])
+        motion = self.encode(copies)
+        if cfg.reference_latent == "five_copies":
+            # causal encoder: latent #1 of 73 copies equals latent #1 of 5 copies
+            reference = motion[:, 1:2].clone()
+        else:
+            reference = self.encode(image.unsqueeze(1))
+        return PortraitLatents(reference=reference, motion=motion)
+
+    @torch.inference_mode()
+    def decode_clip(self, z: torch.Tensor) -> torch.Tensor:
+        """Whole-clip decode with diffusers' own path (fresh caches): latents [16, T, h, w] -> pixels [3, T', H, W]."""
+        out = self.vae.decode(self.denormalize(z).unsqueeze(0)).sample
+        return out[0]
+
+    def stream(self) -> "LatentVideoStream":
+        return LatentVideoStream(self)
+
+
+class LatentVideoStream:
+    """Streaming decoder for one session: one latent frame per decoder call, causal caches kept."""
+
+    def __init__(self, codec: WanVaeCodec) -> None:
+        self.codec = codec
+        self._cache: list = [None] * codec.decoder_conv_count
+        self._drop_pending = 0
+        self.latents_decoded = 0
+        self.frames_emitted = 0
+        self.frames_dropped = 0
+
+    def reset(self) -> None:
+        self._cache = [None] * self.codec.decoder_conv_count
+        self._drop_pending = 0
+        self.latents_decoded = 0
+        self.frames_emitted = 0
+        self.frames_dropped = 0
+
+    @torch.inference_mode()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [16, n, h, w] -> pixels [3, m, H, W] in [-1, 1], caches kept.
+
+        A fresh cache's first latent yields 1 frame, every later latent ``temporal_ratio`` (4) frames.
+        """
+        if z.ndim != 4 or z.shape[0] != self.codec.z_dim:
+            raise ValueError(f"expected latents [{self.codec.z_dim}, n, h, w], got {tuple(z.shape)}")
+        vae = self.codec.vae
+        x = vae.post_quant_conv(self.codec.denormalize(z.to(self.codec.device)).unsqueeze(0))  # 1x1x1: stateless
+        outs = []
+        for t in range(x.shape[2]):
+            outs.append(vae.decoder(x[:, :, t : t + 1], feat_cache=self._cache, feat_idx=[0]))
+            self.latents_decoded += 1
+        return torch.cat(outs, dim=2)[0].clamp_(-1.0, 1.0)
+
+    def start(self, motion_latents: torch.Tensor) -> None:
+        """Reset the caches, prime them with the first motion latents (pixels discarded), arm the frame drop."""
+        self.reset()
+        prime = self.codec.config.prime_latents
+        if prime > 0:
+            if motion_latents.shape[1] < prime:
+                raise ValueError(f"need at least {prime} motion latents to prime the decoder, got {motion_latents.shape[1]}")
+            self.decode_latents(motion_latents[:, :prime])
+        self._drop_pending = self.codec.config.drop_first_frames
+
+    def decode_block(self, z: torch.Tensor) -> torch.Tensor:
+        """A block's clean latents [16, n, h, w] -> its pixel frames [3, m, H, W] after the start-of-session drop.
+
+        With ``dropped_frames="hold"`` the dropped frames are replaced by copies of the first kept frame, so
+        a block always yields as many frames as were decoded.
+        """
+        frames = self.decode_latents(z)
+        drop = min(self._drop_pending, frames.shape[1] - 1)
+        if drop > 0:
+            self._drop_pending -= drop
+            self.frames_dropped += drop
+            kept = frames[:, drop:]
+            if self.codec.config.dropped_frames == "hold":
+                frames = torch.cat([kept[:, :1].expand(-1, drop, -1, -1), kept], dim=1)
+            else:
+                frames = kept
+        self.frames_emitted += frames.shape[1]
+        return frames
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> "torch.Tensor":
+    """[3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] on the CPU (one rounding, as the reference's video writer)."""
+    x = ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).contiguous().cpu()

@@ -1,0 +1,115 @@
+"""Streaming (online) VAE decode equals whole-clip decode; priming and the dropped-frame rule (spec §6.2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avatar_core.engines.liveavatar.tiny_weights import tiny_vae
+from avatar_core.engines.liveavatar.vae_stream import VaeStreamConfig, WanVaeCodec, to_uint8_frames
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return tiny_vae(seed=3)
+
+
+def _codec(vae, **cfg) -> WanVaeCodec:
+    return WanVaeCodec(vae, VaeStreamConfig(**cfg))
+
+
+@pytest.mark.parametrize("clip_seed", [0, 1, 2])
+def test_stream_decode_equals_whole_clip_decode(vae, clip_seed):
+    codec = _codec(vae, dropped_frames="drop")
+    g = torch.Generator().manual_seed(clip_seed)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(3)]
+    stream = codec.stream()
+    stream.start(motion)
+    streamed = [stream.decode_block(b) for b in blocks]
+
+    whole = codec.decode_clip(torch.cat([motion[:, :7], *blocks], dim=1))
+    # the 7 priming latents decode to 1 + 6*4 = 25 frames; each block then gives 12
+    assert whole.shape[1] == 25 + 12 * len(blocks)
+    expected = whole[:, 25:]
+    got = torch.cat(streamed, dim=1)
+    assert got.shape[1] == 12 * len(blocks) - 3  # the first 3 frames of the session are dropped
+    torch.testing.assert_close(got, expected[:, 3:], atol=1e-5, rtol=1e-5)
+
+
+def test_priming_changes_the_first_block(vae):
+    """The causal caches carry the motion context: an unprimed stream decodes the same latents differently."""
+    codec = _codec(vae, dropped_frames="drop")
+    g = torch.Generator().manual_seed(7)
+    motion, block = torch.randn(16, 19, 4, 6, generator=g), torch.randn(16, 3, 4, 6, generator=g)
+    primed = codec.stream()
+    primed.start(motion)
+    unprimed = codec.stream()
+    cold = unprimed.decode_latents(block)
+    assert cold.shape[1] == 1 + 2 * 4  # a fresh cache's first latent yields a single frame
+    warm = primed.decode_block(block)
+    assert primed.latents_decoded == 7 + 3
+    assert warm.shape[1] == 9 and primed.frames_dropped == 3
+    assert (warm - cold).abs().max() > 1e-3
+
+
+def test_hold_policy_keeps_block_length_and_alignment(vae):
+    g = torch.Generator().manual_seed(11)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(2)]
+    drop, hold = _codec(vae, dropped_frames="drop").stream(), _codec(vae, dropped_frames="hold").stream()
+    drop.start(motion)
+    hold.start(motion)
+    d0, h0 = drop.decode_block(blocks[0]), hold.decode_block(blocks[0])
+    assert h0.shape[1] == 12 and d0.shape[1] == 9
+    # frame k of the session shows generated frame k: the 3 dropped frames are held copies of frame 3
+    torch.testing.assert_close(h0[:, 3:], d0)
+    for k in range(3):
+        torch.testing.assert_close(h0[:, k], d0[:, 0])
+    # later blocks are untouched by the policy
+    torch.testing.assert_close(hold.decode_block(blocks[1]), drop.decode_block(blocks[1]))
+    assert hold.frames_emitted == 24 and drop.frames_emitted == 21
+
+
+def test_restart_resets_the_caches(vae):
+    codec = _codec(vae)
+    g = torch.Generator().manual_seed(5)
+    motion, block = torch.randn(16, 19, 4, 6, generator=g), torch.randn(16, 3, 4, 6, generator=g)
+    s = codec.stream()
+    s.start(motion)
+    first = s.decode_block(block)
+    s.decode_block(torch.randn(16, 3, 4, 6, generator=g))
+    s.start(motion)
+    torch.testing.assert_close(s.decode_block(block), first)
+
+
+def test_portrait_latents_reference_is_latent_one_of_five_copies(vae):
+    codec = _codec(vae)
+    image = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    latents = codec.encode_portrait(image)
+    assert latents.motion.shape == (16, 19, 4, 6)  # 73 copies -> 19 latents
+    five = codec.encode(image[:, None].expand(3, 5, 32, 48))
+    torch.testing.assert_close(latents.reference[:, 0], five[:, 1], atol=1e-6, rtol=1e-6)
+    single = _codec(vae, reference_latent="single_frame").encode_portrait(image).reference
+    assert single.shape == (16, 1, 4, 6) and (single - latents.reference).abs().max() > 1e-4
+
+
+def test_normalisation_round_trip_and_bad_shapes(vae):
+    codec = _codec(vae)
+    z = torch.randn(16, 2, 4, 6)
+    torch.testing.assert_close(codec.normalize(codec.denormalize(z)), z, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="latents"):
+        codec.stream().decode_latents(torch.randn(8, 1, 4, 6))
+    with pytest.raises(ValueError, match="motion latents"):
+        codec.stream().start(torch.randn(16, 3, 4, 6))
+    with pytest.raises(ValueError, match="image"):
+        codec.encode_portrait(torch.randn(4, 32, 48))
+
+
+def test_uint8_conversion():
+    px = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 4, 1, 1).expand(3, 4, 1, 1)
+    out = to_uint8_frames(px)
+    assert out.shape == (4, 1, 1, 3) and out.dtype == torch.uint8
+    assert out[:, 0, 0, 0].tolist() == [0, 128, 255, 255]
