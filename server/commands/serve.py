@@ -1,0 +1,82 @@
+"""``avatar serve``: run the live avatar server (WebRTC /offer and /whip, HTTP API, browser client)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DESCRIPTION = """Run the live avatar server.
+
+Open http://HOST:PORT/ in a browser, allow the microphone, and the portrait speaks with you.
+Settings come from --config (default configs/server.yaml); flags override them."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; also the ICE host candidate)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
+    p.add_argument("--engine", choices=["lite", "liveavatar"], default=None, help="generation engine (default lite: CPU)")
+    p.add_argument("--avatar", default=None, metavar="IMAGE", help="default portrait (default: the built-in one)")
+    p.add_argument("--config", default=None, metavar="YAML", help="server configuration (default configs/server.yaml)")
+    p.add_argument("--max-sessions", type=int, default=None, help="most concurrent sessions")
+    p.add_argument("--ice-host", action="append", default=None, metavar="ADDR",
+                   help="host ICE candidate address to offer (repeatable; default follows --host)")
+    p.add_argument("--stun", action="append", default=None, metavar="URL",
+                   help="STUN/TURN server URL (repeatable; default none)")
+    eng = p.add_argument_group("engine options (passed to load_engine)")
+    eng.add_argument("--weights", default=None, metavar="DIR", help="liveavatar: folder with the checkpoints")
+    eng.add_argument("--tiny", action="store_true", help="liveavatar: tiny random-weight configuration (tests)")
+    eng.add_argument("--device", default=None, help="engine device, e.g. cpu or cuda:0")
+    eng.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other engine option (repeatable; VALUE parsed as YAML)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    import yaml
+
+    options: dict = {}
+    if args.weights:
+        options["weights"] = args.weights
+    if args.tiny:
+        options["tiny"] = True
+    if args.device:
+        options["device"] = args.device
+    for item in args.engine_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--engine-option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from aiohttp import web
+
+    from server.app import create_app
+    from server.config import load_server_config
+
+    try:
+        config = load_server_config(args.config, host=args.host, port=args.port, engine=args.engine, avatar=args.avatar)
+        config.engine_options.update(_engine_options(args))
+        if args.max_sessions is not None:
+            config.sessions.max_sessions = args.max_sessions
+        if args.ice_host:
+            config.webrtc.ice_host_addresses = list(args.ice_host)
+        if args.stun:
+            config.webrtc.ice_servers = [{"urls": url} for url in args.stun]
+    except (OSError, ValueError) as exc:
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(f"Live avatar server ({config.engine} engine) on http://{config.host}:{config.port}/", file=sys.stderr)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    return 0

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one server instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class ServerMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.first_frame_latency = Histogram(
+            "first_frame_latency_seconds",
+            "First audio packet arrival to first video frame sent, per session",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.speech_to_lips_latency = Histogram(
+            "speech_to_lips_latency_seconds",
+            "Arrival of a speech onset to the send of the first frame generated from it",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frames_sent = Counter("frames_sent", "Generated video frames sent", registry=r)
+        self.frames_repeated = Counter("frames_repeated", "Slots filled by repeating a late frame", registry=r)
+        self.frames_dropped = Counter("frames_dropped", "Generated frames never sent (late or backlog)", registry=r)
+        self.active_sessions = Gauge("active_sessions", "Live sessions", registry=r)
+        self.sessions_refused = Counter("sessions_refused", "Sessions refused (capacity)", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

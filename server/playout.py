@@ -1,0 +1,240 @@
+"""Per-session playout: puts generated frames and their speech into MediaClock slots.
+
+Slot s (due at ``clock.video_slot_time(s)``) carries one video frame and the 48 kHz audio of
+exactly that frame, so lips and sound leave the server together; the speech is thereby delayed by
+the generation latency and no more. The rules (DESIGN.md §2):
+
+* the frame for slot s is the next frame after the one shown in slot s-1 (``_next``);
+* if it is not there yet, the last frame is repeated (with silence) and counted; when it arrives
+  and is still the newest frame it goes out in the next slot (the playout slips by one slot, which
+  absorbs generation jitter), otherwise it is past its slot and dropped and counted;
+* frames buffered ahead of their slot beyond a bound are backlog and dropped (latency stays
+  bounded); frame-index gaps (after an interrupt) are skipped.
+
+Each slot is published to a ``Fanout`` so that several consumers can send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from avatar_core.contract import Chunk
+from server.fanout import Fanout
+from server.media_clock import MediaClock
+
+log = logging.getLogger(__name__)
+
+TRIM_WINDOW_SLOTS = 50  # 2 s at 25 fps: how long a latency surplus must persist before a trim
+
+
+@dataclass(frozen=True)
+class OutputSlot:
+    slot: int  # MediaClock video slot: video pts = slot * 3600, audio frames 2*slot, 2*slot + 1
+    due: float  # wall time the slot is sent
+    frame_index: int  # session timeline index of the frame shown
+    frame: np.ndarray  # uint8 [H, W, 3] RGB (shared by every consumer: read-only)
+    audio: np.ndarray  # float32 [clock.audio_samples_per_video_frame] at 48 kHz
+    repeated: bool
+
+
+@dataclass
+class _Buffered:
+    frame: np.ndarray
+    audio: np.ndarray
+    ready_at: float
+    onset_arrivals: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PlayoutCounters:
+    slots: int = 0  # slots published (frames + repeats)
+    frames_sent: int = 0  # distinct generated frames published
+    frames_repeated: int = 0
+    frames_dropped: int = 0  # generated frames never shown (late or backlog)
+    slots_skipped: int = 0  # slots missed because the event loop woke too late
+    trims: int = 0  # frames dropped to bring latency back down after a sustained surplus
+
+
+class Playout:
+    def __init__(
+        self,
+        clock: MediaClock,
+        fanout: Fanout[OutputSlot],
+        upsample: Callable[[np.ndarray], np.ndarray],
+        *,
+        playout_delay_s: float,
+        max_buffered_frames: int,
+        on_slot: Callable[[OutputSlot, list[float]], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.fanout = fanout
+        self._upsample = upsample
+        self._playout_delay_s = playout_delay_s
+        self._max_buffered = max_buffered_frames
+        self._on_slot = on_slot
+        self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
+        self._audio_carry = np.zeros(0, np.float32)
+        self._largest_chunk = 1
+        self._next: int | None = None  # frame index wanted for the next slot
+        self._last: _Buffered | None = None
+        self._last_index = -1
+        self._min_depth = 1 << 30  # smallest buffer depth seen in the current trim window
+        self._window_slots = 0
+        self._started = asyncio.Event()
+        self._closed = False
+        self.counters = PlayoutCounters()
+        self.first_chunk_at: float | None = None
+
+    # -- input ---------------------------------------------------------------------------------
+    def add_chunk(self, chunk: Chunk, received_at: float | None = None) -> None:
+        """Buffer a chunk's frames with their 48 kHz audio (called from the event loop)."""
+        now = self.clock.now() if received_at is None else received_at
+        n = chunk.num_frames
+        if n == 0:
+            return
+        per_frame = self.clock.audio_samples_per_video_frame
+        audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
+        self._largest_chunk = max(self._largest_chunk, n)
+        for i in range(n):
+            index = chunk.first_frame + i
+            if self._next is not None and index < self._next:
+                self.counters.frames_dropped += 1  # already past (after a slip limit / gap jump)
+                continue
+            self._buffer[index] = _Buffered(
+                frame=chunk.frames[i],
+                audio=audio48[i * per_frame : (i + 1) * per_frame],
+                ready_at=now,
+                onset_arrivals=list(chunk.speech_onset_arrivals) if i == 0 else [],
+            )
+        self._bound_backlog()
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now
+            self.clock.start(now + self._playout_delay_s)
+            self._next = chunk.first_frame
+            self._started.set()
+
+    def _audio_for_frames(self, audio16: np.ndarray, need: int) -> np.ndarray:
+        """Upsample in stream order; the resampler's start-up delay is filled with leading zeros so
+        that the audio of frame k always is samples [k*1920, (k+1)*1920) of the output stream."""
+        out = self._upsample(np.asarray(audio16, np.float32))
+        pending = np.concatenate([self._audio_carry, out]) if self._audio_carry.size else out
+        if pending.size < need:
+            pending = np.concatenate([np.zeros(need - pending.size, np.float32), pending])
+        self._audio_carry = pending[need:]
+        # bound the carry: a resampler never runs more than a frame ahead of its input
+        if self._audio_carry.size > self.clock.audio_samples_per_video_frame:
+            self._audio_carry = self._audio_carry[-self.clock.audio_samples_per_video_frame :]
+        return pending[:need].astype(np.float32, copy=False)
+
+    def _ahead_limit(self) -> int:
+        delay_frames = int(np.ceil(self._playout_delay_s * self.clock.fps))
+        return min(self._max_buffered, 2 * self._largest_chunk + delay_frames + 2)
+
+    def _bound_backlog(self) -> None:
+        limit = self._ahead_limit()
+        while len(self._buffer) > limit:
+            self._buffer.popitem(last=False)
+            self.counters.frames_dropped += 1
+
+    def _trim_surplus(self) -> None:
+        """A repeat makes the next frames go out one slot later (absorbing jitter). If for a
+        whole window the buffer never ran dry below the configured delay, that surplus is latency
+        nobody needs: drop one frame to win a slot back."""
+        self._min_depth = min(self._min_depth, len(self._buffer))
+        self._window_slots += 1
+        if self._window_slots < TRIM_WINDOW_SLOTS:
+            return
+        delay_frames = int(np.ceil(self._playout_delay_s * self.clock.fps))
+        if self._min_depth > delay_frames and self._buffer:
+            self._buffer.popitem(last=False)
+            self.counters.frames_dropped += 1
+            self.counters.trims += 1
+            self._next = next(iter(self._buffer), self._next)
+        self._min_depth, self._window_slots = 1 << 30, 0
+
+    # -- output --------------------------------------------------------------------------------
+    def buffered_frames(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        """Publish one slot every 1/fps from the clock's start until closed."""
+        await self._started.wait()
+        slot = 0
+        while not self._closed:
+            delay = self.clock.video_slot_time(slot) - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._closed:
+                break
+            now = self.clock.now()
+            current = self.clock.slot_at(now)
+            if current > slot:  # the loop woke late: those slots are gone, keep the clock's pace
+                self.counters.slots_skipped += current - slot
+                slot = current
+            self._emit(slot, now)
+            slot += 1
+
+    def _choose(self) -> tuple[int, _Buffered] | None:
+        """The frame for this slot: the wanted one, else the next after a gap, else the newest late one."""
+        assert self._next is not None
+        if not self._buffer:
+            return None
+        if self._next in self._buffer:
+            return self._next, self._buffer[self._next]
+        later = [i for i in self._buffer if i > self._next]
+        if later:
+            i = min(later)
+            return i, self._buffer[i]
+        i = max(self._buffer)  # only late frames (after a gap jump): show the newest, drop the rest
+        return i, self._buffer[i]
+
+    def _emit(self, slot: int, now: float) -> None:
+        choice = self._choose()
+        onsets: list[float] = []
+        if choice is None:
+            if self._last is None:
+                return
+            index, item, repeated = self._last_index, self._last, True
+            audio = np.zeros(self.clock.audio_samples_per_video_frame, np.float32)
+            self.counters.frames_repeated += 1
+        else:
+            index, item = choice
+            for old in [i for i in self._buffer if i < index]:
+                del self._buffer[old]
+                self.counters.frames_dropped += 1
+            del self._buffer[index]
+            repeated = False
+            audio = item.audio
+            onsets = item.onset_arrivals
+            self._last, self._last_index = item, index
+            self._next = index + 1
+            self.counters.frames_sent += 1
+        self.counters.slots += 1
+        self._trim_surplus()
+        out = OutputSlot(
+            slot=slot,
+            due=self.clock.video_slot_time(slot),
+            frame_index=index,
+            frame=item.frame,
+            audio=audio,
+            repeated=repeated,
+        )
+        self.fanout.publish(out)
+        if self._on_slot is not None:
+            try:
+                self._on_slot(out, onsets)
+            except Exception:  # a stats hook must never stop the playout
+                log.exception("playout slot callback failed")
+
+    def close(self) -> None:
+        self._closed = True
+        self._started.set()
+        self.fanout.close()
+        self._buffer.clear()
+

@@ -1,0 +1,118 @@
+"""Outgoing WebRTC tracks of one consumer: both read the session's playout through a subscription.
+
+Each track's timestamps come from the session's one ``MediaClock`` (video pts = slot * 3600 at
+90 kHz; audio pts = audio frame index * 960 at 48 kHz), so the two cannot drift. aiortc calls
+``recv()`` in its sender loop and swallows exceptions raised there, so they are logged here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from server.fanout import Subscription
+from server.media_clock import MediaClock
+from server.playout import OutputSlot
+
+log = logging.getLogger(__name__)
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """25 fps avatar video; one frame per playout slot."""
+
+    kind = "video"
+
+    def __init__(
+        self,
+        subscription: Subscription[OutputSlot],
+        clock: MediaClock,
+        on_sent: Callable[[OutputSlot], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._sub = subscription
+        self._clock = clock
+        self._on_sent = on_sent
+        self.frames_sent = 0
+        self.last_slot: OutputSlot | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        try:
+            slot = await self._sub.get()
+            if slot is None:
+                self.stop()
+                raise MediaStreamError("session ended")
+            frame = av.VideoFrame.from_ndarray(slot.frame, format="rgb24")
+            frame.pts = self._clock.video_pts(slot.slot)
+            frame.time_base = self._clock.video_time_base
+            self.frames_sent += 1
+            self.last_slot = slot
+            if self._on_sent is not None:
+                self._on_sent(slot)
+            return frame
+        except (MediaStreamError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("video track recv failed")
+            raise
+
+    def stop(self) -> None:
+        self._sub.close()
+        super().stop()
+
+
+class SyncedAudioTrack(MediaStreamTrack):
+    """48 kHz speech in 20 ms frames; the audio of playout slot s is audio frames 2s and 2s+1."""
+
+    kind = "audio"
+
+    def __init__(self, subscription: Subscription[OutputSlot], clock: MediaClock) -> None:
+        super().__init__()
+        self._sub = subscription
+        self._clock = clock
+        self._pending: list[tuple[int, np.ndarray]] = []  # (audio frame index, samples) of this slot
+        self.frames_sent = 0
+        self.last_frame_index: int | None = None  # video frame whose audio was sent last
+        self.last_pts: int | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        try:
+            if not self._pending:
+                slot = await self._sub.get()
+                if slot is None:
+                    self.stop()
+                    raise MediaStreamError("session ended")
+                first = self._clock.first_audio_frame_of_slot(slot.slot)
+                n = self._clock.audio_frame_samples
+                parts = slot.audio.reshape(-1, n)
+                self._pending = [(first + i, parts[i]) for i in range(parts.shape[0])]
+                self.last_frame_index = slot.frame_index
+            index, samples = self._pending.pop(0)
+            # the slot's first audio frame is due now; later ones wait for their own time
+            delay = self._clock.audio_frame_time(index) - self._clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return self._to_frame(index, samples)
+        except (MediaStreamError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("audio track recv failed")
+            raise
+
+    def _to_frame(self, index: int, samples: np.ndarray) -> av.AudioFrame:
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = self._clock.audio_rate
+        frame.pts = self._clock.audio_pts(index)
+        frame.time_base = self._clock.audio_time_base
+        self.frames_sent += 1
+        self.last_pts = frame.pts
+        return frame
+
+    def stop(self) -> None:
+        self._sub.close()
+        super().stop()
