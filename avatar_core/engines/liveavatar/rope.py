@@ -1,0 +1,81 @@
+"""3-axis rotary position embedding of the S2V DiT (spec section 2.7).
+
+Each head of ``head_dim`` channels is read as ``head_dim/2`` interleaved complex pairs (2p, 2p+1), split
+into temporal / height / width groups (22/21/21 pairs for head_dim 128). Pair j of an axis with ``n``
+real channels rotates by ``pos * theta ** (-2j/n)``.
+
+Reference numerics reproduced here: the angles are float64; cos/sin are rounded to float16 (the reference
+stores its table as complex32); the rotation runs in float64 for float32 inputs (float32 for bf16 inputs,
+where the difference is far below one bf16 ulp) and the result is cast back to the input dtype.
+Positions are computed on demand, so there is no table length limit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def axis_channels(head_dim: int) -> tuple[int, int, int]:
+    """Real channels per axis (temporal, height, width): 44/42/42 for head_dim 128."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def _inv_freq(channels: int, theta: float) -> torch.Tensor:
+    return 1.0 / torch.pow(theta, torch.arange(0, channels, 2, dtype=torch.float64) / channels)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float = 10000.0, fp16_table: bool = True
+) -> torch.Tensor:
+    """cos/sin per token and complex pair.
+
+    positions: int64 ``[N, 3]`` (temporal, height, width); a negative position rotates backwards.
+    Returns float64 ``[N, head_dim/2, 2]`` holding (cos, sin).
+    """
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must be [N, 3], got {tuple(positions.shape)}")
+    parts = []
+    for axis, channels in enumerate(axis_channels(head_dim)):
+        pos = positions[:, axis].to(torch.float64)
+        # The reference tables hold |p| and conjugate for negative p: same cos, negated sin.
+        angles = pos.abs()[:, None] * _inv_freq(channels, theta).to(pos.device)[None, :]
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        if fp16_table:
+            cos = cos.to(torch.float16).to(torch.float64)
+            sin = sin.to(torch.float16).to(torch.float64)
+        sin = torch.where(pos[:, None] < 0, -sin, sin)
+        parts.append(torch.stack([cos, sin], dim=-1))
+    return torch.cat(parts, dim=1)
+
+
+def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[N, heads, head_dim]`` by ``cos_sin`` ``[N, head_dim/2, 2]``; returns x's dtype."""
+    compute = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
+    n, heads, head_dim = x.shape
+    pairs = x.to(compute).reshape(n, heads, head_dim // 2, 2)
+    cos = cos_sin[:, None, :, 0].to(compute)
+    sin = cos_sin[:, None, :, 1].to(compute)
+    re, im = pairs[..., 0], pairs[..., 1]
+    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
+    # The reference casts float64 -> float32 -> x.dtype.
+    return out.reshape(n, heads, head_dim).to(torch.float32).to(x.dtype)
+
+
+def grid_positions(frames: list[int] | torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``[len(frames)*len(rows)*len(cols), 3]`` positions in (frame, row, col) order, col fastest."""
+    frames = torch.as_tensor(frames, dtype=torch.int64)
+    rows = torch.as_tensor(rows, dtype=torch.int64)
+    cols = torch.as_tensor(cols, dtype=torch.int64)
+    f, r, c = torch.meshgrid(frames, rows, cols, indexing="ij")
+    return torch.stack([f.reshape(-1), r.reshape(-1), c.reshape(-1)], dim=1)
+
+
+def subsampled_indices(size: int, count: int) -> torch.Tensor:
+    """``trunc(linspace(0, size-1, count))`` in numpy's float64 convention (last entry exactly size-1)."""
+    if count == 1:
+        return torch.zeros(1, dtype=torch.int64)
+    step = (size - 1) / (count - 1)
+    values = [i * step for i in range(count)]
+    values[-1] = float(size - 1)
+    return torch.tensor([int(v) for v in values], dtype=torch.int64)
