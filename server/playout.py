@@ -39,7 +39,7 @@ class OutputSlot:
     due: float  # wall time the slot is sent
     frame_index: int  # session timeline index of the frame shown
     frame: np.ndarray  # uint8 [H, W, 3] RGB (shared by every consumer: read-only)
-    audio: np.ndarray  # float32 [clock.audio_samples_per_video_frame] at 48 kHz
+    audio: np.ndarray  # int16 [clock.audio_samples_per_video_frame] at 48 kHz
     repeated: bool
 
 
@@ -58,6 +58,7 @@ class PlayoutCounters:
     frames_repeated: int = 0
     frames_dropped: int = 0  # generated frames never shown (late or backlog)
     slots_skipped: int = 0  # slots missed because the event loop woke too late
+    discarded_by_interrupt: int = 0  # buffered frames thrown away by a barge-in
     trims: int = 0  # frames dropped to bring latency back down after a sustained surplus
 
 
@@ -66,7 +67,7 @@ class Playout:
         self,
         clock: MediaClock,
         fanout: Fanout[OutputSlot],
-        upsample: Callable[[np.ndarray], np.ndarray],
+        upsample: Callable[[np.ndarray], np.ndarray],  # 16 kHz float32 -> 48 kHz int16, streaming
         *,
         playout_delay_s: float,
         max_buffered_frames: int,
@@ -79,7 +80,7 @@ class Playout:
         self._max_buffered = max_buffered_frames
         self._on_slot = on_slot
         self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
-        self._audio_carry = np.zeros(0, np.float32)
+        self._audio_carry = np.zeros(0, np.int16)
         self._largest_chunk = 1
         self._next: int | None = None  # frame index wanted for the next slot
         self._last: _Buffered | None = None
@@ -122,15 +123,15 @@ class Playout:
     def _audio_for_frames(self, audio16: np.ndarray, need: int) -> np.ndarray:
         """Upsample in stream order; the resampler's start-up delay is filled with leading zeros so
         that the audio of frame k always is samples [k*1920, (k+1)*1920) of the output stream."""
-        out = self._upsample(np.asarray(audio16, np.float32))
+        out = np.asarray(self._upsample(np.asarray(audio16, np.float32)), np.int16)
         pending = np.concatenate([self._audio_carry, out]) if self._audio_carry.size else out
         if pending.size < need:
-            pending = np.concatenate([np.zeros(need - pending.size, np.float32), pending])
+            pending = np.concatenate([np.zeros(need - pending.size, np.int16), pending])
         self._audio_carry = pending[need:]
         # bound the carry: a resampler never runs more than a frame ahead of its input
         if self._audio_carry.size > self.clock.audio_samples_per_video_frame:
             self._audio_carry = self._audio_carry[-self.clock.audio_samples_per_video_frame :]
-        return pending[:need].astype(np.float32, copy=False)
+        return pending[:need]
 
     def _ahead_limit(self) -> int:
         delay_frames = int(np.ceil(self._playout_delay_s * self.clock.fps))
@@ -157,6 +158,13 @@ class Playout:
             self.counters.trims += 1
             self._next = next(iter(self._buffer), self._next)
         self._min_depth, self._window_slots = 1 << 30, 0
+
+    def discard_buffered(self) -> int:
+        """Barge-in: frames waiting for their slot are not played (the speech stops now)."""
+        n = len(self._buffer)
+        self._buffer.clear()
+        self.counters.discarded_by_interrupt += n
+        return n
 
     # -- output --------------------------------------------------------------------------------
     def buffered_frames(self) -> int:
@@ -201,7 +209,7 @@ class Playout:
             if self._last is None:
                 return
             index, item, repeated = self._last_index, self._last, True
-            audio = np.zeros(self.clock.audio_samples_per_video_frame, np.float32)
+            audio = np.zeros(self.clock.audio_samples_per_video_frame, np.int16)
             self.counters.frames_repeated += 1
         else:
             index, item = choice

@@ -19,7 +19,8 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from server.audio_io import IncomingAudio, OutputUpsampler
+from avatar_core.audio import AudioIngest, OutputAudioResampler
+
 from server.config import SessionConfig
 from server.fanout import Fanout
 from server.media_clock import MediaClock
@@ -59,7 +60,7 @@ class AvatarSession:
         self.playout = Playout(
             self.clock,
             self.fanout,
-            OutputUpsampler(stream.sample_rate, self.clock.audio_rate),
+            OutputAudioResampler(stream.sample_rate, self.clock.audio_rate).push,
             playout_delay_s=config.playout_delay_ms / 1000.0,
             max_buffered_frames=config.max_buffered_frames,
             on_slot=self._on_slot,
@@ -160,14 +161,18 @@ class AvatarSession:
             self.stream.end_of_speech()
 
     def interrupt(self) -> float:
-        return float(self.stream.interrupt())
+        """Barge-in: drop queued speech (engine queue and playout buffer); returns the playback
+        position in seconds."""
+        position = float(self.stream.interrupt())
+        self.playout.discard_buffered()
+        return position
 
     def attach_audio_track(self, track: MediaStreamTrack) -> None:
         """Feed a WebRTC audio track (any rate/layout) into ``push_audio``."""
         self._spawn(self._read_track(track), "audio-in")
 
     async def _read_track(self, track: MediaStreamTrack) -> None:
-        ingest = IncomingAudio(self.stream.sample_rate)
+        ingest = AudioIngest(self.stream.sample_rate)
         while self.state != "closed":
             try:
                 frame = await asyncio.wait_for(track.recv(), timeout=self.config.idle_timeout_s)
@@ -178,7 +183,7 @@ class AvatarSession:
                 self.close_soon(f"no audio from the peer for {self.config.idle_timeout_s:g} s")
                 return
             t = time.monotonic()
-            self.push_audio(ingest.push(frame), t)
+            self.push_audio(ingest.push_frame(frame), t)
 
     # -- output consumers ----------------------------------------------------------------------
     def add_webrtc_consumer(self, name: str = "peer") -> tuple[AvatarVideoTrack, SyncedAudioTrack]:
@@ -276,6 +281,7 @@ class AvatarSession:
             "slots": c.slots,
             "slots_skipped": c.slots_skipped,
             "latency_trims": c.trims,
+            "frames_discarded_by_interrupt": c.discarded_by_interrupt,
             "av_offset_ms": self.av_offset_ms(),
             "queues": {
                 "playout_buffered_frames": self.playout.buffered_frames(),

@@ -104,7 +104,7 @@ class SyncedAudioTrack(MediaStreamTrack):
             raise
 
     def _to_frame(self, index: int, samples: np.ndarray) -> av.AudioFrame:
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+        pcm = np.ascontiguousarray(samples, np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = self._clock.audio_rate
         frame.pts = self._clock.audio_pts(index)

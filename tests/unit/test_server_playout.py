@@ -1,0 +1,163 @@
+"""Playout rules: frame k with its own audio in its slot, late -> repeat, past -> drop, bounded backlog."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatar_core.contract import BlockTimings, Chunk
+from server.fanout import Fanout
+from server.media_clock import MediaClock
+from server.playout import TRIM_WINDOW_SLOTS, OutputSlot, Playout
+
+S = 640  # 16 kHz samples per frame
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def upsample_x3(x: np.ndarray) -> np.ndarray:
+    """Exact 16k -> 48k stand-in (sample repeat) so a frame's audio can be recognised downstream."""
+    return np.repeat(np.round(x * 32767), 3).astype(np.int16)
+
+
+def chunk(first: int, n: int) -> Chunk:
+    """Frames whose pixel value is their index; audio of frame k is the constant k/1000."""
+    frames = np.stack([np.full((4, 4, 3), (first + i) % 256, np.uint8) for i in range(n)])
+    audio = np.concatenate([np.full(S, (first + i) / 1000.0, np.float32) for i in range(n)])
+    timings = BlockTimings(audio_ready_at=0.0, started_at=0.0, finished_at=0.0, compute_s=0.0)
+    return Chunk(frames=frames, audio=audio, first_frame=first, speech=np.zeros(n, bool), timings=timings)
+
+
+def make(max_buffered: int = 50, delay_s: float = 0.0):
+    now = FakeTime()
+    clock = MediaClock(now=now)
+    fanout: Fanout[OutputSlot] = Fanout(default_maxsize=1000)
+    sub = fanout.subscribe("test")
+    playout = Playout(clock, fanout, upsample_x3, playout_delay_s=delay_s, max_buffered_frames=max_buffered)
+    return now, clock, playout, sub
+
+
+def emit(playout: Playout, clock: MediaClock, slot: int) -> None:
+    playout._emit(slot, clock.video_slot_time(slot))
+
+
+def drain(sub) -> list[OutputSlot]:
+    out = []
+    while sub.qsize():
+        out.append(sub._queue.get_nowait())
+    return out
+
+
+def audio_tag(slot: OutputSlot) -> float:
+    return float(slot.audio.astype(np.float32).mean() / 32767 * 1000)
+
+
+def test_each_slot_carries_its_frame_and_that_frames_audio() -> None:
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 2))
+    assert clock.t0 == now.t  # the first chunk starts the clock (no extra delay configured)
+    for s in range(6):
+        if s % 2 == 0:
+            playout.add_chunk(chunk(s + 2, 2))
+        emit(playout, clock, s)
+    slots = drain(sub)
+    assert [x.frame_index for x in slots] == list(range(6))
+    assert [int(x.frame[0, 0, 0]) for x in slots] == list(range(6))
+    assert all(x.audio.shape == (1920,) for x in slots)
+    assert [round(audio_tag(x)) for x in slots] == list(range(6))  # frame k's own audio
+    assert not any(x.repeated for x in slots)
+    assert playout.counters.frames_sent == 6 and playout.counters.frames_repeated == 0
+
+
+def test_a_late_frame_is_repeated_then_shown_with_its_audio() -> None:
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 1))
+    emit(playout, clock, 0)
+    emit(playout, clock, 1)  # frame 1 not there yet: repeat frame 0, silent
+    playout.add_chunk(chunk(1, 1))
+    emit(playout, clock, 2)
+    slots = drain(sub)
+    assert [(x.frame_index, x.repeated) for x in slots] == [(0, False), (0, True), (1, False)]
+    assert np.all(slots[1].audio == 0)
+    assert round(audio_tag(slots[2])) == 1
+    assert playout.counters.frames_repeated == 1 and playout.counters.frames_dropped == 0
+
+
+def test_frames_past_their_slot_are_dropped() -> None:
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 1))
+    emit(playout, clock, 0)
+    playout.add_chunk(chunk(5, 2))  # a gap (frames 1..4 were skipped upstream)
+    emit(playout, clock, 1)
+    playout.add_chunk(chunk(3, 1))  # arrives after frame 5 went out: past its slot
+    emit(playout, clock, 2)
+    slots = drain(sub)
+    assert [x.frame_index for x in slots] == [0, 5, 6]
+    assert playout.counters.frames_dropped == 1
+
+
+def test_backlog_is_bounded_and_the_newest_frames_are_kept() -> None:
+    now, clock, playout, sub = make(max_buffered=10)
+    playout.add_chunk(chunk(0, 2))
+    playout.add_chunk(chunk(2, 200))  # a burst, e.g. after the event loop stalled
+    assert playout.buffered_frames() <= 10
+    assert playout.counters.frames_dropped >= 192
+    emit(playout, clock, 0)
+    (slot,) = drain(sub)
+    assert slot.frame_index > 190  # latency was cut, not kept
+
+
+def test_a_sustained_surplus_is_trimmed_back() -> None:
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 4))  # 4 frames ahead, and every slot one more arrives: surplus
+    for s in range(TRIM_WINDOW_SLOTS + 1):
+        playout.add_chunk(chunk(4 + s, 1))
+        emit(playout, clock, s)
+    assert playout.counters.trims == 1
+    assert playout.buffered_frames() == 3  # one slot of latency won back
+    indices = [x.frame_index for x in drain(sub)]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+
+
+def test_interrupt_discards_waiting_frames() -> None:
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 6))
+    emit(playout, clock, 0)
+    assert playout.discard_buffered() == 5
+    playout.add_chunk(chunk(6, 1))
+    emit(playout, clock, 1)
+    assert [x.frame_index for x in drain(sub)] == [0, 6]
+
+
+def test_slow_consumer_loses_its_oldest_slots_and_never_blocks_others() -> None:
+    fanout: Fanout[int] = Fanout(default_maxsize=3)
+    fast, slow = fanout.subscribe("fast", maxsize=100), fanout.subscribe("slow")
+    for i in range(50):
+        fanout.publish(i)
+    assert fast.qsize() == 50 and fast.dropped == 0
+    assert slow.qsize() == 3 and slow.dropped == 47
+    assert [slow._queue.get_nowait() for _ in range(3)] == [47, 48, 49]
+
+
+async def test_closing_the_fanout_ends_every_consumer() -> None:
+    fanout: Fanout[int] = Fanout(default_maxsize=2)
+    sub = fanout.subscribe()
+    fanout.publish(1)
+    fanout.close()
+    assert await sub.get() == 1
+    assert await sub.get() is None
+    late = fanout.subscribe()
+    assert await late.get() is None
+
+
+@pytest.mark.parametrize("delay_ms", [0, 80])
+def test_first_slot_is_due_after_the_configured_delay(delay_ms: int) -> None:
+    now, clock, playout, sub = make(delay_s=delay_ms / 1000)
+    playout.add_chunk(chunk(0, 1))
+    assert clock.video_slot_time(0) == pytest.approx(now.t + delay_ms / 1000)
