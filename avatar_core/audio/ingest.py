@@ -7,8 +7,9 @@
 
 Both keep the resampler's filter state across calls, so consecutive packets join without clicks.
 libswresample's filter delay is ~1 ms and it emits output for every input packet (soxr buffers
-tens of ms), which matters for speech-to-lips latency. Packet timestamps are ignored: the runtime
-timestamps samples by arrival, and aiortc's pts can jump or repeat.
+tens of ms), which matters for speech-to-lips latency. Channels are averaged before resampling.
+Packet timestamps are ignored: the runtime timestamps samples by arrival, and aiortc's pts can
+jump or repeat.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from __future__ import annotations
 import av
 import numpy as np
 
-SUPPORTED_PCM_FORMATS = {"s16": ("<i2", "s16"), "f32": ("<f4", "flt")}
+SUPPORTED_PCM_FORMATS = {"s16": "<i2", "f32": "<f4"}
 MIN_RATE, MAX_RATE = 8000, 192000
 MAX_CHANNELS = 8
 
 
 class _StreamingResampler:
-    """One libswresample stream to a fixed output format; rebuilt when the input format changes
-    (a renegotiated track), flushing the old one first so no samples are lost."""
+    """One libswresample stream (mono in, mono out) to a fixed output format; rebuilt when the input
+    rate changes (a renegotiated track), flushing the old one first so no samples are lost."""
 
     def __init__(self, out_format: str, out_rate: int):
         self.out_format = out_format
@@ -38,10 +39,14 @@ class _StreamingResampler:
             parts += self.flush()
             self._resampler = av.AudioResampler(format=self.out_format, layout="mono", rate=self.out_rate)
             self._input_key = key
-        frame.pts = None  # swresample would otherwise try to honour (possibly odd) timestamps
         for out in self._resampler.resample(frame):
             parts.append(out.to_ndarray().reshape(-1))
         return parts
+
+    @property
+    def idle(self) -> bool:
+        """No stream open (nothing buffered inside the filter)."""
+        return self._resampler is None
 
     def flush(self) -> list[np.ndarray]:
         if self._resampler is None:
@@ -67,10 +72,7 @@ class AudioIngest:
         if frame.samples == 0:
             return np.zeros(0, np.float32)
         _check_rate(frame.sample_rate)
-        # Our own copy of the frame's header: clearing pts must not touch the caller's frame.
-        copy = av.AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name)
-        copy.sample_rate = frame.sample_rate
-        return _concat(self._resampler.push(copy))
+        return self._push_mono(_frame_to_mono(frame), frame.sample_rate)
 
     def push_pcm(
         self,
@@ -85,7 +87,7 @@ class AudioIngest:
         _check_rate(rate)
         if not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be an integer from 1 to {MAX_CHANNELS}, got {channels!r}")
-        dtype, av_format = SUPPORTED_PCM_FORMATS[sample_format]
+        dtype = SUPPORTED_PCM_FORMATS[sample_format]
         if isinstance(data, np.ndarray):
             expected = np.dtype(dtype)
             if data.dtype.kind != expected.kind or data.dtype.itemsize != expected.itemsize:
@@ -107,7 +109,13 @@ class AudioIngest:
             return np.zeros(0, np.float32)
         if sample_format == "f32" and not np.all(np.isfinite(interleaved)):
             raise ValueError("f32 PCM contains NaN or infinite samples")
-        frame = av.AudioFrame.from_ndarray(interleaved.reshape(1, -1), format=av_format, layout=_layout(channels))
+        mono = _to_float(interleaved).reshape(-1, channels).mean(axis=1, dtype=np.float32)
+        return self._push_mono(mono, rate)
+
+    def _push_mono(self, mono: np.ndarray, rate: int) -> np.ndarray:
+        if rate == self.rate and self._resampler.idle:
+            return mono.astype(np.float32, copy=False)  # nothing to convert, nothing buffered
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, np.float32)[None, :], format="flt", layout="mono")
         frame.sample_rate = rate
         return _concat(self._resampler.push(frame))
 
@@ -142,9 +150,28 @@ class OutputAudioResampler:
         return _concat(self._resampler.flush(), np.int16)
 
 
-def _layout(channels: int) -> str:
-    # ffmpeg's default layout for each channel count (only the count matters for the downmix)
-    return {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}[channels]
+def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Average the channels ourselves: swresample's downmix is a -3 dB sum, which would make
+    a stereo peer 3 dB louder than a mono one for the VAD and the lip-sync features."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        per_channel = data.reshape(channels, -1)
+    else:
+        per_channel = data.reshape(-1, channels).T
+    return _to_float(per_channel).mean(axis=0, dtype=np.float32)
+
+
+def _to_float(pcm: np.ndarray) -> np.ndarray:
+    if pcm.dtype == np.int16:
+        return pcm.astype(np.float32) / 32768.0
+    if pcm.dtype == np.int32:
+        return (pcm.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if pcm.dtype == np.uint8:
+        return (pcm.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(pcm.dtype, np.floating):
+        return pcm.astype(np.float32, copy=False)
+    raise ValueError(f"unsupported PCM sample type {pcm.dtype}")
 
 
 def _check_rate(rate: int) -> None:

@@ -72,6 +72,11 @@ class AudioTimeline:
         """First index still stored (everything before was trimmed)."""
         return self._base
 
+    @property
+    def capacity(self) -> int:
+        """Samples of storage allocated (bounded when the owner trims)."""
+        return int(self._buf.shape[0])
+
     def __len__(self) -> int:
         return self._len
 

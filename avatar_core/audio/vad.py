@@ -12,6 +12,8 @@ session's start counts as silence, so the first speech is an onset.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +25,14 @@ class VadConfig:
     snr_db: float = 9.0  # required margin over the adaptive noise floor
     band_hz: tuple[float, float] = (80.0, 4000.0)  # the voice band of the band-energy ratio
     min_band_ratio: float = 0.6  # share of energy inside band_hz
-    max_flatness: float = 0.3  # spectral flatness inside band_hz (white noise ~0.56)
+    max_flatness: float = 0.15  # spectral flatness inside band_hz (speech ~0.02, pink noise ~0.35, white ~0.56)
     hangover_s: float = 0.3  # speech state lasts this long after the last speech-like frame
     min_silence_s: float = 0.5  # silence before a start of speech that makes it an onset
     noise_rise_s: float = 1.0  # time constant of the noise floor climbing towards louder noise
     noise_fall_s: float = 0.1  # time constant of the noise floor following quieter input
+    # An onset is confirmed by a speech-like frame, but speech often starts a little earlier with an
+    # unvoiced sound (the "h" of "hello"): look back this far for where the loud part began.
+    onset_lookback_s: float = 0.12
 
     def __post_init__(self) -> None:
         lo, hi = self.band_hz
@@ -46,7 +51,9 @@ class VadFrame:
     speech_like: bool  # the raw per-frame cue, before hangover
     energy_db: float
     noise_floor_db: float
-    onset_offset: int = 0  # on an onset: first sample in the frame where the loud part begins
+    # On an onset: where the loud part begins, in samples relative to this frame's first sample
+    # (negative: it began in an earlier frame, at most onset_lookback_s before).
+    onset_offset: int = 0
 
 
 class VoiceActivityDetector:
@@ -65,14 +72,16 @@ class VoiceActivityDetector:
         self._band = (freqs >= lo) & (freqs <= hi)
         self._rise = 1.0 - np.exp(-frame_s / self.config.noise_rise_s)
         self._fall = 1.0 - np.exp(-frame_s / self.config.noise_fall_s)
+        self._lookback_frames = math.ceil(self.config.onset_lookback_s / frame_s)
         self._hangover_frames = int(round(self.config.hangover_s / frame_s))
-        self._min_silence_frames = int(round(self.config.min_silence_s / frame_s))
+        self._min_silence_frames = math.ceil(self.config.min_silence_s / frame_s - 1e-9)  # at least min_silence_s
         self.reset()
 
     def reset(self) -> None:
         self._noise_db: float | None = None
         self._since_speech_like = self._min_silence_frames  # session start counts as silence
         self._speech = False
+        self._recent: deque[np.ndarray] = deque(maxlen=self._lookback_frames)
 
     def process(self, frame: np.ndarray) -> VadFrame:
         x = np.asarray(frame, dtype=np.float32)
@@ -100,7 +109,8 @@ class VoiceActivityDetector:
         if not self._speech:  # learn the floor only outside speech, or speech would raise it
             rate = self._fall if energy_db < noise_db else self._rise
             self._noise_db = noise_db + rate * (energy_db - noise_db)
-        offset = self._loud_offset(x, noise_db) if onset else 0
+        offset = self._loud_start(x, noise_db) if onset else 0
+        self._recent.append(x)
         return VadFrame(self._speech, onset, speech_like, energy_db, noise_db, offset)
 
     def _spectrum_is_voice(self, x: np.ndarray) -> bool:
@@ -110,15 +120,21 @@ class VoiceActivityDetector:
         flatness = float(np.exp(np.mean(np.log(band))) / np.mean(band))
         return ratio >= self.config.min_band_ratio and flatness <= self.config.max_flatness
 
-    def _loud_offset(self, x: np.ndarray, noise_db: float) -> int:
-        """Where inside the onset frame the speech starts (10 ms resolution)."""
+    def _loud_start(self, x: np.ndarray, noise_db: float) -> int:
+        """Start of the loud run that ends in the onset frame (10 ms resolution), relative to the
+        onset frame: the first loud hop of this frame, extended back over loud hops before it."""
         hop = max(self.frame_samples // 4, 1)
         threshold = max(self.config.abs_floor_db, noise_db + self.config.snr_db)
-        for start in range(0, self.frame_samples, hop):
-            part = x[start : start + hop]
-            if _db(float(np.mean(part * part))) >= threshold:
-                return start
-        return 0
+        history = np.concatenate([*self._recent, x])
+        base = history.shape[0] - self.frame_samples  # index of this frame's first sample
+        loud = [
+            _db(float(np.mean(history[i : i + hop] ** 2))) >= threshold for i in range(0, history.shape[0], hop)
+        ]
+        first_in_frame = next((i for i in range(base // hop, len(loud)) if loud[i]), base // hop)
+        start = first_in_frame
+        while start > 0 and loud[start - 1]:
+            start -= 1
+        return start * hop - base
 
 
 def _db(mean_square: float) -> float:

@@ -145,7 +145,10 @@ class StreamSession:
             if self._closing or self._state == "error":
                 return  # a producer racing close(): nothing to do with its audio
             if self._thread is None:
-                self._start_locked(t - n / self.sample_rate)
+                # Live: sample i nominally arrives at t0 + i/sr, so the packet's first sample is
+                # n/sr older than its arrival. Buffered: the producer is ahead of real time, so its
+                # first push marks the start of playback.
+                self._start_locked(t if self.config.buffered else t - n / self.sample_rate)
             cursor = self._timeline.write_cursor
             if self.config.buffered:
                 waiting = cursor + n - self._next_frame * self.samples_per_frame
@@ -472,7 +475,8 @@ class StreamSession:
             self._speech_flags[k] = result.speech
             if result.onset:
                 self._stat_onsets += 1
-                self._pending_onsets.append((k, self._timeline.arrival_time(k * S + result.onset_offset)))
+                first_loud = max(k * S + result.onset_offset, self._timeline.start_index)
+                self._pending_onsets.append((k, self._timeline.arrival_time(first_loud)))
             k += 1
         self._vad_next_frame = max(self._vad_next_frame, k)
 
