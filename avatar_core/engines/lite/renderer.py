@@ -1,0 +1,145 @@
+"""Render a pose: sum the rig's displacement fields, invert, warp the photo, paint the mouth interior."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from avatar_core.engines.lite.config import RenderConfig
+from avatar_core.engines.lite.rig import FACE_CONTROLS, FaceRig, Pose
+
+_TEETH_RGB = np.float32([236, 232, 220])
+_CAVITY_RGB = np.float32([52, 18, 22])
+_TONGUE_RGB = np.float32([150, 62, 66])
+
+
+class Renderer:
+    """Stateless per frame: ``render(pose)`` depends on the pose only (so resuming is exact)."""
+
+    def __init__(self, rig: FaceRig, cfg: RenderConfig = RenderConfig()):
+        import cv2
+
+        self.rig = rig
+        self.cfg = cfg
+        self._cv2 = cv2
+        boxes = np.array([rig.face.box, rig.head.box])
+        self.box = (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
+        y0, y1, x0, x1 = self.box
+        gy, gx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
+        self._grid = np.ascontiguousarray(np.stack([gx, gy], -1))  # region-relative pixel coordinates
+        self._offset = np.float32([x0, y0])
+        # Lighting of the painted mouth follows the face's brightness.
+        self._light = float(np.clip(rig.mouth.skin_luma / 170.0, 0.35, 1.3))
+
+    def _forward_field(self, pose: Pose) -> np.ndarray:
+        y0, _, x0, _ = self.box
+        total = np.zeros(self._grid.shape, np.float32)
+        for group in (self.rig.head, self.rig.face):
+            gy0, gy1, gx0, gx1 = group.box
+            view = total[gy0 - y0 : gy1 - y0, gx0 - x0 : gx1 - x0]
+            for name, field in zip(group.names, group.fields):
+                weight = float(getattr(pose, name))
+                if weight != 0.0:
+                    view += weight * field
+        return total
+
+    def render(self, pose: Pose) -> np.ndarray:
+        cv2 = self._cv2
+        forward = self._forward_field(pose)
+        # Backward map: output pixel q shows source s with s + F(s) = q, i.e. s = q - F(s).
+        back = -forward
+        for _ in range(self.cfg.fixed_point_iterations):
+            at = self._grid + back
+            back = -cv2.remap(forward, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        source = self._grid + back + self._offset
+        warped = cv2.remap(self.rig.frame, source[:, :, 0], source[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        frame = self.rig.frame.copy()
+        y0, y1, x0, x1 = self.box
+        frame[y0:y1, x0:x1] = warped
+        self._paint_mouth(frame, pose)
+        return frame
+
+    def _tear_edges(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+        """Where the top and bottom of the mouth gap are in this frame (frame pixels)."""
+        mouth = self.rig.mouth
+        weights = np.float32([getattr(pose, name) for name in FACE_CONTROLS])
+        top = mouth.edge + np.tensordot(weights, mouth.disp_upper, axes=1)
+        bottom = mouth.edge + np.tensordot(weights, mouth.disp_lower, axes=1)
+        head = self._head_displacement(pose, mouth.edge)
+        return top + head, bottom + head
+
+    def _head_displacement(self, pose: Pose, points: np.ndarray) -> np.ndarray:
+        group = self.rig.head
+        y0, _, x0, _ = group.box
+        out = np.zeros_like(points)
+        for name, field in zip(group.names, group.fields):
+            weight = float(getattr(pose, name))
+            if weight != 0.0:
+                xs = np.clip(np.round(points[:, 0] - x0).astype(int), 0, field.shape[1] - 1)
+                ys = np.clip(np.round(points[:, 1] - y0).astype(int), 0, field.shape[0] - 1)
+                out += weight * field[ys, xs]
+        return out
+
+    def _paint_mouth(self, frame: np.ndarray, pose: Pose) -> None:
+        """Dark cavity between the torn lips, upper teeth (if the photo shows none), lower teeth and
+        tongue hints; edges feathered so there is no hard seam."""
+        cv2 = self._cv2
+        mouth = self.rig.mouth
+        top, bottom = self._tear_edges(pose)
+        opening = float(np.max(bottom[:, 1] - top[:, 1]))
+        if opening < 0.4:
+            return
+        pad = 3
+        x0 = int(np.floor(min(top[:, 0].min(), bottom[:, 0].min()))) - pad
+        x1 = int(np.ceil(max(top[:, 0].max(), bottom[:, 0].max()))) + pad
+        y0 = int(np.floor(top[:, 1].min())) - pad
+        y1 = int(np.ceil(bottom[:, 1].max())) + pad
+        h, w = frame.shape[:2]
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            return
+        # Anti-aliased polygon at 4x sub-pixel precision, then a slight feather.
+        shift = 2
+        polygon = np.concatenate([top, bottom[::-1]]) - np.float32([x0, y0])
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(mask, [np.round(polygon * (1 << shift)).astype(np.int32)], 255, cv2.LINE_AA, shift)
+        alpha = mask.astype(np.float32) / 255.0
+        if self.cfg.mouth_feather_px > 0:
+            alpha = cv2.GaussianBlur(alpha, (0, 0), self.cfg.mouth_feather_px)
+
+        # Per column: top and bottom of the gap; per pixel: depth 0 (top) .. 1 (bottom).
+        xs = np.arange(x0, x1, dtype=np.float32) + 0.5
+        order_t, order_b = np.argsort(top[:, 0]), np.argsort(bottom[:, 0])
+        col_top = np.interp(xs, top[order_t, 0], top[order_t, 1]) - y0
+        col_bot = np.interp(xs, bottom[order_b, 0], bottom[order_b, 1]) - y0
+        gap = np.maximum(col_bot - col_top, 0.5)
+        ys = np.arange(y1 - y0, dtype=np.float32)[:, None] + 0.5
+        below_top = ys - col_top[None, :]
+        above_bottom = col_bot[None, :] - ys
+        depth = np.clip(below_top / gap[None, :], 0, 1)
+        # Across the mouth: 1 at the centre, 0 at the corners (darker, less teeth there).
+        center_x = float(mouth.edge[:, 0].mean())
+        across = np.clip(1 - ((xs - center_x) / (0.5 * mouth.width)) ** 2, 0, 1)[None, :]
+
+        M = mouth.width
+        light = self._light
+        color = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+        shade = (0.55 + 0.45 * across)[:, :, None]
+        color[:] = _CAVITY_RGB * light * shade
+        # Tongue: lighter, low in the gap, only when the mouth is well open.
+        tongue = np.clip((depth - 0.55) / 0.45, 0, 1) * np.clip((gap[None, :] - 0.12 * M) / (0.1 * M), 0, 1) * across
+        color += (tongue[:, :, None] * 0.55) * (_TONGUE_RGB * light * shade - color)
+        # Teeth: a band under the top edge (when the photo shows no teeth of its own) and a thin
+        # darker band above the bottom edge.
+        if not mouth.photo_mouth_open:
+            teeth_h = 0.11 * M * np.sqrt(across)
+            upper_teeth = np.clip((teeth_h - below_top) / 1.2, 0, 1) * np.clip(below_top + 0.5, 0, 1) * (across > 0.05)
+            color += (upper_teeth[:, :, None] * 0.9) * (_TEETH_RGB * light * (0.6 + 0.4 * shade) - color)
+        lower_h = 0.05 * M * np.sqrt(across) * np.clip((gap[None, :] - 0.15 * M) / (0.1 * M), 0, 1)
+        lower_teeth = np.clip((lower_h - above_bottom) / 1.2, 0, 1) * (across > 0.05)
+        color += (lower_teeth[:, :, None] * 0.6) * (_TEETH_RGB * light * 0.8 * shade - color)
+        # A soft shadow right under the upper lip makes the gap read as depth.
+        color *= (1 - 0.35 * np.exp(-np.maximum(below_top, 0) / max(0.05 * M, 1.0)))[:, :, None] if mouth.photo_mouth_open else 1.0
+
+        region = frame[y0:y1, x0:x1].astype(np.float32)
+        region += alpha[:, :, None] * (color - region)
+        frame[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
