@@ -30,6 +30,7 @@ class EngineLimits:
     size_divisor: int  # output sides are multiples of this
     block_frames: int  # infer_frames must be a multiple of this
     min_side: int = 64
+    max_side: int = 4096
 
 
 # liveavatar: 8x VAE downsampling x 2x2 DiT patches, and 3 latent frames = 12 video frames a block.
@@ -203,6 +204,11 @@ def make_plan(
     if audio_samples <= 0:
         raise PlanError("the audio is empty (after trimming); nothing to render")
     width, height = choose_size(image_size[0], image_size[1], max_area, limits.size_divisor)
+    if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
+        raise PlanError(
+            f"--size area {max_area} gives a {width}*{height} frame for this photo; the engine needs sides "
+            f"between {limits.min_side} and {limits.max_side}: use e.g. \"384*256\" (small) up to \"1280*720\""
+        )
     needed = clips_for_audio(audio_samples, infer_frames)
     clips = needed if num_clip is None else min(num_clip, needed)
     return RenderPlan(

@@ -1,0 +1,330 @@
+"""``avatar generate`` end to end on a tiny deterministic stand-in engine (fast, no face model).
+
+The fake generator has real motion state (a drifting phase and a smoothed mouth opening driven by
+the audio level, and a seeded RNG), so resume-with-restored-state is observable: a resumed render
+must decode to the same frames as an uninterrupted one. The lite-engine tests live in
+test_generate_lite.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar_core.contract import AudioBlock, AvatarError
+
+HERE = Path(__file__).resolve().parent
+FPS = 25
+
+
+class FakeGenerator:
+    block_frames = 2
+    context_samples = 320
+    lookahead_samples = 320
+
+    def __init__(self, size, seed, delay_s):
+        self.width, self.height = size
+        self.delay_s = delay_s
+        self.phase = 0.0
+        self.mouth = 0.0
+        self.rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0 : self.height, 0 : self.width]
+        self._xx, self._yy = xx.astype(np.float32), yy.astype(np.float32)
+
+    def generate(self, block: AudioBlock) -> np.ndarray:
+        spf = 640
+        own = block.frame_samples(spf)
+        frames = np.empty((block.num_frames, self.height, self.width, 3), np.uint8)
+        for i in range(block.num_frames):
+            level = float(np.sqrt(np.mean(own[i * spf : (i + 1) * spf] ** 2)))
+            self.mouth += 0.5 * (min(1.0, level * 8) - self.mouth)
+            self.phase += 0.05 + float(self.rng.uniform(0, 0.01))
+            shade = 96 + 64 * np.sin(self._xx / 23.0 + self.phase) * np.cos(self._yy / 31.0)
+            frame = np.repeat(shade[..., None], 3, axis=2)
+            # The "mouth": a dark bar whose height follows the audio.
+            h = int(2 + self.mouth * self.height * 0.25)
+            cy, cx = int(self.height * 0.7), self.width // 2
+            frame[cy - h // 2 : cy + h // 2 + 1, cx - self.width // 6 : cx + self.width // 6] = (40, 10, 10)
+            frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return frames
+
+    def reset_motion_to_idle(self):
+        self.mouth = 0.0
+
+    def state_dict(self):
+        return {"phase": self.phase, "mouth": self.mouth, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.phase, self.mouth = state["phase"], state["mouth"]
+        self.rng.bit_generator.state = state["rng"]
+
+    def close(self):
+        pass
+
+
+class FakeEngine:
+    name = "fake"
+    fps = FPS
+    sample_rate = 16000
+    block_frames = 2
+    capacity = 1
+
+    def __init__(self, size=(256, 256), seed=0):
+        self.size = tuple(size)
+        self.seed = seed
+        self.delay_s = float(os.environ.get("FAKE_ENGINE_DELAY_S", "0"))
+
+    def prepare_avatar(self, image):
+        if image.std() < 1.0:
+            raise AvatarError("no face found in the image (it is a flat colour)")
+        return image
+
+    def new_generator(self, avatar, prompt=None, **options):
+        return FakeGenerator(self.size, self.seed, self.delay_s)
+
+    def close(self):
+        pass
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+CLI = (
+    "import sys; sys.path.insert(0, {here!r}); import avatar_core.engines as e; "
+    "e.ENGINES['lite'] = 'test_generate_fake_engine:FakeEngine'; "
+    "from server.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def run_cli(args, *, env=None, wait=True, cwd=None):
+    cmd = [sys.executable, "-c", CLI.format(here=str(HERE)), "generate", *map(str, args)]
+    full_env = dict(os.environ, **(env or {}))
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=240, cwd=cwd)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd)
+
+
+def decode_frames(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def probe(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        frames = sum(1 for _ in c.demux(v) if _.size)
+        return {
+            "frames": frames,
+            "fps": float(v.average_rate),
+            "size": (v.codec_context.width, v.codec_context.height),
+            "audio_s": float(a.duration * a.time_base),
+            "audio_codec": a.codec_context.name,
+        }
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(1)
+    img = (rng.uniform(0, 255, (300, 400, 3))).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    cv2.imwrite(str(path), img)
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech_wav(speech_with_silence_wav) -> Path:
+    return speech_with_silence_wav
+
+
+BASE = ["--size", "256*192", "--infer_frames", "24", "--quiet"]
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_render_matches_the_plan(tmp_path, photo, speech_wav, speech_16k):
+    out = tmp_path / "out.mp4"
+    res = run_cli(["--image", photo, "--audio", speech_wav, "--output", out, "--enable_online_decode", *BASE])
+    assert res.returncode == 0, res.stderr
+    seconds = (len(speech_16k) + 64000) / 16000
+    assert "size: 256*192" in res.stdout and "plan:" in res.stdout
+    info = probe(out)
+    from avatar_core.offline.plan import clips_for_audio
+
+    clips = clips_for_audio(len(speech_16k) + 64000, 24)
+    assert info["frames"] == clips * 24 and info["fps"] == 25 and info["size"] == (256, 192)
+    assert info["audio_codec"] == "aac" and abs(info["audio_s"] - seconds) < 0.05
+    assert f"{clips} clip(s)" in res.stdout and "done:" in res.stdout and "real-time factor" in res.stdout
+    # Only the MP4 is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_kept_frames_mode_gives_the_same_video(tmp_path, photo, speech_wav):
+    online, kept = tmp_path / "online.mp4", tmp_path / "kept.mp4"
+    args = ["--image", photo, "--audio", speech_wav, "--num_clip", "3", *BASE]
+    assert run_cli([*args, "--output", online, "--enable_online_decode"]).returncode == 0
+    assert run_cli([*args, "--output", kept, "--no-enable_online_decode"]).returncode == 0
+    a, b = decode_frames(online), decode_frames(kept)
+    assert a.shape == b.shape == (72, 192, 256, 3)
+    assert np.array_equal(a, b)
+
+
+def _wait_for_clips(files, clips: int, proc, timeout=120.0) -> int:
+    from avatar_core.offline.resume import ResumeError, load_state
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if files.state.exists():
+            try:
+                done = load_state(files.state).clips_done
+            except ResumeError:  # caught mid-rename: try again
+                done = 0
+            if done >= clips:
+                return done
+        time.sleep(0.02)
+    raise AssertionError("the render did not progress")
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, photo, speech_wav):
+    from avatar_core.offline.resume import RenderFiles
+    from avatar_core.offline.video_writer import count_partial_frames
+
+    args = ["--image", photo, "--audio", speech_wav, "--enable_online_decode", *BASE]
+    reference = tmp_path / "reference.mp4"
+    assert run_cli([*args, "--output", reference]).returncode == 0
+
+    out = tmp_path / "killed.mp4"
+    files = RenderFiles(out)
+    proc = run_cli([*args, "--output", out], env={"FAKE_ENGINE_DELAY_S": "0.03"}, wait=False)
+    done = _wait_for_clips(files, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists()
+    # What was finished plays: at least the clips the state promises.
+    assert count_partial_frames(files.partial) >= done * 24
+
+    # Without --resume, the unfinished render is not overwritten.
+    res = run_cli([*args, "--output", out])
+    assert res.returncode == 2 and "--resume" in res.stderr and files.state.exists()
+
+    res = run_cli([*args, "--output", out, "--resume"])
+    assert res.returncode == 0, res.stderr
+    assert "resuming after clip" in res.stdout
+    assert not files.partial.exists() and not files.state.exists() and not files.work_dir.exists()
+
+    got, want = decode_frames(out), decode_frames(reference)
+    assert got.shape == want.shape
+    # Same motion state across the seam: the resumed video is the uninterrupted one.
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    assert probe(out)["audio_s"] == pytest.approx(probe(reference)["audio_s"], abs=0.03)
+
+
+def test_ctrl_c_keeps_progress_and_resume_with_other_options_is_refused(tmp_path, photo, speech_wav):
+    from avatar_core.offline.resume import RenderFiles
+
+    out = tmp_path / "int.mp4"
+    files = RenderFiles(out)
+    args = ["--image", photo, "--audio", speech_wav, "--output", out, *BASE]
+    proc = run_cli([*args, "--enable_online_decode"], env={"FAKE_ENGINE_DELAY_S": "0.03"}, wait=False)
+    _wait_for_clips(files, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and files.partial.exists() and files.state.exists()
+    assert "Traceback" not in err
+
+    res = run_cli([*args, "--enable_online_decode", "--resume", "--seed", "7"])
+    assert res.returncode == 2 and "seed" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num_clip", "0"], "at least 1"),
+        (["--infer_frames", "25"], "multiple of 2"),
+        (["--size", "big"], "WIDTH\\*HEIGHT"),
+        (["--size", "40*40"], "between 64 and"),
+        (["--preset", "cinema"], "preview"),
+        (["--sample_solver", "dpm++"], "euler"),
+    ],
+)
+def test_invalid_options_are_refused_without_leftovers(tmp_path, photo, speech_wav, extra, message):
+    import re
+
+    out = tmp_path / "bad.mp4"
+    res = run_cli(["--image", photo, "--audio", speech_wav, "--output", out, *BASE, *extra])
+    assert res.returncode == 2
+    assert re.search(message, res.stderr), res.stderr
+    assert "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_files_are_refused_without_leftovers(tmp_path, photo, speech_wav):
+    import cv2
+
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((200, 200, 3), 128, np.uint8))
+    not_audio = tmp_path / "notes.mp3"
+    not_audio.write_bytes(b"this is not audio at all" * 100)
+    not_image = tmp_path / "photo.jpg"
+    not_image.write_bytes(b"GIF89a nonsense")
+    cases = [
+        (["--image", tmp_path / "missing.png", "--audio", speech_wav], "no such file"),
+        (["--image", not_image, "--audio", speech_wav], "not a readable image"),
+        (["--image", photo, "--audio", tmp_path / "missing.wav"], "no such file"),
+        (["--image", photo, "--audio", not_audio], "cannot decode"),
+        (["--image", flat, "--audio", speech_wav], "no face"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in cases:
+        res = run_cli([*args, "--output", tmp_path / "bad.mp4", *BASE])
+        assert res.returncode == 2, (args, res.stderr)
+        assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_trim_and_loudness(tmp_path, photo, speech_wav, speech_16k):
+    out = tmp_path / "trim.mp4"
+    res = run_cli(
+        ["--image", photo, "--audio", speech_wav, "--output", out, "--trim-silence", "--normalize-loudness", *BASE]
+    )
+    assert res.returncode == 0, res.stderr
+    assert "-16 LUFS" in res.stdout and "silence trimmed" in res.stdout
+    import pyloudnorm
+
+    from tests.conftest import read_wav_16k
+
+    audio = read_wav_16k(out)
+    # The 2 s of silence on each side are gone; a 0.1 s margin stays around the sound.
+    assert len(audio) <= len(speech_16k) + 0.25 * 16000
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    assert loud[0] < 0.25 * 16000 and len(audio) - loud[-1] < 0.25 * 16000
+    assert pyloudnorm.Meter(16000).integrated_loudness(audio.astype(np.float64)) == pytest.approx(-16, abs=1.0)
+
+
+def test_save_last_frame(tmp_path, photo, speech_wav):
+    out = tmp_path / "last.mp4"
+    res = run_cli(["--image", photo, "--audio", speech_wav, "--output", out, "--num_clip", "2", "--save_last_frame", *BASE])
+    assert res.returncode == 0, res.stderr
+    import cv2
+
+    png = cv2.cvtColor(cv2.imread(str(tmp_path / "last.last.png")), cv2.COLOR_BGR2RGB)
+    frames = decode_frames(out)
+    assert png.shape == frames[-1].shape
+    assert np.abs(png.astype(int) - frames[-1].astype(int)).mean() < 1.0
+    assert np.abs(png.astype(int) - frames[0].astype(int)).mean() > 1.0
