@@ -15,7 +15,7 @@
   const ui = {
     state: $('state'),
     error: $('error'), errorText: $('error-text'), errorClose: $('error-close'),
-    video: $('video'), audio: $('audio'), placeholder: $('placeholder'),
+    video: $('video'), audio: $('audio'), placeholder: $('placeholder'), videoBox: $('video-box'),
     form: $('connect-form'), avatarSelect: $('avatar-select'), avatarFile: $('avatar-file'),
     avatarPreview: $('avatar-preview'), prompt: $('prompt'),
     micProcessing: $('mic-processing'), playAudio: $('play-audio'),
@@ -120,11 +120,12 @@
       return;
     }
     const items = Array.isArray(data) ? data : (data && data.avatars) || [];
+    if (items.length) ui.avatarSelect.innerHTML = ''; // the server's list replaces the placeholder
     for (const item of items) {
       if (typeof item === 'string') addAvatarOption(item, item);
       else if (item && (item.avatar_id || item.id)) {
         const id = item.avatar_id || item.id;
-        addAvatarOption(id, item.name || id);
+        addAvatarOption(id, id === 'default' ? 'Default portrait' : (item.name || id));
       }
     }
   }
@@ -261,6 +262,8 @@
       if (!session.firstFrameAt) {
         session.firstFrameAt = performance.now();
         ui.placeholder.hidden = true;
+        // size the stage to the avatar's own aspect ratio (no black bars)
+        if (video.videoWidth && video.videoHeight) ui.videoBox.style.aspectRatio = `${video.videoWidth} / ${video.videoHeight}`;
         renderStats();
       }
       video.requestVideoFrameCallback(onFrame);

@@ -55,7 +55,7 @@ def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, 
 
     status, stats = http("GET", f"{server_url}/sessions/{session_id}/stats")
     assert status == 200, stats
-    width, height = _server_frame_size(stats)
+    width, height = _server_frame_size()
     assert (after["width"], after["height"]) == (width, height)
 
     # The overlay refreshes once a second from the server's stats; the first-frame latency must be
@@ -107,12 +107,9 @@ def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url):
     assert page.is_enabled("#connect") and not page.is_enabled("#disconnect")
 
 
-def _server_frame_size(stats: dict) -> tuple[int, int]:
-    """(width, height) of the session's video as the server reports it."""
-    for key in ("size", "frame_size", "video_size"):
-        value = stats.get(key)
-        if isinstance(value, (list, tuple)) and len(value) == 2:
-            return int(value[0]), int(value[1])
-    if "width" in stats and "height" in stats:
-        return int(stats["width"]), int(stats["height"])
-    raise AssertionError(f"the stats endpoint does not report the frame size: {sorted(stats)}")
+def _server_frame_size() -> tuple[int, int]:
+    """(width, height) the default server's lite engine renders (configs/server.yaml + lite config)."""
+    from avatar_core.engines.lite.config import load_lite_config
+    from server.config import load_server_config
+
+    return tuple(load_lite_config(load_server_config().engine_options).size)
