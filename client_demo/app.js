@@ -263,7 +263,7 @@
         session.firstFrameAt = performance.now();
         ui.placeholder.hidden = true;
         // size the stage to the avatar's own aspect ratio (no black bars)
-        if (video.videoWidth && video.videoHeight) ui.videoBox.style.aspectRatio = `${video.videoWidth} / ${video.videoHeight}`;
+        if (video.videoWidth && video.videoHeight) ui.videoBox.style.setProperty('--aspect', String(video.videoWidth / video.videoHeight));
         renderStats();
       }
       video.requestVideoFrameCallback(onFrame);

@@ -113,3 +113,43 @@ def _server_frame_size() -> tuple[int, int]:
     from server.config import load_server_config
 
     return tuple(load_lite_config(load_server_config().engine_options).size)
+
+
+def _png(path, rgb) -> str:
+    import av
+
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return str(path)
+
+
+def test_page_uploads_portrait_and_reports_a_rejected_one(chromium_page, server_url, tmp_path):
+    import numpy as np
+    from skimage import data
+
+    page = chromium_page
+    page.goto(server_url + "/")
+    page.wait_for_function("() => document.getElementById('avatar-select').options.length > 0")
+
+    page.set_input_files("#avatar-file", _png(tmp_path / "portrait.png", data.astronaut()))
+    page.wait_for_function(
+        "() => /uploaded/.test(document.getElementById('avatar-select').selectedOptions[0].textContent)",
+        timeout=60_000,
+    )
+    avatar_id = page.eval_on_selector("#avatar-select", "s => s.value")
+    assert avatar_id and avatar_id != "default"
+    assert page.is_visible("#avatar-preview")
+    assert page.is_visible("#error") is False
+
+    # a flat grey picture has no face: the server refuses it and the page says why
+    page.set_input_files("#avatar-file", _png(tmp_path / "grey.png", np.full((256, 256, 3), 128, np.uint8)))
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    text = page.text_content("#error-text")
+    assert re.search(r"\(4\d\d\)", text), text
+    assert page.eval_on_selector("#avatar-select", "s => s.value") == avatar_id  # selection unchanged
