@@ -29,14 +29,15 @@ class DetectionConfig:
 
 @dataclass
 class RigConfig:
-    mouth_open_max: float = 0.32  # lower-lip drop at full opening, in mouth widths
+    mouth_open_max: float = 0.26  # lower-lip drop at full opening, in mouth widths
     chin_follow: float = 0.75  # chin drop / lower-lip drop (lips open by themselves too)
     upper_lip_lift: float = 0.12  # upper-lip rise / lower-lip drop
     round_inward: float = 0.11  # mouth-corner travel towards the centre when rounded, mouth widths
     spread_outward: float = 0.06
+    lower_lid_lift: float = 0.12  # the lower lid rises this share of the eye opening in a blink
     brow_raise: float = 0.12  # brow travel, in brow-to-eye distances
     field_step: int = 2  # the rig's displacement fields are interpolated on this grid, then smoothed
-    field_blur_px: float = 2.5
+    field_blur_px: float = 1.5
     head_mask_falloff: float = 0.45  # in face heights: how far head motion fades into the background
 
 
@@ -45,12 +46,14 @@ class MotionConfig:
     context_ms: float = 10.0  # audio before each frame used by the analysis window
     lookahead_ms: float = 20.0  # audio after each frame: the mouth anticipates the sound slightly
     silence_db: float = -50.0  # below this (dBFS RMS) the mouth target is closed
-    level_range_db: float = 26.0  # opening goes 0 -> 1 over this range below the running speech peak
+    level_range_db: float = 18.0  # opening goes 0 -> 1 over this range below the running speech peak
     initial_peak_db: float = -18.0
     peak_decay_db_per_s: float = 3.0
-    open_gain: float = 1.0
+    open_gain: float = 0.8
+    open_exponent: float = 1.7
+    shape_hz: float = 350.0  # centroid offset from the speaker's mean that gives a fully round/spread mouth
     attack_ms: float = 35.0
-    release_ms: float = 80.0
+    release_ms: float = 60.0
     shape_ms: float = 70.0  # smoothing of round/spread
     blink_interval_s: tuple[float, float] = (2.5, 5.5)
     blink_close_s: float = 0.08

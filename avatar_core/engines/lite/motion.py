@@ -29,6 +29,7 @@ class MotionState:
     mouth_spread: float = 0.0
     speech_peak_db: float = -18.0
     speech_activity: float = 0.0  # slow envelope of speaking, 0..1
+    centroid_mean_hz: float = 1300.0  # the speaker's typical spectral centroid (running mean)
     brow: float = 0.0
     next_blink_s: float = 0.0
     blink_start_s: float = -10.0
@@ -42,31 +43,25 @@ class MotionState:
 @dataclass(frozen=True)
 class FrameFeatures:
     level_db: float
-    hiss: float  # share of energy above 3.5 kHz (fricatives)
-    low_formant: float  # 0..1: voiced energy sits low (rounded vowels)
-    high_formant: float  # 0..1: voiced energy sits high (spread vowels)
+    hiss: float  # share of energy above 3.5 kHz (fricatives: s, f, sh)
+    centroid_hz: float  # spectral centroid of the 200-4000 Hz band (tracks the second formant)
 
 
 def analyse_window(window: np.ndarray, sample_rate: int) -> FrameFeatures:
     """Loudness and coarse spectral shape of one analysis window."""
     x = np.asarray(window, np.float64)
     rms = float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
-    level_db = 20 * np.log10(rms + 1e-9)
+    level_db = float(20 * np.log10(rms + 1e-9))
     if rms < 1e-6:
-        return FrameFeatures(level_db, 0.0, 0.0, 0.0)
+        return FrameFeatures(level_db, 0.0, 0.0)
     n = min(len(x), _FFT_SIZE)
     spec = np.abs(np.fft.rfft(x[-n:] * np.hanning(n), _FFT_SIZE)) ** 2
     freqs = np.fft.rfftfreq(_FFT_SIZE, 1.0 / sample_rate)
-    total = spec[(freqs > 80)].sum() + 1e-12
+    total = spec[freqs > 80].sum() + 1e-12
     hiss = float(spec[freqs > 3500].sum() / total)
-    f1 = spec[(freqs > 250) & (freqs < 900)].sum()
-    f2_low = spec[(freqs >= 900) & (freqs < 1500)].sum()
-    f2_high = spec[(freqs >= 1700) & (freqs < 3200)].sum()
-    voiced = f1 + f2_low + f2_high + 1e-12
-    # Rounded vowels: energy concentrated below ~1.5 kHz with little in the 2-3 kHz band.
-    low_formant = float(np.clip((f1 + f2_low) / voiced * 1.6 - 0.9, 0, 1) * np.clip(1 - f2_high / voiced * 4, 0, 1))
-    high_formant = float(np.clip(f2_high / voiced * 3.0 - 0.3, 0, 1))
-    return FrameFeatures(level_db, hiss, low_formant, high_formant)
+    band = (freqs >= 200) & (freqs <= 4000)
+    centroid = float((spec[band] * freqs[band]).sum() / (spec[band].sum() + 1e-12))
+    return FrameFeatures(level_db, hiss, centroid)
 
 
 def _ease(t: float) -> float:
@@ -129,16 +124,23 @@ class MotionModel:
             s.speech_peak_db = max(feats.level_db, s.speech_peak_db - cfg.peak_decay_db_per_s * dt)
             s.speech_peak_db = float(np.clip(s.speech_peak_db, -40.0, -3.0))
             rel = (feats.level_db - (s.speech_peak_db - cfg.level_range_db)) / cfg.level_range_db
-            target_open = float(np.clip(rel, 0, 1)) ** 1.3 * cfg.open_gain
+            target_open = float(np.clip(rel, 0, 1)) ** cfg.open_exponent * cfg.open_gain
             target_open *= 1.0 - 0.55 * min(1.0, feats.hiss * 1.5)  # s, f, sh: teeth together
         else:
             target_open = 0.0
         tau = cfg.attack_ms if target_open > s.mouth_open else cfg.release_ms
         s.mouth_open += (target_open - s.mouth_open) * (1 - np.exp(-1000 * dt / tau))
-        voiced_weight = min(1.0, target_open * 2.5)
+        # Vowel colour relative to this speaker's own average: a lower centroid than usual reads as
+        # rounded (o, u), a higher one as spread (i, e).
+        voiced_weight = min(1.0, target_open * 2.5) * (1.0 - min(1.0, feats.hiss * 2))
+        if voiced_weight > 0.3:
+            s.centroid_mean_hz += (feats.centroid_hz - s.centroid_mean_hz) * (1 - np.exp(-dt / 2.0))
+        offset = feats.centroid_hz - s.centroid_mean_hz
+        target_round = float(np.clip(-offset / cfg.shape_hz, 0, 1)) * voiced_weight
+        target_spread = float(np.clip(offset / cfg.shape_hz, 0, 1)) * voiced_weight
         a_shape = 1 - np.exp(-1000 * dt / cfg.shape_ms)
-        s.mouth_round += (feats.low_formant * voiced_weight - s.mouth_round) * a_shape
-        s.mouth_spread += (feats.high_formant * voiced_weight - s.mouth_spread) * a_shape
+        s.mouth_round += (target_round - s.mouth_round) * a_shape
+        s.mouth_spread += (target_spread - s.mouth_spread) * a_shape
         s.speech_activity += ((1.0 if target_open > 0.15 else 0.0) - s.speech_activity) * (1 - np.exp(-dt / 0.8))
         # Brows lift a little on loud syllables.
         s.brow += (cfg.brow_speech_gain * max(0.0, target_open - 0.6) * 2 - s.brow) * (1 - np.exp(-dt / 0.25))

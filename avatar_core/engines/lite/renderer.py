@@ -8,7 +8,7 @@ from avatar_core.engines.lite.config import RenderConfig
 from avatar_core.engines.lite.rig import FACE_CONTROLS, FaceRig, Pose
 
 _TEETH_RGB = np.float32([236, 232, 220])
-_CAVITY_RGB = np.float32([52, 18, 22])
+_CAVITY_RGB = np.float32([74, 30, 26])
 _TONGUE_RGB = np.float32([150, 62, 66])
 
 
@@ -51,12 +51,31 @@ class Renderer:
             at = self._grid + back
             back = -cv2.remap(forward, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         source = self._grid + back + self._offset
+        self._close_eyes(source, pose)
         warped = cv2.remap(self.rig.frame, source[:, :, 0], source[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         frame = self.rig.frame.copy()
         y0, y1, x0, x1 = self.box
         frame[y0:y1, x0:x1] = warped
         self._paint_mouth(frame, pose)
         return frame
+
+    def _close_eyes(self, source: np.ndarray, pose: Pose) -> None:
+        """Apply the eyelid maps to the source coordinates (after head motion, which moves the eye)."""
+        y0, y1, x0, x1 = self.box
+        slack = int(np.ceil(abs(pose.head_x) + abs(pose.head_y) + abs(pose.head_roll) * 0.02 * self.rig.face_height
+                            + abs(pose.head_scale) * self.rig.face_height + 2))
+        for name, lid in self.rig.eyes.items():
+            closure = float(getattr(pose, name))
+            if closure <= 1e-3:
+                continue
+            ey0, ey1, ex0, ex1 = lid.box
+            sy0, sy1 = max(y0, ey0 - slack) - y0, min(y1, ey1 + slack) - y0
+            sx0, sx1 = max(x0, ex0 - slack) - x0, min(x1, ex1 + slack) - x0
+            if sy1 <= sy0 or sx1 <= sx0:
+                continue
+            view = source[sy0:sy1, sx0:sx1]
+            xs, ys = lid.apply(view[:, :, 0], view[:, :, 1], min(closure, 1.0))
+            view[:, :, 0], view[:, :, 1] = xs, ys
 
     def _tear_edges(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
         """Where the top and bottom of the mouth gap are in this frame (frame pixels)."""
@@ -124,7 +143,8 @@ class Renderer:
         light = self._light
         color = np.empty((y1 - y0, x1 - x0, 3), np.float32)
         shade = (0.55 + 0.45 * across)[:, :, None]
-        color[:] = _CAVITY_RGB * light * shade
+        # Deeper (darker) towards the top, where the upper lip / teeth cast their shadow.
+        color[:] = _CAVITY_RGB * light * shade * (0.6 + 0.4 * depth)[:, :, None]
         # Tongue: lighter, low in the gap, only when the mouth is well open.
         tongue = np.clip((depth - 0.55) / 0.45, 0, 1) * np.clip((gap[None, :] - 0.12 * M) / (0.1 * M), 0, 1) * across
         color += (tongue[:, :, None] * 0.55) * (_TONGUE_RGB * light * shade - color)
@@ -137,8 +157,6 @@ class Renderer:
         lower_h = 0.05 * M * np.sqrt(across) * np.clip((gap[None, :] - 0.15 * M) / (0.1 * M), 0, 1)
         lower_teeth = np.clip((lower_h - above_bottom) / 1.2, 0, 1) * (across > 0.05)
         color += (lower_teeth[:, :, None] * 0.6) * (_TEETH_RGB * light * 0.8 * shade - color)
-        # A soft shadow right under the upper lip makes the gap read as depth.
-        color *= (1 - 0.35 * np.exp(-np.maximum(below_top, 0) / max(0.05 * M, 1.0)))[:, :, None] if mouth.photo_mouth_open else 1.0
 
         region = frame[y0:y1, x0:x1].astype(np.float32)
         region += alpha[:, :, None] * (color - region)

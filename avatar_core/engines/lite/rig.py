@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from avatar_core.engines.lite.config import RigConfig
+from avatar_core.engines.lite.eyelids import EyeLid, build_eyelid
 
 # Ordered FaceMesh landmark chains (image-left to image-right along each contour).
 LIPS_UPPER_OUTER = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291]
@@ -57,7 +58,8 @@ class Pose:
         return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
 
-FACE_CONTROLS = ("mouth_open", "mouth_round", "mouth_spread", "blink_right", "blink_left", "brow_raise")
+FACE_CONTROLS = ("mouth_open", "mouth_round", "mouth_spread", "brow_raise")  # displacement-field controls
+EYE_CONTROLS = ("blink_right", "blink_left")  # closed-form eyelid maps (eyelids.py)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class FaceRig:
     face: FieldGroup  # face controls (FACE_CONTROLS), around the face
     head: FieldGroup  # head_x, head_y, head_roll, head_scale, chest_y
     mouth: MouthGap
+    eyes: dict[str, EyeLid]  # EYE_CONTROLS -> eyelid map
     face_height: float
 
     @property
@@ -179,26 +182,11 @@ def _control_displacements(ff: _FaceFrame, cfg: RigConfig) -> tuple[np.ndarray, 
     spread_dv[lips_lower] = -0.015 * M * lens[lips_lower]
     up[2] = lo[2] = ff.world(spread_du, spread_dv)
 
-    # --- eyelids: the upper lid comes down onto the (slightly raised) lower lid.
-    for k, (upper, lower) in ((3, (EYE_R_UPPER, EYE_R_LOWER)), (4, (EYE_L_UPPER, EYE_L_LOWER))):
-        ua, ub = ff.local(pts[upper])
-        la, lb = ff.local(pts[lower])
-        order = np.argsort(la)
-        lower_b_at_upper = np.interp(ua, la[order], lb[order])
-        opening = np.maximum(lower_b_at_upper - ub, 0)
-        lift = 0.15 * opening.max()
-        eye_lower_dv = -lift * np.sin(np.pi * np.clip((la - la.min()) / max(np.ptp(la), 1e-6), 0, 1))
-        eye_upper_dv = opening - lift * np.sin(np.pi * np.clip((ua - ua.min()) / max(np.ptp(ua), 1e-6), 0, 1))
-        disp = np.zeros((n, 2))
-        disp[upper] = ff.world(np.zeros(len(upper)), eye_upper_dv)
-        disp[lower] = ff.world(np.zeros(len(lower)), eye_lower_dv)
-        up[k] = lo[k] = disp
-
     # --- brows up, the upper-lid skin follows halfway.
     eye_brow = float(np.linalg.norm(pts[BROW_R].mean(0) - pts[EYE_R_UPPER].mean(0)))
     brow_dv = np.zeros(n)
     brow_dv[BROW_R + BROW_L] = -cfg.brow_raise * eye_brow
-    up[5] = lo[5] = ff.world(np.zeros(n), brow_dv)
+    up[3] = lo[3] = ff.world(np.zeros(n), brow_dv)
     return up.astype(np.float32), lo.astype(np.float32)
 
 
@@ -340,7 +328,11 @@ def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConf
     )
     face = _trim(FieldGroup(FACE_CONTROLS, box, face_fields.astype(np.float32)))
     head = _trim(_head_fields(ff, size, cfg))
-    return FaceRig(frame, landmarks.astype(np.float32), face, head, mouth, ff.face_height)
+    eyes = {
+        "blink_right": build_eyelid(ff.pts, EYE_R_UPPER, EYE_R_LOWER, BROW_R[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift),
+        "blink_left": build_eyelid(ff.pts, EYE_L_UPPER, EYE_L_LOWER, BROW_L[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift),
+    }
+    return FaceRig(frame, landmarks.astype(np.float32), face, head, mouth, eyes, ff.face_height)
 
 
 def _trim(group: FieldGroup, epsilon: float = 0.01) -> FieldGroup:

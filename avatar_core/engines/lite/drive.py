@@ -1,0 +1,34 @@
+"""Drive a block generator over a whole audio array, offline (benchmarks, tests, previews).
+
+Builds the same ``AudioBlock`` windows the live runtime does: frame k covers samples
+[k*S, (k+1)*S); each block adds the generator's context before and lookahead after, zeros
+outside the audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from avatar_core.contract import AudioBlock, BlockGenerator
+
+
+def audio_blocks(audio: np.ndarray, generator: BlockGenerator, *, samples_per_frame: int,
+                 first_frame: int = 0, num_frames: int | None = None) -> Iterator[AudioBlock]:
+    """Blocks of ``generator.block_frames`` frames covering ``audio`` (the last block may be shorter)."""
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    S, B = samples_per_frame, generator.block_frames
+    C, L = generator.context_samples, generator.lookahead_samples
+    total = -(-len(audio) // S) if num_frames is None else first_frame + num_frames
+    padded = np.concatenate([np.zeros(C, np.float32), audio, np.zeros(max(0, total * S - len(audio)) + L, np.float32)])
+    for first in range(first_frame, total, B):
+        n = min(B, total - first)
+        samples = padded[first * S : first * S + C + n * S + L]
+        speech = np.array([np.abs(audio[(first + i) * S : (first + i + 1) * S]).max(initial=0) > 1e-3 for i in range(n)])
+        yield AudioBlock(samples, first, n, C, L, speech)
+
+
+def render_audio(generator: BlockGenerator, audio: np.ndarray, *, samples_per_frame: int = 640, **kwargs) -> np.ndarray:
+    """All frames for ``audio`` as uint8 [N, H, W, 3]."""
+    return np.concatenate([generator.generate(block) for block in audio_blocks(audio, generator, samples_per_frame=samples_per_frame, **kwargs)])
