@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import signal
 import sys
 import time
@@ -124,6 +125,9 @@ def _engine_config(args, settings, size: tuple[int, int]) -> dict[str, Any]:
 
 
 def _load_engine(name: str, config: dict[str, Any]):
+    # MediaPipe/TFLite log banners on stderr would bury the plan and the progress bar.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from avatar_core.engines import ENGINES, load_engine
 
     module_name, class_name = ENGINES[name].split(":")
@@ -248,6 +252,8 @@ def _run(args: argparse.Namespace, files, created: list[Path]) -> int:
     except PlanError as exc:
         raise _Refused(str(exc)) from None
 
+    _say(plan.describe())
+
     # 4. Engine and avatar (a photo without a usable face is refused here).
     engine, ignored = _load_engine(args.engine, _engine_config(args, options, (plan.width, plan.height)))
     try:
@@ -262,11 +268,10 @@ def _run(args: argparse.Namespace, files, created: list[Path]) -> int:
             raise _Refused(f"--image {args.image}: {exc}") from None
         width, height = engine.size
         if (width, height) != (plan.width, plan.height):
-            _say(f"note: the {args.engine} engine renders {width}*{height} (asked {plan.width}*{plan.height})")
+            _say(f"note: the {args.engine} engine renders {width}*{height} (planned {plan.width}*{plan.height})")
         import dataclasses
 
         plan = dataclasses.replace(plan, width=width, height=height, block_frames=engine.block_frames)
-        _say(plan.describe())
         if ignored:
             _say(f"note: the {args.engine} engine has no use for: {', '.join(ignored)}")
         kept_bytes = plan.frames * width * height * 3
