@@ -95,7 +95,7 @@ class WavMicrophoneTrack(MediaStreamTrack):
 class ReceivedVideoFrame:
     arrival: float  # time.monotonic() when the decoded frame reached us
     pts: int  # RTP-derived pts (90 kHz)
-    image: np.ndarray | None  # RGB uint8, or None when frames are not kept
+    image: np.ndarray | None  # uint8 [H, W] luma or [H, W, 3] RGB (see frame_format), None if not kept
 
 
 @dataclass
@@ -109,7 +109,9 @@ class ReceivedAudio:
 class LoopbackPeer:
     samples_48k: np.ndarray
     host_addresses: list[str] | None = field(default_factory=lambda: ["127.0.0.1"])
-    keep_frames: bool = True  # store decoded RGB frames (tests); False keeps only times (benchmarks)
+    # What to keep of each received video frame: "gray" (the luma plane: cheap, enough to see
+    # the mouth move), "rgb24", or None (arrival times and pts only: benchmarks).
+    frame_format: str | None = "gray"
     max_frames: int = 25 * 120  # bound on stored frames (oldest kept: the test window)
 
     def __post_init__(self) -> None:
@@ -188,8 +190,8 @@ class LoopbackPeer:
                 frame = await track.recv()
                 arrival = time.monotonic()
                 image = None
-                if self.keep_frames and len(self.video_frames) < self.max_frames:
-                    image = frame.to_ndarray(format="rgb24")
+                if self.frame_format and len(self.video_frames) < self.max_frames:
+                    image = frame.to_ndarray(format=self.frame_format)
                 if len(self.video_frames) < self.max_frames:
                     self.video_frames.append(ReceivedVideoFrame(arrival, frame.pts, image))
         except MediaStreamError:

@@ -30,7 +30,7 @@ from server.media_clock import MediaClock
 
 log = logging.getLogger(__name__)
 
-TRIM_WINDOW_SLOTS = 50  # 2 s at 25 fps: how long a latency surplus must persist before a trim
+TRIM_WINDOW_SLOTS = 25  # 1 s at 25 fps: how long a latency surplus must persist before a trim
 
 
 @dataclass(frozen=True)
@@ -145,16 +145,18 @@ class Playout:
 
     def _trim_surplus(self) -> None:
         """A repeat makes the next frames go out one slot later (absorbing jitter). If for a
-        whole window the buffer never ran dry below the configured delay, that surplus is latency
-        nobody needs: drop one frame to win a slot back."""
+        whole window the buffer never ran lower than the configured delay, that surplus is latency
+        nobody needs: drop it to win those slots back."""
         self._min_depth = min(self._min_depth, len(self._buffer))
         self._window_slots += 1
         if self._window_slots < TRIM_WINDOW_SLOTS:
             return
         delay_frames = int(np.ceil(self._playout_delay_s * self.clock.fps))
-        if self._min_depth > delay_frames and self._buffer:
-            self._buffer.popitem(last=False)
-            self.counters.frames_dropped += 1
+        surplus = min(self._min_depth - delay_frames, len(self._buffer))
+        if surplus > 0:
+            for _ in range(surplus):
+                self._buffer.popitem(last=False)
+            self.counters.frames_dropped += surplus
             self.counters.trims += 1
             self._next = next(iter(self._buffer), self._next)
         self._min_depth, self._window_slots = 1 << 30, 0
@@ -183,10 +185,21 @@ class Playout:
             now = self.clock.now()
             current = self.clock.slot_at(now)
             if current > slot:  # the loop woke late: those slots are gone, keep the clock's pace
-                self.counters.slots_skipped += current - slot
+                self._skip_slots(current - slot)
                 slot = current
             self._emit(slot, now)
             slot += 1
+
+    def _skip_slots(self, n: int) -> None:
+        """Slots that passed while the loop was busy take their frames with them; otherwise every
+        stall would add its length to the latency for good."""
+        self.counters.slots_skipped += n
+        if self._next is None:
+            return
+        self._next += n
+        for old in [i for i in self._buffer if i < self._next]:
+            del self._buffer[old]
+            self.counters.frames_dropped += 1
 
     def _choose(self) -> tuple[int, _Buffered] | None:
         """The frame for this slot: the wanted one, else the next after a gap, else the newest late one."""

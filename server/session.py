@@ -236,20 +236,18 @@ class AvatarSession:
         return (len(times) - 1) / (times[-1] - times[0])
 
     def av_offset_ms(self) -> float | None:
-        """Audio pts minus video pts of the latest frame whose video and audio the first consumer sent.
-
-        Both come from the same slot of the same clock, so this is 0 unless the tracks diverge."""
+        """Send time of a slot's audio minus send time of its video frame, for the latest slot
+        both tracks of the first consumer have sent. Both carry the same frame by construction
+        (same slot, same clock); this measures how far apart the two senders actually hand them
+        to the network (positive: audio later)."""
         if not self._video_tracks or not self._audio_tracks:
             return None
-        video, audio = self._video_tracks[0], self._audio_tracks[0]
-        if video.last_slot is None or audio.last_pts is None:
+        video, audio = self._video_tracks[0].send_times, self._audio_tracks[0].send_times
+        common = set(video.slots()) & set(audio.slots())
+        if not common:
             return None
-        v_time = self.clock.video_pts(video.last_slot.slot) * float(self.clock.video_time_base)
-        a_slot = (audio.last_pts // self.clock.audio_frame_samples) // self.clock.audio_frames_per_video_frame
-        a_time = self.clock.audio_pts(self.clock.first_audio_frame_of_slot(a_slot)) * float(self.clock.audio_time_base)
-        if a_slot != video.last_slot.slot:
-            return None  # the two tracks are mid-slot; compare only when they show the same slot
-        return (a_time - v_time) * 1000.0
+        slot = max(common)
+        return (audio.get(slot) - video.get(slot)) * 1000.0
 
     def stats(self) -> dict[str, Any]:
         c = self.playout.counters

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from typing import Callable
 
 import av
@@ -20,6 +22,27 @@ from server.media_clock import MediaClock
 from server.playout import OutputSlot
 
 log = logging.getLogger(__name__)
+
+SEND_TIMES_KEPT = 50  # slots whose send time a track remembers (for the A/V offset)
+
+
+class SendTimes:
+    """When a track handed each recent slot to its sender (bounded)."""
+
+    def __init__(self) -> None:
+        self._times: OrderedDict[int, float] = OrderedDict()
+
+    def note(self, slot: int, t: float) -> None:
+        if slot not in self._times:
+            self._times[slot] = t
+            while len(self._times) > SEND_TIMES_KEPT:
+                self._times.popitem(last=False)
+
+    def get(self, slot: int) -> float | None:
+        return self._times.get(slot)
+
+    def slots(self) -> list[int]:
+        return list(self._times)
 
 
 class AvatarVideoTrack(MediaStreamTrack):
@@ -39,6 +62,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._on_sent = on_sent
         self.frames_sent = 0
         self.last_slot: OutputSlot | None = None
+        self.send_times = SendTimes()
 
     async def recv(self) -> av.VideoFrame:
         try:
@@ -51,6 +75,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             frame.time_base = self._clock.video_time_base
             self.frames_sent += 1
             self.last_slot = slot
+            self.send_times.note(slot.slot, time.monotonic())
             if self._on_sent is not None:
                 self._on_sent(slot)
             return frame
@@ -78,6 +103,7 @@ class SyncedAudioTrack(MediaStreamTrack):
         self.frames_sent = 0
         self.last_frame_index: int | None = None  # video frame whose audio was sent last
         self.last_pts: int | None = None
+        self.send_times = SendTimes()  # slot -> when its first audio frame was handed over
 
     async def recv(self) -> av.AudioFrame:
         try:
@@ -96,6 +122,8 @@ class SyncedAudioTrack(MediaStreamTrack):
             delay = self._clock.audio_frame_time(index) - self._clock.now()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if index % self._clock.audio_frames_per_video_frame == 0:
+                self.send_times.note(index // self._clock.audio_frames_per_video_frame, time.monotonic())
             return self._to_frame(index, samples)
         except (MediaStreamError, asyncio.CancelledError):
             raise

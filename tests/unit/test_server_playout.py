@@ -120,7 +120,7 @@ def test_a_sustained_surplus_is_trimmed_back() -> None:
         playout.add_chunk(chunk(4 + s, 1))
         emit(playout, clock, s)
     assert playout.counters.trims == 1
-    assert playout.buffered_frames() == 3  # one slot of latency won back
+    assert playout.buffered_frames() == 0  # the surplus (4 frames ahead, 0 wanted) was dropped
     indices = [x.frame_index for x in drain(sub)]
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
 
@@ -161,3 +161,21 @@ def test_first_slot_is_due_after_the_configured_delay(delay_ms: int) -> None:
     now, clock, playout, sub = make(delay_s=delay_ms / 1000)
     playout.add_chunk(chunk(0, 1))
     assert clock.video_slot_time(0) == pytest.approx(now.t + delay_ms / 1000)
+
+
+async def test_slots_missed_by_a_stalled_loop_take_their_frames_along() -> None:
+    import asyncio
+
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 20))
+    task = asyncio.create_task(playout.run())
+    await asyncio.sleep(0)
+    now.t = clock.video_slot_time(0)
+    await asyncio.sleep(0.01)  # slot 0 goes out
+    now.t = clock.video_slot_time(5)  # the loop was stuck for 5 slots
+    await asyncio.sleep(0.1)  # the playout's own (real) 40 ms sleep ends and it looks at the clock
+    playout.close()
+    await task
+    slots = [x for x in drain(sub) if x is not None]
+    assert [(x.slot, x.frame_index) for x in slots][:2] == [(0, 0), (5, 5)]  # latency unchanged
+    assert playout.counters.slots_skipped == 4 and playout.counters.frames_dropped == 4

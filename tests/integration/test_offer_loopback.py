@@ -1,0 +1,118 @@
+"""End to end over loopback WebRTC with the real lite engine: POST /offer and POST /whip.
+
+An in-process aiortc peer sends 2 s silence + speech + 2 s silence as its microphone, paced in
+real time, and records what comes back. Bounds are loose (a shared CPU); precise numbers are the
+e2e benchmark's job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import aiohttp
+
+from server.config import ServerConfig
+from server.inprocess import serve_in_process
+from server.loopback_analysis import match_returned_audio, mouth_activity, receive_fps
+from server.loopback_peer import LoopbackPeer
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+SPEECH_START_S = 2.0  # the fixture's speech starts at exactly 2.0 s
+MOUTH_LANDMARKS = [61, 291, 0, 17, 13, 14, 78, 308]  # MediaPipe FaceMesh lips
+
+
+@pytest.fixture(scope="module")
+def lite_engine():
+    from avatar_core.engines import load_engine
+
+    return load_engine("lite")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(lite_engine):
+    async with serve_in_process(ServerConfig(port=0), engine=lite_engine) as running:
+        yield running
+
+
+def mouth_box(server) -> tuple[int, int, int, int]:
+    """The default avatar's mouth and jaw region in output-frame pixels (from its face rig)."""
+    points = server.state["avatars"].get(None).rig.landmarks[MOUTH_LANDMARKS]
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    pad = 0.25 * (x1 - x0)
+    return int(x0 - pad), int(y0 - pad), int(x1 + pad), int(y1 + 2 * pad)
+
+
+async def get_stats(server, session_id: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/sessions/{session_id}/stats") as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+
+async def run_speech_session(server, wav, via: str) -> tuple[LoopbackPeer, dict]:
+    peer = LoopbackPeer.from_wav(wav)
+    try:
+        session_id = await (peer.connect_offer(server.url) if via == "offer" else peer.connect_whip(server.url))
+        await peer.wait_sent(extra_s=0.5)
+        stats = await get_stats(server, session_id)
+    except BaseException:
+        await peer.close()
+        raise
+    return peer, stats
+
+
+def check_speech_session(server, peer: LoopbackPeer, stats: dict, speech_s: float) -> None:
+    print(stats["queues"], {k: stats[k] for k in ("frames_sent", "frames_repeated", "frames_dropped", "slots_skipped", "latency_trims", "first_frame_latency_ms", "speech_to_lips_latency_ms")}, stats["stream"])
+    # -- video arrives at about 25 fps
+    fps = receive_fps(peer)
+    assert 18.0 <= fps <= 32.0, f"received {fps:.1f} fps"
+
+    # -- the returned audio is the sent speech, delayed by the generation latency
+    # (envelopes smoothed over 0.2 s: under CPU starvation the runtime may pad a few 20 ms holes)
+    match = match_returned_audio(peer, smooth_s=0.2)
+    assert match.correlation > 0.6, f"returned audio does not match the speech (corr {match.correlation:.2f})"
+    assert abs(match.offset_frames) <= 25, match  # the returned stream is the sent one, in order
+    assert 0.04 <= match.lag_s <= 1.5, f"returned speech lag {match.lag_s:.3f} s"
+
+    # -- lips move during speech and are still during silence (on the receiver's clock)
+    t0 = peer.mic.started_at
+    speech_from = t0 + SPEECH_START_S + match.lag_s
+    speech_to = speech_from + speech_s
+    frames = [f for f in peer.video_frames if f.image is not None]
+    activity = mouth_activity([f.image for f in frames], mouth_box(server))
+    arrivals = np.array([f.arrival for f in frames])
+    talking = activity[(arrivals > speech_from + 0.3) & (arrivals < speech_to - 0.3)]
+    silent = activity[(arrivals > t0 + 0.5) & (arrivals < speech_from - 0.3)]
+    assert talking.size > 50 and silent.size > 15, (talking.size, silent.size)
+    print(f"mouth activity speech {talking.mean():.2f} silence {silent.mean():.2f}; lag {match.lag_s:.3f} s "
+          f"corr {match.correlation:.2f}; fps {fps:.1f}")
+    assert talking.mean() > 2.5 * silent.mean(), (talking.mean(), silent.mean())
+
+    # -- the stats endpoint reports the latencies
+    assert stats["state"] == "live"
+    assert 0 < stats["first_frame_latency_ms"] < 5000
+    s2l = stats["speech_to_lips_latency_ms"]
+    assert s2l["count"] >= 1 and 0 < s2l["last"] < 2000, s2l
+    assert stats["frames_sent"] > 100
+    assert stats["av_offset_ms"] is not None and abs(stats["av_offset_ms"]) <= 40.0, stats["av_offset_ms"]
+
+
+async def test_offer_end_to_end(server, speech_with_silence_wav, speech_16k) -> None:
+    peer, stats = await run_speech_session(server, speech_with_silence_wav, "offer")
+    try:
+        check_speech_session(server, peer, stats, speech_16k.size / 16000)
+    finally:
+        await peer.close()
+
+
+async def test_whip_end_to_end(server, speech_with_silence_wav, speech_16k) -> None:
+    peer, stats = await run_speech_session(server, speech_with_silence_wav, "whip")
+    try:
+        assert peer.location == f"/whip/{peer.session_id}"
+        check_speech_session(server, peer, stats, speech_16k.size / 16000)
+        assert await peer.delete_session() == 200
+        assert server.state["sessions"].get(peer.session_id) is None
+    finally:
+        await peer.close()
