@@ -1,0 +1,721 @@
+"""``avatar bench e2e``: the live path end to end over loopback WebRTC, measured at the receiving peer.
+
+A real server process (``avatar serve``, lite engine by default) and an aiortc peer
+(``server/loopback_peer.py``) on one machine. The peer sends espeak-ng speech with pauses (every
+utterance is a speech onset after >= 1 s of silence) as its microphone track, in real time, and
+records what comes back: every video frame (RTP pts, arrival time, a small grey thumbnail for
+motion) and the returned speech audio (pts, arrival time, 10 ms RMS envelope).
+
+Measurements (all times time.monotonic() of this process; server and peer share the clock):
+
+* speech_to_lips (server): the session's own measurement (GET /sessions/{id}/stats: onset packet
+  arrival -> send of the first frame generated from it), p50/p90 as the server reports them.
+* speech_to_lips (peer): for every onset detected in the *sent* audio (10 ms RMS envelope, speech
+  after >= ``min_silence_s`` of quiet), the first onset of the *returned* audio within a window
+  after it. The server puts each frame's own input speech into the same playout slot as the frame,
+  so the video frame of that slot (same slot index from the RTP pts of both tracks) is the first
+  frame generated from the onset; its arrival time minus the send time of the onset packet is the
+  latency a viewer of the peer sees (includes encode, loopback network and the receive path).
+* A/V offset: (a) transport: for every slot, arrival of its audio (pts = 2*slot*960) minus arrival
+  of its video frame (pts = slot*3600), positive = sound later than picture; (b) content: the lag
+  that maximises the cross-correlation between the returned audio envelope and the video's
+  frame-to-frame motion energy (the mouth is what moves with speech) — a proxy for what a viewer
+  sees as lip sync, engine motion model included. The target is judged on (a) and (b) both.
+* fps and the longest stall: from the arrival times of received video frames.
+* frames repeated/dropped: the server's counters.
+* memory: RSS of the server process (psutil), sampled every second; reported at
+  ``--rss-baseline-s`` (default 60 s) and at the end; growth = end - baseline.
+
+Results go to bench/results/e2e.json (``--output``); targets are checked and reported there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DESCRIPTION = __doc__
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "e2e.json"
+
+SENTENCES = (
+    "Hello everyone, welcome back to the stream.",
+    "Today we are looking at real time avatars.",
+    "The mouth should move exactly when I speak.",
+    "Let me show you how the latency is measured.",
+    "Thanks for joining, and see you next time.",
+    "Questions are welcome in the chat.",
+    "This portrait is driven by my voice alone.",
+    "One, two, three, four, five.",
+)
+
+
+@dataclass(frozen=True)
+class Targets:
+    s2l_p50_ms: float = 250.0
+    s2l_p95_ms: float = 400.0
+    fps: float = 25.0
+    fps_tolerance: float = 0.5  # received fps within this of the target counts as steady
+    max_stall_ms: float = 120.0
+    max_abs_av_offset_ms: float = 40.0
+    max_rss_growth_mb: float = 30.0
+
+
+@dataclass
+class E2EConfig:
+    duration_s: float = 600.0
+    rss_baseline_s: float = 60.0
+    engine: str = "lite"
+    avatar: str | None = None
+    server_config: str | None = None
+    output: Path = DEFAULT_OUTPUT
+    seed: int = 7
+    pause_s: tuple[float, float] = (1.0, 1.5)  # silence between utterances (VAD hangover 0.3 s + 0.5 s)
+    lead_silence_s: float = 1.0
+    words_per_minute: int = 160
+    server_start_timeout_s: float = 120.0
+    stats_interval_s: float = 5.0
+    # peer-side onset detector (10 ms RMS envelope)
+    envelope_hop_s: float = 0.01
+    onset_threshold_db: float = -40.0
+    min_silence_s: float = 0.5
+    match_window_s: float = 2.0  # a returned onset must follow the sent one within this
+    av_max_lag_s: float = 0.5
+    targets: Targets = field(default_factory=Targets)
+
+
+# ------------------------------------------------------------------------------------- speech
+
+
+@dataclass
+class SpeechProgram:
+    samples: np.ndarray  # float32 mono, 16 kHz
+    rate: int
+    utterance_starts_s: list[float]
+
+
+def _read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16-bit PCM from espeak-ng")
+        raw = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+        return raw.reshape(-1, w.getnchannels()).mean(axis=1), w.getframerate()
+
+
+def _trim(samples: np.ndarray, rate: int, threshold_db: float = -45.0) -> np.ndarray:
+    """Cut espeak's own leading/trailing silence so the program controls every pause."""
+    hop = rate // 100
+    n = samples.size // hop
+    rms = np.sqrt(np.mean(samples[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms) > threshold_db)
+    if loud.size == 0:
+        raise ValueError("espeak-ng produced silence")
+    return samples[loud[0] * hop : (loud[-1] + 1) * hop]
+
+
+def build_speech_program(cfg: E2EConfig, workdir: Path) -> SpeechProgram:
+    """Sentences in a seeded random order with seeded random pauses, ``duration_s`` long."""
+    import soxr
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    rate = 16000
+    utterances = []
+    for i, text in enumerate(SENTENCES):
+        path = workdir / f"utt{i}.wav"
+        subprocess.run(["espeak-ng", "-s", str(cfg.words_per_minute), "-w", str(path), text], check=True)
+        samples, src_rate = _read_wav_mono(path)
+        utterances.append(soxr.resample(_trim(samples, src_rate), src_rate, rate).astype(np.float32))
+    # espeak is loud and flat; scale to a typical close-mic speech level (peak ~ -6 dBFS)
+    peak = max(float(np.max(np.abs(u))) for u in utterances)
+    utterances = [u * (0.5 / peak) for u in utterances]
+
+    rng = np.random.default_rng(cfg.seed)
+    total = int(cfg.duration_s * rate)
+    parts = [np.zeros(int(cfg.lead_silence_s * rate), np.float32)]
+    length = parts[0].size
+    starts = []
+    while True:
+        utt = utterances[int(rng.integers(len(utterances)))]
+        pause = np.zeros(int(rng.uniform(*cfg.pause_s) * rate), np.float32)
+        if length + utt.size + pause.size > total:
+            break
+        starts.append(length / rate)
+        parts += [utt, pause]
+        length += utt.size + pause.size
+    parts.append(np.zeros(total - length, np.float32))
+    return SpeechProgram(np.concatenate(parts), rate, starts)
+
+
+# ------------------------------------------------------------------------------------- analysis
+
+
+def envelope_db(samples: np.ndarray, rate: int, hop_s: float) -> np.ndarray:
+    """RMS level in dBFS per hop."""
+    hop = int(round(rate * hop_s))
+    n = samples.size // hop
+    if n == 0:
+        return np.zeros(0, np.float32)
+    rms = np.sqrt(np.mean(samples[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-12)
+    return (20 * np.log10(rms)).astype(np.float32)
+
+
+def detect_onsets(env_db: np.ndarray, hop_s: float, threshold_db: float, min_silence_s: float) -> np.ndarray:
+    """Hop indices where the level rises above the threshold after >= min_silence_s below it."""
+    loud = env_db > threshold_db
+    need = int(round(min_silence_s / hop_s))
+    onsets = []
+    quiet_run = need  # the start of the recording counts as silence
+    for i, is_loud in enumerate(loud):
+        if is_loud:
+            if quiet_run >= need:
+                onsets.append(i)
+            quiet_run = 0
+        else:
+            quiet_run += 1
+    return np.asarray(onsets, dtype=np.int64)
+
+
+def best_lag(reference: np.ndarray, delayed: np.ndarray, max_lag: int) -> tuple[int, float]:
+    """Lag L (in samples, -max_lag..max_lag) maximising corr(reference[t], delayed[t + L]); and that corr."""
+    a = (reference - reference.mean()) / (reference.std() + 1e-12)
+    b = (delayed - delayed.mean()) / (delayed.std() + 1e-12)
+    best = (0, -np.inf)
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            x, y = a[: a.size - lag], b[lag:]
+        else:
+            x, y = a[-lag:], b[: b.size + lag]
+        n = min(x.size, y.size)
+        if n < 10:
+            continue
+        c = float(np.dot(x[:n], y[:n]) / n)
+        if c > best[1]:
+            best = (lag, c)
+    return best
+
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
+    values = np.asarray(values, dtype=np.float64)
+    return None if values.size == 0 else float(np.percentile(values, q))
+
+
+def resample_on_grid(times: np.ndarray, values: np.ndarray, t0: float, t1: float, hop_s: float) -> np.ndarray:
+    grid = np.arange(t0, t1, hop_s)
+    if times.size < 2:
+        return np.zeros(grid.size)
+    return np.interp(grid, times, values)
+
+
+# ------------------------------------------------------------------------------------- server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            raw, status = response.read(), response.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+class ServerProcess:
+    """``avatar serve`` in a child process, so that its RSS is the server's alone."""
+
+    def __init__(self, cfg: E2EConfig, log_path: Path) -> None:
+        self.cfg = cfg
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = Path(sys.executable).parent / "avatar"
+        cmd = [str(exe) if exe.exists() else "avatar", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--engine", self.cfg.engine]
+        if self.cfg.avatar:
+            cmd += ["--avatar", self.cfg.avatar]
+        if self.cfg.server_config:
+            cmd += ["--config", self.cfg.server_config]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.cfg.server_start_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                if http_json("GET", f"{self.url}/healthz", timeout=2.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy after {self.cfg.server_start_timeout_s} s; log: {self.log_path}")
+            time.sleep(0.3)
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+# ------------------------------------------------------------------------------------- recording
+
+
+def make_peer(samples_48k: np.ndarray, duration_s: float):
+    """A ``LoopbackPeer`` (server/loopback_peer.py) that keeps, per video frame, only its arrival,
+    pts and motion energy: ten minutes of full RGB frames would not fit in memory."""
+    from server.loopback_peer import LoopbackPeer, ReceivedVideoFrame
+    from aiortc.mediastreams import MediaStreamError
+
+    class MotionRecordingPeer(LoopbackPeer):
+        THUMB = 48  # grey thumbnail side: enough to see the mouth move, cheap to compare
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.video_motion: list[float] = []
+            self.video_size: tuple[int, int] | None = None
+            # first arrival of each RTP timestamp (relative to the kind's first packet), per kind:
+            # the wire timing, before aiortc's jitter buffers (its audio one prefetches 80 ms)
+            self.wire_arrival: dict[str, dict[int, float]] = {"audio": {}, "video": {}}
+
+        async def connect_offer(self, *args, **kwargs) -> str:
+            session_id = await super().connect_offer(*args, **kwargs)
+            for transceiver in self.pc.getTransceivers():
+                self._tap_rtp(transceiver.receiver, transceiver.kind)
+            return session_id
+
+        def _tap_rtp(self, receiver, kind: str) -> None:
+            """Note each packet's arrival on its way into the receiver (aiortc has no public hook)."""
+            handle = receiver._handle_rtp_packet
+            arrivals = self.wire_arrival[kind]
+            origin: list[int] = []
+
+            async def tapped(packet, arrival_time_ms):
+                now = time.monotonic()
+                if not origin:
+                    origin.append(packet.timestamp)
+                arrivals.setdefault((packet.timestamp - origin[0]) & 0xFFFFFFFF, now)
+                return await handle(packet, arrival_time_ms=arrival_time_ms)
+
+            receiver._handle_rtp_packet = tapped
+
+        async def _read_video(self, track) -> None:  # replaces the peer's reader: same records + motion
+            prev = None
+            try:
+                while True:
+                    frame = await track.recv()
+                    arrival = time.monotonic()
+                    if self.video_size is None:
+                        self.video_size = (frame.width, frame.height)
+                    thumb = frame.reformat(width=self.THUMB, height=self.THUMB, format="gray").to_ndarray()
+                    thumb = thumb.astype(np.float32)
+                    motion = 0.0 if prev is None else float(np.mean(np.abs(thumb - prev)))
+                    prev = thumb
+                    if len(self.video_frames) < self.max_frames:
+                        self.video_frames.append(ReceivedVideoFrame(arrival, int(frame.pts), None))
+                        self.video_motion.append(motion)
+            except MediaStreamError:
+                pass
+
+    # bounds sized to the run: every frame of it is kept (times only), nothing more
+    return MotionRecordingPeer(samples_48k, frame_format=None, max_frames=int((duration_s + 30) * 25))
+
+
+# ------------------------------------------------------------------------------------- analysis of a run
+
+VIDEO_TICKS_PER_FRAME = 3600  # 90 kHz RTP clock at 25 fps
+FPS = 25
+
+
+def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]:
+    """Everything measured at the receiving peer (see the module docstring for the methods)."""
+    hop = cfg.envelope_hop_s
+    out: dict[str, Any] = {}
+
+    # --- video cadence
+    arrivals = np.asarray([f.arrival for f in peer.video_frames])
+    video_pts = np.asarray([f.pts for f in peer.video_frames], dtype=np.int64)
+    if arrivals.size < 2:
+        raise RuntimeError("the peer received fewer than two video frames")
+    gaps = np.diff(arrivals)
+    span = arrivals[-1] - arrivals[0]
+    out["video"] = {
+        "frames_received": int(arrivals.size),
+        "size": list(peer.video_size) if peer.video_size else None,
+        "fps": (arrivals.size - 1) / span if span > 0 else None,
+        "longest_stall_ms": float(gaps.max() * 1000),
+        "stalls_over_120ms": int(np.sum(gaps > 0.120)),
+        "frame_interval_p50_ms": percentile(gaps * 1000, 50),
+        "frame_interval_p99_ms": percentile(gaps * 1000, 99),
+        "pts_steps_not_one_frame": int(np.sum(np.diff(video_pts) != VIDEO_TICKS_PER_FRAME)),
+    }
+    t_mic = peer.mic.started_at
+    out["first_frame_latency_peer_ms"] = (arrivals[0] - t_mic) * 1000 if t_mic is not None else None
+
+    # --- returned audio: 10 ms envelope, each hop with its arrival time and its pts time
+    frames = [a for a in peer.audio_frames if a.samples.size and a.pts is not None]
+    if not frames:
+        raise RuntimeError("the peer received no audio")
+    rate = 48000
+    env_parts = [envelope_db(a.samples, rate, hop) for a in frames]
+    counts = [e.size for e in env_parts]
+    env_ret = np.concatenate(env_parts)
+    hop_arrival = np.concatenate([a.arrival + np.arange(n) * hop for a, n in zip(frames, counts)])
+    hop_pts_s = np.concatenate([a.pts / rate + np.arange(n) * hop for a, n in zip(frames, counts)])
+
+    # --- sent speech: 10 ms envelope on the send clock
+    env_sent = envelope_db(program.samples, program.rate, hop)
+    sent_times = t_mic + np.arange(env_sent.size) * hop
+
+    # --- speech to lips at the peer
+    sent_on = detect_onsets(env_sent, hop, cfg.onset_threshold_db, cfg.min_silence_s)
+    ret_on = detect_onsets(env_ret, hop, cfg.onset_threshold_db, cfg.min_silence_s)
+    ret_on_times = hop_arrival[ret_on]
+    video_arrival_by_slot = {int(p) // VIDEO_TICKS_PER_FRAME: float(t) for p, t in zip(video_pts, arrivals)}
+    audio_samples_per_slot = rate // FPS
+    s2l, to_sound, unmatched = [], [], 0
+    horizon = min(sent_times[-1], hop_arrival[-1]) - cfg.match_window_s
+    for i in sent_on:
+        t_sent = sent_times[i]
+        if t_sent > horizon:
+            continue  # the end of the run cut the answer off
+        hit = np.flatnonzero((ret_on_times > t_sent) & (ret_on_times < t_sent + cfg.match_window_s))
+        if hit.size == 0:
+            unmatched += 1
+            continue
+        h = ret_on[hit[0]]
+        to_sound.append(hop_arrival[h] - t_sent)
+        slot = int(round(hop_pts_s[h] * rate)) // audio_samples_per_slot
+        if slot in video_arrival_by_slot:
+            s2l.append(video_arrival_by_slot[slot] - t_sent)
+    s2l_ms, sound_ms = np.asarray(s2l) * 1000, np.asarray(to_sound) * 1000
+    out["speech_to_lips_peer_ms"] = {
+        "onsets_sent": int(sent_on.size),
+        "matched": int(s2l_ms.size),
+        "unmatched": unmatched,
+        "p50": percentile(s2l_ms, 50),
+        "p95": percentile(s2l_ms, 95),
+        "max": float(s2l_ms.max()) if s2l_ms.size else None,
+    }
+    out["speech_to_sound_peer_ms"] = {"p50": percentile(sound_ms, 50), "p95": percentile(sound_ms, 95)}
+
+    # --- A/V offset (a) transport, per slot: arrival of its audio - arrival of its video frame,
+    # on the wire (first RTP packet of each) and after aiortc's receive path (decoded frames)
+    wire_audio = peer.wire_arrival["audio"]
+    wire_video = peer.wire_arrival["video"]
+    samples_per_audio_packet = 960
+    wire_ms = np.asarray([
+        (wire_audio[slot * audio_samples_per_slot] - wire_video[ts]) * 1000
+        for ts in wire_video
+        if (slot := ts // VIDEO_TICKS_PER_FRAME) * audio_samples_per_slot in wire_audio
+    ])
+    decoded_audio_by_slot: dict[int, float] = {}
+    for a in frames:
+        if a.pts % audio_samples_per_slot == 0:
+            decoded_audio_by_slot.setdefault(a.pts // audio_samples_per_slot, a.arrival)
+    decoded_ms = np.asarray(
+        [(decoded_audio_by_slot[k] - t) * 1000 for k, t in video_arrival_by_slot.items() if k in decoded_audio_by_slot]
+    )
+
+    # (b) content: lag between lip motion energy and the returned speech level, smoothed over one
+    # frame; > 0 means the sound comes after the lip movement. Both signals are placed at the wire
+    # arrival of their RTP timestamp, so the receiver's own buffering does not count.
+    v_pairs = [(wire_video.get(int(p)), m) for p, m in zip(video_pts, peer.video_motion)]
+    v_pairs = [(t, m) for t, m in v_pairs if t is not None]
+    a_times = np.asarray([
+        t + i * hop
+        for a, n in zip(frames, counts)
+        if (t := wire_audio.get(a.pts - a.pts % samples_per_audio_packet)) is not None
+        for i in range(n)
+    ])
+    a_levels = np.concatenate([
+        e for a, e in zip(frames, env_parts) if wire_audio.get(a.pts - a.pts % samples_per_audio_packet) is not None
+    ]) if a_times.size else np.zeros(0)
+    content: dict[str, Any] = {"lag_ms": None, "correlation": None}
+    if len(v_pairs) > 2 and a_times.size > 2:
+        vt = np.asarray([t for t, _ in v_pairs])
+        vm = np.asarray([m for _, m in v_pairs])
+        order_v, order_a = np.argsort(vt), np.argsort(a_times)
+        t0 = max(vt.min(), a_times.min()) + 1.0
+        t1 = min(vt.max(), a_times.max()) - 1.0
+        if t1 - t0 > 5.0:
+            motion = resample_on_grid(vt[order_v], vm[order_v], t0, t1, hop)
+            level = resample_on_grid(a_times[order_a], np.maximum(a_levels[order_a], -60.0), t0, t1, hop)
+            width = max(1, int(round(1.0 / FPS / hop)))
+            kernel = np.ones(width) / width
+            lag, corr = best_lag(np.convolve(motion, kernel, "same"), np.convolve(level, kernel, "same"),
+                                 int(cfg.av_max_lag_s / hop))
+            content = {"lag_ms": lag * hop * 1000, "correlation": corr}
+    out["av_offset_ms"] = {
+        "wire_p50": percentile(wire_ms, 50),
+        "wire_p95_abs": percentile(np.abs(wire_ms), 95),
+        "wire_slots_compared": int(wire_ms.size),
+        "decoded_p50": percentile(decoded_ms, 50),
+        "decoded_p95_abs": percentile(np.abs(decoded_ms), 95),
+        "content_lag": content["lag_ms"],
+        "content_correlation": content["correlation"],
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------- the run
+
+
+class StatsPoller:
+    """Polls GET /sessions/{id}/stats; collects every speech-to-lips value the server reports (a new
+    onset changes ``count`` and ``last``; onsets are seconds apart, polls 0.5 s apart)."""
+
+    def __init__(self, url: str, interval_s: float = 0.5) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.last: dict | None = None
+        self.s2l_ms: list[float] = []
+        self.missed = 0
+        self._count = 0
+
+    async def run(self) -> None:
+        while True:
+            status, stats = await asyncio.to_thread(http_json, "GET", self.url, None, 5.0)
+            if status == 200 and isinstance(stats, dict):
+                self.last = stats
+                s2l = stats.get("speech_to_lips_latency_ms") or {}
+                count = int(s2l.get("count") or 0)
+                if count > self._count and s2l.get("last") is not None:
+                    self.s2l_ms.append(float(s2l["last"]))
+                    self.missed += count - self._count - 1
+                    self._count = count
+            await asyncio.sleep(self.interval_s)
+
+
+class RssSampler:
+    def __init__(self, server: ServerProcess, interval_s: float = 1.0) -> None:
+        self.server = server
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, bytes)
+
+    async def run(self, t_start: float) -> None:
+        while True:
+            self.samples.append((time.monotonic() - t_start, self.server.rss_bytes()))
+            await asyncio.sleep(self.interval_s)
+
+    def at(self, t: float) -> int | None:
+        """The sample nearest to ``t`` seconds."""
+        if not self.samples:
+            return None
+        return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+
+
+async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
+    import soxr
+
+    program = build_speech_program(cfg, workdir)
+    samples_48k = soxr.resample(program.samples, program.rate, 48000).astype(np.float32)
+    server = ServerProcess(cfg, workdir / "server.log")
+    print(f"starting the server ({cfg.engine}); log: {server.log_path}", flush=True)
+    server.start()
+    peer = make_peer(samples_48k, cfg.duration_s)
+    tasks: list[asyncio.Task] = []
+    try:
+        rss_idle = server.rss_bytes()
+        session_id = await peer.connect_offer(server.url)
+        print(f"session {session_id}: sending {cfg.duration_s:.0f} s of speech "
+              f"({len(program.utterance_starts_s)} utterances)", flush=True)
+        poller = StatsPoller(f"{server.url}/sessions/{session_id}/stats")
+        rss = RssSampler(server)
+        t_start = time.monotonic()
+        tasks = [asyncio.create_task(poller.run()), asyncio.create_task(rss.run(t_start))]
+        progress = asyncio.create_task(_progress(cfg.duration_s, t_start, poller, rss))
+        tasks.append(progress)
+        await peer.wait_sent(extra_s=1.5, timeout=cfg.duration_s + 120)
+        final_status, final_stats = await asyncio.to_thread(
+            http_json, "GET", f"{server.url}/sessions/{session_id}/stats")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        status_delete = await peer.delete_session()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await peer.close()
+        server.stop()
+
+    peer_results = analyse_peer(peer, program, cfg)
+    stats = final_stats if final_status == 200 else (poller.last or {})
+    s2l = np.asarray(poller.s2l_ms)
+    rss_base = rss.at(cfg.rss_baseline_s)
+    rss_end = rss.samples[-1][1] if rss.samples else None
+    mb = 1024 * 1024
+    result = {
+        "server": {
+            "first_frame_latency_ms": stats.get("first_frame_latency_ms"),
+            "speech_to_lips_ms": {
+                "count": int(s2l.size),
+                "polls_missed_onsets": poller.missed,
+                "p50": percentile(s2l, 50),
+                "p95": percentile(s2l, 95),
+                "max": float(s2l.max()) if s2l.size else None,
+                "reported_p50": (stats.get("speech_to_lips_latency_ms") or {}).get("p50"),
+                "reported_p90": (stats.get("speech_to_lips_latency_ms") or {}).get("p90"),
+            },
+            "fps": stats.get("fps"),
+            "frames_sent": stats.get("frames_sent"),
+            "frames_repeated": stats.get("frames_repeated"),
+            "frames_dropped": stats.get("frames_dropped"),
+            "slots_skipped": stats.get("slots_skipped"),
+            "latency_trims": stats.get("latency_trims"),
+            "stream": stats.get("stream"),
+            "delete_status": status_delete,
+        },
+        "peer": peer_results,
+        "memory": {
+            "rss_idle_mb": rss_idle / mb,
+            "baseline_at_s": cfg.rss_baseline_s,
+            "rss_baseline_mb": None if rss_base is None else rss_base / mb,
+            "rss_end_mb": None if rss_end is None else rss_end / mb,
+            "end_at_s": rss.samples[-1][0] if rss.samples else None,
+            "growth_mb": None if rss_base is None or rss_end is None else (rss_end - rss_base) / mb,
+            "series_mb_every_30s": [round(b / mb, 1) for t, b in rss.samples[::30]],
+        },
+    }
+    result["targets"] = check_targets(result, cfg.targets)
+    return result
+
+
+async def _progress(duration_s: float, t_start: float, poller: StatsPoller, rss: RssSampler) -> None:
+    while True:
+        await asyncio.sleep(30)
+        last = poller.last or {}
+        s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
+        print(f"  {time.monotonic() - t_start:5.0f}/{duration_s:.0f} s  fps {last.get('fps')}  "
+              f"s2l last {s2l}  repeated {last.get('frames_repeated')}  dropped {last.get('frames_dropped')}  "
+              f"rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB", flush=True)
+
+
+def check_targets(result: dict[str, Any], t: Targets) -> dict[str, Any]:
+    server, peer, memory = result["server"], result["peer"], result["memory"]
+    av = peer["av_offset_ms"]
+    checks = {}
+
+    def check(name: str, value: Any, ok: bool | None, target: str) -> None:
+        checks[name] = {"value": value, "target": target, "met": ok}
+
+    p50, p95 = server["speech_to_lips_ms"]["p50"], server["speech_to_lips_ms"]["p95"]
+    check("speech_to_lips_p50_ms", p50, None if p50 is None else p50 <= t.s2l_p50_ms, f"<= {t.s2l_p50_ms}")
+    check("speech_to_lips_p95_ms", p95, None if p95 is None else p95 <= t.s2l_p95_ms, f"<= {t.s2l_p95_ms}")
+    fps = peer["video"]["fps"]
+    check("fps", fps, None if fps is None else abs(fps - t.fps) <= t.fps_tolerance, f"{t.fps} +- {t.fps_tolerance}")
+    stall = peer["video"]["longest_stall_ms"]
+    check("longest_stall_ms", stall, stall <= t.max_stall_ms, f"<= {t.max_stall_ms}")
+    offsets = [v for v in (av["wire_p95_abs"], None if av["content_lag"] is None else abs(av["content_lag"]))
+               if v is not None]
+    worst = max(offsets) if offsets else None
+    check("abs_av_offset_ms", worst, None if worst is None else worst <= t.max_abs_av_offset_ms,
+          f"<= {t.max_abs_av_offset_ms} (worse of wire p95 and content lag)")
+    growth = memory["growth_mb"]
+    check("rss_growth_mb", growth, None if growth is None else growth < t.max_rss_growth_mb,
+          f"< {t.max_rss_growth_mb} from {memory['baseline_at_s']} s to the end")
+    return checks
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = E2EConfig()
+    p.add_argument("--duration", type=float, default=d.duration_s, help="seconds of continuous speech (default 600)")
+    p.add_argument("--rss-baseline", type=float, default=d.rss_baseline_s,
+                   help="second at which the RSS baseline is taken (default 60); growth = end - baseline")
+    p.add_argument("--quick", action="store_true", help="sanity run: 45 s, RSS baseline at 15 s")
+    p.add_argument("--engine", default=d.engine, help="engine of the server (default lite)")
+    p.add_argument("--avatar", default=None, help="portrait image for the server's default avatar")
+    p.add_argument("--config", default=None, help="server YAML config (default configs/server.yaml)")
+    p.add_argument("--seed", type=int, default=d.seed, help="order of sentences and pause lengths")
+    p.add_argument("--output", type=Path, default=d.output, help=f"JSON results (default {d.output.relative_to(REPO_ROOT)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = E2EConfig(
+        duration_s=45.0 if args.quick else args.duration,
+        rss_baseline_s=15.0 if args.quick else args.rss_baseline,
+        engine=args.engine,
+        avatar=args.avatar,
+        server_config=args.config,
+        seed=args.seed,
+        output=args.output,
+    )
+    if cfg.duration_s < 20 or cfg.rss_baseline_s >= cfg.duration_s:
+        print("error: --duration must be >= 20 s and larger than --rss-baseline", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        try:
+            result = asyncio.run(_run(cfg, Path(tmp)))
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            log = Path(tmp) / "server.log"
+            if log.exists():
+                print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            return 1
+    result = {
+        "benchmark": "e2e",
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_avg_1_5_15": list(os.getloadavg())},
+        **result,
+    }
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    cfg.output.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    print(f"wrote {cfg.output}")
+    for name, c in result["targets"].items():
+        verdict = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
+        value = c["value"] if not isinstance(c["value"], float) else round(c["value"], 1)
+        print(f"  {name:24s} {value!s:>10}  target {c['target']}: {verdict}")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
