@@ -35,6 +35,10 @@ from avatar_core.stream.input_clock import LiveInputClock
 
 logger = logging.getLogger(__name__)
 
+# push_audio's t_arrival sanity window: packets are stamped on arrival and pushed right away.
+MAX_ARRIVAL_AGE_S = 30.0
+MAX_ARRIVAL_AHEAD_S = 5.0
+
 
 class BufferFullError(RuntimeError):
     """Buffered mode: the producer pushed more not-yet-played audio than the session may hold."""
@@ -137,7 +141,10 @@ class StreamSession:
         BufferFullError when more than ``max_buffered_audio_s`` would wait to be generated.
         """
         samples = _as_mono_float32(samples)
-        t = time.monotonic() if t_arrival is None else float(t_arrival)
+        now = time.monotonic()
+        t = now if t_arrival is None else float(t_arrival)
+        if not now - MAX_ARRIVAL_AGE_S <= t <= now + MAX_ARRIVAL_AHEAD_S:
+            raise ValueError(f"t_arrival must be a time.monotonic() reading near now ({now:.3f}), got {t:.3f}")
         n = samples.shape[0]
         if n == 0:
             return
@@ -148,7 +155,7 @@ class StreamSession:
                 # Live: sample i nominally arrives at t0 + i/sr, so the packet's first sample is
                 # n/sr older than its arrival. Buffered: the producer is ahead of real time, so its
                 # first push marks the start of playback.
-                self._start_locked(t if self.config.buffered else t - n / self.sample_rate)
+                self._start_locked(now if self.config.buffered else t - n / self.sample_rate)
             cursor = self._timeline.write_cursor
             if self.config.buffered:
                 waiting = cursor + n - self._next_frame * self.samples_per_frame
@@ -269,6 +276,11 @@ class StreamSession:
     def state(self) -> str:
         return self._state
 
+    @property
+    def worker_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     async def close(self) -> None:
         """Stop the worker (waiting for a generate() in progress) and close the generator."""
         with self._cond:
@@ -306,7 +318,7 @@ class StreamSession:
             raise RuntimeError("the stream session is closed")
         self._clock.anchor(t0)
         self._state = "running"
-        self._thread = threading.Thread(target=self._run, name="stream-session-worker", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"stream-session-{id(self):x}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -350,7 +362,7 @@ class StreamSession:
                 if cursor >= need:
                     ready_at = self._timeline.arrival_time(need - 1)
                 else:
-                    due = self._clock.due(need) + cfg.input_jitter_s
+                    due = self._input_deadline(f, need)
                     if now < due and not self._utterance_ended_in(f):
                         self._cond.wait(due - now)
                         continue
@@ -360,15 +372,36 @@ class StreamSession:
                         self._clock.note_padding(padded)
                     ready_at = now
                 if self._first_ready is not None:
-                    due_play = self._first_ready + cfg.playout_margin_s + (f - self._first_ready_frame) / self.fps
-                    late = now - due_play
+                    late = now - self._playout_due(f)
                     if late > B / self.fps:
-                        expected = float(np.median(self._compute_s)) if self._compute_s else 0.0
-                        blocks = max(1, math.ceil((late + expected) * self.fps / B))
+                        blocks = max(1, math.ceil((late + self._expected_compute()) * self.fps / B))
                         self._skip_to(f + blocks * B)
                         continue
                 self._analyze_vad(need)
                 return self._make_job(f, ready_at)
+
+    def _playout_due(self, f: int) -> float:
+        """When frame ``f`` is due on screen: the first chunk's ready time + margin + frames/fps."""
+        return self._first_ready + self.config.playout_margin_s + (f - self._first_ready_frame) / self.fps
+
+    def _expected_compute(self) -> float:
+        return float(np.median(self._compute_s)) if self._compute_s else 0.0
+
+    def _input_deadline(self, f: int, need: int) -> float:
+        """Until when block ``f`` waits for missing input before padding silence.
+
+        Before the first chunk: the nominal arrival of its last sample + input_jitter_s. Once
+        playing, never later than what still meets the playout (due - compute - a small guard),
+        so waiting for input can never make a block late; buffered producers are ahead of real
+        time by design, so there the playout alone paces idle blocks.
+        """
+        cfg = self.config
+        t_input = self._clock.due(need) + cfg.input_jitter_s
+        if self._first_ready is None:
+            return t_input
+        guard = min(cfg.playout_margin_s / 2, self.block_frames / self.fps)
+        t_play = self._playout_due(f) - self._expected_compute() - guard
+        return t_play if cfg.buffered else min(t_input, t_play)
 
     def _utterance_ended_in(self, f: int) -> bool:
         """Buffered: end_of_speech() was said inside this block's window, so no more audio is
