@@ -303,16 +303,16 @@ class ServerProcess:
 
 def make_peer(samples_48k: np.ndarray, duration_s: float):
     """A ``LoopbackPeer`` (server/loopback_peer.py) that keeps, per video frame, only its arrival,
-    pts and motion energy: ten minutes of full RGB frames would not fit in memory."""
+    pts and a 48x48 grey thumbnail: ten minutes of full RGB frames would not fit in memory."""
     from server.loopback_peer import LoopbackPeer, ReceivedVideoFrame
     from aiortc.mediastreams import MediaStreamError
 
     class MotionRecordingPeer(LoopbackPeer):
-        THUMB = 48  # grey thumbnail side: enough to see the mouth move, cheap to compare
+        THUMB = 48  # grey thumbnail side: the mouth spans a few pixels, enough to see it open
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            self.video_motion: list[float] = []
+            self.video_thumbs: list[np.ndarray] = []  # uint8 [THUMB*THUMB] per frame: the mouth, cheaply
             self.video_size: tuple[int, int] | None = None
             # first arrival of each RTP timestamp (relative to the kind's first packet), per kind:
             # the wire timing, before aiortc's jitter buffers (its audio one prefetches 80 ms)
@@ -339,21 +339,17 @@ def make_peer(samples_48k: np.ndarray, duration_s: float):
 
             receiver._handle_rtp_packet = tapped
 
-        async def _read_video(self, track) -> None:  # replaces the peer's reader: same records + motion
-            prev = None
+        async def _read_video(self, track) -> None:  # replaces the peer's reader: same records + thumbnail
             try:
                 while True:
                     frame = await track.recv()
                     arrival = time.monotonic()
                     if self.video_size is None:
                         self.video_size = (frame.width, frame.height)
-                    thumb = frame.reformat(width=self.THUMB, height=self.THUMB, format="gray").to_ndarray()
-                    thumb = thumb.astype(np.float32)
-                    motion = 0.0 if prev is None else float(np.mean(np.abs(thumb - prev)))
-                    prev = thumb
                     if len(self.video_frames) < self.max_frames:
+                        thumb = frame.reformat(width=self.THUMB, height=self.THUMB, format="gray").to_ndarray()
                         self.video_frames.append(ReceivedVideoFrame(arrival, int(frame.pts), None))
-                        self.video_motion.append(motion)
+                        self.video_thumbs.append(np.ascontiguousarray(thumb, dtype=np.uint8).reshape(-1))
             except MediaStreamError:
                 pass
 
@@ -365,6 +361,38 @@ def make_peer(samples_48k: np.ndarray, duration_s: float):
 
 VIDEO_TICKS_PER_FRAME = 3600  # 90 kHz RTP clock at 25 fps
 FPS = 25
+
+
+def lip_sync_lag(
+    thumbs: np.ndarray, t_video: np.ndarray, t_audio: np.ndarray, level_db: np.ndarray, hop_s: float, max_lag_s: float
+) -> dict[str, Any]:
+    """Lag of the speech level behind the mouth opening (> 0: sound after lips).
+
+    The mouth is found from the data: the thumbnail pixels whose brightness follows the speech
+    level best (level smoothed over 200 ms, so a lag of up to ~100 ms does not bias the choice; the
+    top 2 % by |correlation|, sign-aligned and averaged). That mouth signal and the level (smoothed
+    over one frame) are then cross-correlated on a ``hop_s`` grid over +-``max_lag_s``."""
+    level = np.maximum(level_db, -60.0).astype(np.float64)
+    broad = max(1, int(round(0.2 / hop_s)))
+    level_broad = np.convolve(level, np.ones(broad) / broad, "same")
+    z_level = np.interp(t_video, t_audio, level_broad)
+    z_level = (z_level - z_level.mean()) / (z_level.std() + 1e-9)
+    x = thumbs.astype(np.float32)
+    x -= x.mean(axis=0)
+    x /= x.std(axis=0) + 1e-3
+    corr = (x.T @ z_level.astype(np.float32)) / x.shape[0]
+    top = np.argsort(-np.abs(corr))[: max(4, corr.size // 50)]
+    mouth = (x[:, top] * np.sign(corr[top])).mean(axis=1)
+
+    t0, t1 = max(t_video[0], t_audio[0]) + 1.0, min(t_video[-1], t_audio[-1]) - 1.0
+    if t1 - t0 < 5.0:
+        return {"lag_ms": None, "correlation": None, "pixels": int(top.size)}
+    order = np.argsort(t_video)
+    mouth_grid = resample_on_grid(t_video[order], mouth[order], t0, t1, hop_s)
+    frame = max(1, int(round(1.0 / FPS / hop_s)))
+    level_grid = resample_on_grid(t_audio, np.convolve(level, np.ones(frame) / frame, "same"), t0, t1, hop_s)
+    lag, c = best_lag(mouth_grid, level_grid, int(round(max_lag_s / hop_s)))
+    return {"lag_ms": lag * hop_s * 1000, "correlation": c, "pixels": int(top.size)}
 
 
 def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]:
@@ -389,6 +417,13 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
         "frame_interval_p99_ms": percentile(gaps * 1000, 99),
         "pts_steps_not_one_frame": int(np.sum(np.diff(video_pts) != VIDEO_TICKS_PER_FRAME)),
     }
+    # the same on the wire (first RTP packet of each frame): separates the server's pacing from
+    # the receiving process's own decode delays
+    wire_video_times = np.sort(np.fromiter(peer.wire_arrival["video"].values(), float))
+    if wire_video_times.size > 1:
+        wire_gaps = np.diff(wire_video_times)
+        out["video"]["wire_longest_stall_ms"] = float(wire_gaps.max() * 1000)
+        out["video"]["wire_stalls_over_120ms"] = int(np.sum(wire_gaps > 0.120))
     t_mic = peer.mic.started_at
     out["first_frame_latency_peer_ms"] = (arrivals[0] - t_mic) * 1000 if t_mic is not None else None
 
@@ -457,35 +492,22 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
         [(decoded_audio_by_slot[k] - t) * 1000 for k, t in video_arrival_by_slot.items() if k in decoded_audio_by_slot]
     )
 
-    # (b) content: lag between lip motion energy and the returned speech level, smoothed over one
-    # frame; > 0 means the sound comes after the lip movement. Both signals are placed at the wire
-    # arrival of their RTP timestamp, so the receiver's own buffering does not count.
-    v_pairs = [(wire_video.get(int(p)), m) for p, m in zip(video_pts, peer.video_motion)]
-    v_pairs = [(t, m) for t, m in v_pairs if t is not None]
-    a_times = np.asarray([
-        t + i * hop
-        for a, n in zip(frames, counts)
-        if (t := wire_audio.get(a.pts - a.pts % samples_per_audio_packet)) is not None
-        for i in range(n)
-    ])
-    a_levels = np.concatenate([
-        e for a, e in zip(frames, env_parts) if wire_audio.get(a.pts - a.pts % samples_per_audio_packet) is not None
-    ]) if a_times.size else np.zeros(0)
-    content: dict[str, Any] = {"lag_ms": None, "correlation": None}
-    if len(v_pairs) > 2 and a_times.size > 2:
-        vt = np.asarray([t for t, _ in v_pairs])
-        vm = np.asarray([m for _, m in v_pairs])
-        order_v, order_a = np.argsort(vt), np.argsort(a_times)
-        t0 = max(vt.min(), a_times.min()) + 1.0
-        t1 = min(vt.max(), a_times.max()) - 1.0
-        if t1 - t0 > 5.0:
-            motion = resample_on_grid(vt[order_v], vm[order_v], t0, t1, hop)
-            level = resample_on_grid(a_times[order_a], np.maximum(a_levels[order_a], -60.0), t0, t1, hop)
-            width = max(1, int(round(1.0 / FPS / hop)))
-            kernel = np.ones(width) / width
-            lag, corr = best_lag(np.convolve(motion, kernel, "same"), np.convolve(level, kernel, "same"),
-                                 int(cfg.av_max_lag_s / hop))
-            content = {"lag_ms": lag * hop * 1000, "correlation": corr}
+    # (b) content: lag between mouth opening and the returned speech level, both placed at the wire
+    # arrival of their RTP timestamps (the receiver's own buffering does not count)
+    content: dict[str, Any] = {"lag_ms": None, "correlation": None, "pixels": 0}
+    keep = [k for k, p in enumerate(video_pts) if int(p) in wire_video]
+    audio_keep = [k for k, a in enumerate(frames) if a.pts - a.pts % samples_per_audio_packet in wire_audio]
+    if len(keep) > 10 * FPS and audio_keep:
+        t_video = np.asarray([wire_video[int(video_pts[k])] for k in keep])
+        thumbs = np.stack([peer.video_thumbs[k] for k in keep])
+        a_times = np.concatenate([
+            wire_audio[frames[k].pts - frames[k].pts % samples_per_audio_packet]
+            + (frames[k].pts % samples_per_audio_packet) / rate + np.arange(counts[k]) * hop
+            for k in audio_keep
+        ])
+        a_level = np.concatenate([env_parts[k] for k in audio_keep])
+        order = np.argsort(a_times)
+        content = lip_sync_lag(thumbs, t_video, a_times[order], a_level[order], hop, cfg.av_max_lag_s)
     out["av_offset_ms"] = {
         "wire_p50": percentile(wire_ms, 50),
         "wire_p95_abs": percentile(np.abs(wire_ms), 95),
@@ -494,6 +516,7 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
         "decoded_p95_abs": percentile(np.abs(decoded_ms), 95),
         "content_lag": content["lag_ms"],
         "content_correlation": content["correlation"],
+        "content_mouth_pixels": content["pixels"],
     }
     return out
 
