@@ -314,6 +314,7 @@
     ui.avatarSelect.disabled = phase !== 'idle';
     ui.avatarFile.disabled = phase !== 'idle';
     ui.micProcessing.disabled = phase !== 'idle';
+    ui.videoBox.classList.toggle('active', phase !== 'idle'); // the overlay shows only then
   }
 
   // ---------------------------------------------------------------- microphone level meter

@@ -88,7 +88,7 @@ def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, 
     assert status == 404, "the server still knows the session after Disconnect"
 
 
-def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url):
+def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url, tmp_path):
     page = chromium_page
     page.goto(server_url + "/")
     page.evaluate(
@@ -105,6 +105,7 @@ def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url):
     assert "no-such-avatar" in text or "avatar" in text.lower(), text
     assert page.get_attribute("#state", "data-state") == "idle"
     assert page.is_enabled("#connect") and not page.is_enabled("#disconnect")
+    page.screenshot(path=str(tmp_path / "error.png"))
 
 
 def _server_frame_size() -> tuple[int, int]:
