@@ -73,6 +73,7 @@ class OfflineRenderer:
         online_decode: bool,
         vad: VoiceActivityDetector | None = None,
         on_clip_done: Callable[[int], None] | None = None,
+        save_generator_state: bool = True,
     ):
         self.generator = generator
         self.audio = audio
@@ -83,6 +84,9 @@ class OfflineRenderer:
         self.online_decode = online_decode
         self.vad = vad or VoiceActivityDetector(plan.sample_rate, plan.samples_per_frame)
         self.on_clip_done = on_clip_done or (lambda clip: None)
+        # False for engines whose state cannot be saved (liveavatar: GPU KV rings): the state file
+        # then only marks the render as unfinished, and --resume refuses it.
+        self.save_generator_state = save_generator_state
         self.block_frames = int(generator.block_frames)
         if plan.infer_frames % self.block_frames:
             raise ValueError(f"infer_frames {plan.infer_frames} is not a multiple of block_frames {self.block_frames}")
@@ -119,7 +123,10 @@ class OfflineRenderer:
             yield frames, block.frame_samples(spf)
 
     # -- state ---------------------------------------------------------------------------------
-    def _save(self, clips_done: int, partial_bytes: int, generator_state: dict, vad_state: Any) -> None:
+    def _generator_state(self) -> dict | None:
+        return copy.deepcopy(self.generator.state_dict()) if self.save_generator_state else None
+
+    def _save(self, clips_done: int, partial_bytes: int, generator_state: dict | None, vad_state: Any) -> None:
         save_state(
             self.checkpoint.state_path,
             RenderState(
@@ -147,7 +154,7 @@ class OfflineRenderer:
                 for frames, speech_audio in self._generate_clip(clip):
                     self.partial.add_frames(frames, speech_audio)
                 size = self.partial.end_clip()
-                self._save(clip + 1, size, self.generator.state_dict(), self.vad)
+                self._save(clip + 1, size, self._generator_state(), self.vad)
                 self.on_clip_done(clip)
         finally:
             self.partial.abort_clip()
@@ -160,7 +167,7 @@ class OfflineRenderer:
             for clip in range(start_clip, self.plan.clips):
                 pieces = list(self._generate_clip(clip))
                 kept.append((np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])))
-                snapshot = (copy.deepcopy(self.generator.state_dict()), copy.deepcopy(self.vad))
+                snapshot = (self._generator_state(), copy.deepcopy(self.vad))
                 self.on_clip_done(clip)
         finally:
             # Normal end or interruption: write what is finished, then the state that matches it.

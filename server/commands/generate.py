@@ -8,7 +8,6 @@ constant memory (online decode), crash-safe progress and ``--resume``. The work 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import signal
 import sys
@@ -82,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--engine", default="lite", choices=["lite", "liveavatar"], help="lite: CPU, no model download (default); liveavatar: the diffusion model, GPU")
     run.add_argument("--enable_online_decode", action=argparse.BooleanOptionalAction, default=None, help="encode and append each block as soon as it exists: memory stays flat whatever the length, and a kill -9 loses at most one clip. Without it, like the reference, frames are kept until the end (a warning says when that needs a lot of memory)")
     run.add_argument("--offload_model", action=argparse.BooleanOptionalAction, default=None, help="liveavatar: keep model parts in CPU memory between uses (less GPU memory, slower); lite: no effect")
+    run.add_argument("--weights_dir", type=Path, default=None, help="liveavatar: the checkpoint folder (Wan2.2-S2V-14B + the Live Avatar LoRA, see the engine's documentation)")
     run.add_argument("--tiny", action="store_true", help="liveavatar: the tiny random-weight configuration that runs on a CPU (tests; the video is noise)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted render of the same OUTPUT from its last finished clip (same options required); without a saved state it starts from the beginning")
 
@@ -110,35 +110,48 @@ def _read_image(path: Path):
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _engine_config(args, settings, size: tuple[int, int]) -> dict[str, Any]:
-    """Options for load_engine; each engine takes what it knows (checked against its constructor)."""
-    config: dict[str, Any] = {"size": size, "seed": settings["seed"]}
-    if args.engine == "liveavatar":
-        config.update(
-            tiny=args.tiny,
-            offload_model=settings["offload_model"],
-            sample_steps=settings["sample_steps"],
-            sample_solver=settings["sample_solver"],
-            sample_guide_scale=settings["sample_guide_scale"],
-        )
-    return config
+def _engine_config(args, settings, size: tuple[int, int]) -> tuple[dict[str, Any], list[str]]:
+    """(options for load_engine, notes about flags this engine does not use)."""
+    width, height = size
+    notes: list[str] = []
+    if args.engine == "lite":
+        config: dict[str, Any] = {"size": (width, height), "seed": settings["seed"]}
+        unused = [
+            ("--prompt", args.prompt is not None),
+            ("--sample_steps", args.sample_steps is not None),
+            ("--sample_solver", args.sample_solver is not None),
+            ("--sample_guide_scale", args.sample_guide_scale is not None),
+            ("--offload_model", bool(args.offload_model)),
+            ("--tiny", args.tiny),
+            ("--weights_dir", args.weights_dir is not None),
+        ]
+        notes += [flag for flag, given in unused if given]
+        return config, notes
+    # liveavatar: the chosen frame as its own area cap and aspect, so it renders exactly that size.
+    config = {"size": f"{width}*{height}", "aspect": f"{width}:{height}", "seed": settings["seed"]}
+    if args.tiny:
+        config["tiny"] = True
+    elif args.weights_dir:
+        config["weights_dir"] = str(args.weights_dir)
+    if settings["sample_steps"] not in (None, 4):
+        notes.append(f"--sample_steps {settings['sample_steps']} (the engine runs the distilled model's 4 steps)")
+    if settings["offload_model"]:
+        notes.append("--offload_model (not implemented by the engine)")
+    if settings["sample_guide_scale"]:
+        notes.append("--sample_guide_scale (the distilled model uses no guidance, as in the reference)")
+    return config, notes
 
 
 def _load_engine(name: str, config: dict[str, Any]):
     # MediaPipe/TFLite log banners on stderr would bury the plan and the progress bar.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from avatar_core.engines import ENGINES, load_engine
+    from avatar_core.engines import load_engine
 
-    module_name, class_name = ENGINES[name].split(":")
-    import importlib
-
-    engine_class = getattr(importlib.import_module(module_name), class_name)
-    params = inspect.signature(engine_class).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = {k: v for k, v in config.items() if takes_any or k in params}
-    ignored = sorted(set(config) - set(accepted))
-    return load_engine(name, **accepted), ignored
+    try:
+        return load_engine(name, **config)
+    except (ValueError, OSError) as exc:  # engine option errors and missing weights are user-facing
+        raise _Refused(f"the {name} engine cannot start: {exc}") from None
 
 
 def _say(text: str) -> None:
@@ -255,7 +268,8 @@ def _run(args: argparse.Namespace, files, created: list[Path]) -> int:
     _say(plan.describe())
 
     # 4. Engine and avatar (a photo without a usable face is refused here).
-    engine, ignored = _load_engine(args.engine, _engine_config(args, options, (plan.width, plan.height)))
+    engine_config, ignored = _engine_config(args, options, (plan.width, plan.height))
+    engine = _load_engine(args.engine, engine_config)
     try:
         if plan.infer_frames % engine.block_frames:
             raise _Refused(
@@ -307,10 +321,30 @@ def _render(args, files, created, engine, avatar, prepared, plan, settings, stat
     from avatar_core.offline.video_writer import PartialVideo, finalize, save_last_frame
 
     generator = engine.new_generator(avatar, args.prompt)
+    try:
+        generator.state_dict()
+        resumable = True
+    except NotImplementedError as exc:
+        resumable = False
+        _warn(f"this render cannot be resumed if interrupted ({exc}); finished clips are still kept in {files.partial}")
     partial = PartialVideo(files.partial, width=plan.width, height=plan.height, fps=plan.fps)
     start_clip = 0
     vad = None
     if state is not None:
+        if state.generator_state is None or not resumable:
+            generator.close()
+            raise _Refused(
+                f"the {args.engine} engine cannot continue a render (its state cannot be saved); "
+                f"{files.partial} plays the {state.clips_done} finished clip(s); delete it and "
+                f"{files.state.name} to render again from the start"
+            )
+        have = files.partial.stat().st_size if files.partial.exists() else -1
+        if have < state.partial_bytes:
+            generator.close()
+            raise _Refused(
+                f"cannot resume: {files.partial} is missing or shorter than the saved state says "
+                f"({max(have, 0)} < {state.partial_bytes} bytes); delete {files.state.name} to start over"
+            )
         generator.load_state_dict(state.generator_state)
         vad = state.vad_state
         partial.open(resume_bytes=state.partial_bytes)
@@ -325,7 +359,7 @@ def _render(args, files, created, engine, avatar, prepared, plan, settings, stat
         generator, prepared, plan, partial,
         RenderCheckpoint(fingerprint, fingerprint_options, files.state),
         online_decode=settings.enable_online_decode, vad=vad,
-        on_clip_done=lambda clip: progress.clip_done(),
+        on_clip_done=lambda clip: progress.clip_done(), save_generator_state=resumable,
     )
     started = time.monotonic()
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -61,6 +61,8 @@ class FakeGenerator:
         self.mouth = 0.0
 
     def state_dict(self):
+        if os.environ.get("FAKE_ENGINE_NO_STATE"):
+            raise NotImplementedError("this fake engine keeps its state on a GPU")
         return {"phase": self.phase, "mouth": self.mouth, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state):
@@ -328,3 +330,36 @@ def test_save_last_frame(tmp_path, photo, speech_wav):
     assert png.shape == frames[-1].shape
     assert np.abs(png.astype(int) - frames[-1].astype(int)).mean() < 1.0
     assert np.abs(png.astype(int) - frames[0].astype(int)).mean() > 1.0
+
+
+def test_engine_without_saveable_state_keeps_clips_but_refuses_resume(tmp_path, photo, speech_wav):
+    from avatar_core.offline.resume import RenderFiles
+    from avatar_core.offline.video_writer import count_partial_frames
+
+    out = tmp_path / "gpu.mp4"
+    files = RenderFiles(out)
+    env = {"FAKE_ENGINE_DELAY_S": "0.03", "FAKE_ENGINE_NO_STATE": "1"}
+    args = ["--image", photo, "--audio", speech_wav, "--output", out, "--enable_online_decode", *BASE]
+    proc = run_cli(args, env=env, wait=False)
+    done = _wait_for_clips(files, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert count_partial_frames(files.partial) >= done * 24
+    res = run_cli([*args, "--resume"], env=env)
+    assert res.returncode == 2 and "cannot continue" in res.stderr and "Traceback" not in res.stderr
+    assert files.partial.exists()  # the finished clips are not thrown away by a refused resume
+
+
+def test_resume_refuses_a_damaged_partial_file(tmp_path, photo, speech_wav):
+    from avatar_core.offline.resume import RenderFiles
+
+    out = tmp_path / "damaged.mp4"
+    files = RenderFiles(out)
+    args = ["--image", photo, "--audio", speech_wav, "--output", out, "--enable_online_decode", *BASE]
+    proc = run_cli(args, env={"FAKE_ENGINE_DELAY_S": "0.03"}, wait=False)
+    _wait_for_clips(files, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    files.partial.write_bytes(files.partial.read_bytes()[:1000])
+    res = run_cli([*args, "--resume"])
+    assert res.returncode == 2 and "shorter than the saved state" in res.stderr
