@@ -1,0 +1,132 @@
+"""The liveavatar engine on tiny random weights (CPU): contract, frames, audio dependence, sink refresh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avatar_core.contract import AudioBlock, AvatarError, BlockGenerator, Engine, EngineBusyError
+from avatar_core.engines import load_engine
+from avatar_core.engines.liveavatar.engine import EngineConfigError, frame_size
+
+torch.set_num_threads(1)
+SPF = 640
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return load_engine("liveavatar", tiny=True, capacity=2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def avatar(engine):
+    yy, xx = np.mgrid[0:240, 0:180]
+    img = np.stack([(xx * 255 // 180), (yy * 255 // 240), ((xx + yy) % 256)], axis=-1).astype(np.uint8)
+    return engine.prepare_avatar(img)
+
+
+def _block(gen, k: int, seed: int, amplitude: float = 0.2) -> AudioBlock:
+    n = gen.context_samples + 12 * SPF + gen.lookahead_samples
+    t = np.arange(n) / 16000
+    rng = np.random.default_rng(seed)
+    samples = amplitude * np.sin(2 * np.pi * (150 + 50 * seed) * t) + 0.05 * rng.standard_normal(n)
+    return AudioBlock(
+        samples=samples.astype(np.float32), first_frame=12 * k, num_frames=12,
+        context=gen.context_samples, lookahead=gen.lookahead_samples, speech=np.ones(12, bool),
+    )
+
+
+def test_contract_and_geometry(engine, avatar):
+    assert isinstance(engine, Engine)
+    assert engine.name == "liveavatar" and engine.fps == 25 and engine.block_frames == 12
+    assert engine.size == (64, 128)  # "128*64" area cap on a 9:16 frame
+    assert all(side % 64 == 0 for side in engine.size)
+    assert avatar.image.shape == (128, 64, 3)
+    assert avatar.motion_latents.shape == (16, 19, 16, 8) and avatar.reference_latent.shape == (16, 1, 16, 8)
+    gen = engine.new_generator(avatar, "a person talks")
+    try:
+        assert isinstance(gen, BlockGenerator)
+        assert gen.context_samples % 320 == 0 and gen.lookahead_samples >= 400
+    finally:
+        gen.close()
+
+
+def test_frames_shape_determinism_and_audio_dependence(engine, avatar):
+    a, b = engine.new_generator(avatar, "a person talks"), engine.new_generator(avatar, "a person talks")
+    try:
+        fa0, fb0 = a.generate(_block(a, 0, seed=1)), b.generate(_block(b, 0, seed=1))
+        assert fa0.shape == (12, 128, 64, 3) and fa0.dtype == np.uint8
+        np.testing.assert_array_equal(fa0, fb0)  # same seed, same audio: same frames
+        # the first 3 frames (dropped by the reference) hold the first kept frame
+        assert all(np.array_equal(fa0[k], fa0[3]) for k in range(3)) and not np.array_equal(fa0[3], fa0[11])
+        fa1 = a.generate(_block(a, 1, seed=2))
+        fb1 = b.generate(_block(b, 1, seed=5, amplitude=0.6))  # different audio for block 1
+        assert fa1.shape == fb1.shape == (12, 128, 64, 3)
+        diff = np.abs(fa1.astype(int) - fb1.astype(int))
+        assert diff.max() > 0 and diff.mean() > 0.01
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sink_refresh_before_clip_one(engine, avatar):
+    gen = engine.new_generator(avatar, None)
+    try:
+        for k in range(4):
+            gen.generate(_block(gen, k, seed=k))
+        sink_before = gen.stepper.sink.k.clone()
+        assert gen._first_latent is not None
+        gen.generate(_block(gen, 4, seed=4))  # first block of clip 1 rebuilds the sink
+        assert gen._first_latent is None
+        assert (gen.stepper.sink.k - sink_before).abs().max() > 1e-4
+        sink_after = gen.stepper.sink.k.clone()
+        gen.generate(_block(gen, 5, seed=5))  # no further refresh
+        torch.testing.assert_close(gen.stepper.sink.k, sink_after, atol=0, rtol=0)
+    finally:
+        gen.close()
+
+
+def test_capacity_resume_and_bad_input(engine, avatar):
+    a, b = engine.new_generator(avatar), engine.new_generator(avatar)
+    with pytest.raises(EngineBusyError):
+        engine.new_generator(avatar)
+    a.close()
+    a.close()  # idempotent: releases once
+    c = engine.new_generator(avatar)
+    with pytest.raises(NotImplementedError, match="resume"):
+        c.state_dict()
+    with pytest.raises(ValueError, match="12 frames"):
+        c.generate(AudioBlock(np.zeros(100, np.float32), 0, 2, 0, 0, np.zeros(2, bool)))
+    b.close()
+    c.close()
+    assert engine.active_sessions == 0
+    with pytest.raises(AvatarError):
+        engine.prepare_avatar(np.zeros((100, 100), np.uint8))
+    with pytest.raises(AvatarError, match="too small"):
+        engine.prepare_avatar(np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(AvatarError):
+        engine.new_generator("not an avatar")
+
+
+def test_options_are_validated(tmp_path):
+    with pytest.raises(EngineConfigError, match="unknown"):
+        load_engine("liveavatar", tiny=True, bogus=1)
+    with pytest.raises(EngineConfigError, match="exactly one"):
+        load_engine("liveavatar")
+    with pytest.raises(EngineConfigError, match="sink_refresh"):
+        load_engine("liveavatar", tiny=True, sink_refresh="sometimes")
+    with pytest.raises(EngineConfigError, match="not found"):
+        load_engine("liveavatar", weights_dir=str(tmp_path / "missing"))
+    with pytest.raises(EngineConfigError, match="config.json"):
+        load_engine("liveavatar", weights_dir=str(tmp_path))
+
+
+def test_frame_size_rule():
+    assert frame_size("704*384", "9:16") == (384, 704)
+    assert frame_size("688*368", "9:16") == (384, 640)
+    assert frame_size("720*400", "9:16") == (384, 704)
+    assert frame_size("704*384", "16:9") == (704, 384)
+    assert frame_size("512*512", "1:1") == (512, 512)
+    with pytest.raises(EngineConfigError):
+        frame_size("704*384", "wide")
