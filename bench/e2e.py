@@ -286,6 +286,15 @@ class ServerProcess:
 
         return psutil.Process(self.proc.pid).memory_info().rss
 
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -557,9 +566,14 @@ class RssSampler:
         self.samples: list[tuple[float, int]] = []  # (seconds since start, bytes)
 
     async def run(self, t_start: float) -> None:
-        while True:
-            self.samples.append((time.monotonic() - t_start, self.server.rss_bytes()))
-            await asyncio.sleep(self.interval_s)
+        import psutil
+
+        try:
+            while True:
+                self.samples.append((time.monotonic() - t_start, self.server.rss_bytes()))
+                await asyncio.sleep(self.interval_s)
+        except psutil.Error:
+            return  # the server is gone; _run reports it
 
     def at(self, t: float) -> int | None:
         """The sample nearest to ``t`` seconds."""
@@ -580,6 +594,8 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     tasks: list[asyncio.Task] = []
     try:
         rss_idle = server.rss_bytes()
+        load_at_start = list(os.getloadavg())
+        cpu_at_start = server.cpu_seconds()
         session_id = await peer.connect_offer(server.url)
         print(f"session {session_id}: sending {cfg.duration_s:.0f} s of speech "
               f"({len(program.utterance_starts_s)} utterances)", flush=True)
@@ -590,6 +606,10 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
         progress = asyncio.create_task(_progress(cfg.duration_s, t_start, poller, rss))
         tasks.append(progress)
         await peer.wait_sent(extra_s=1.5, timeout=cfg.duration_s + 120)
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the server exited during the run ({server.proc.returncode}):\n{server.log_tail()}")
+        run_s = time.monotonic() - t_start
+        server_cpu_s = server.cpu_seconds() - cpu_at_start
         final_status, final_stats = await asyncio.to_thread(
             http_json, "GET", f"{server.url}/sessions/{session_id}/stats")
         for task in tasks:
@@ -628,7 +648,10 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
             "latency_trims": stats.get("latency_trims"),
             "stream": stats.get("stream"),
             "delete_status": status_delete,
+            "close_reason": stats.get("close_reason"),
+            "cpu_cores_used": server_cpu_s / run_s,  # CPU-seconds of the server process per second
         },
+        "load_avg_at_start": load_at_start,
         "peer": peer_results,
         "memory": {
             "rss_idle_mb": rss_idle / mb,
@@ -693,7 +716,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--avatar", default=None, help="portrait image for the server's default avatar")
     p.add_argument("--config", default=None, help="server YAML config (default configs/server.yaml)")
     p.add_argument("--seed", type=int, default=d.seed, help="order of sentences and pause lengths")
-    p.add_argument("--output", type=Path, default=d.output, help=f"JSON results (default {d.output.relative_to(REPO_ROOT)})")
+    p.add_argument("--output", type=Path, default=None,
+                   help=f"JSON results (default {d.output.relative_to(REPO_ROOT)}; --quick: e2e_quick.json beside it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -704,7 +728,7 @@ def run(args: argparse.Namespace) -> int:
         avatar=args.avatar,
         server_config=args.config,
         seed=args.seed,
-        output=args.output,
+        output=args.output or (DEFAULT_OUTPUT.with_name("e2e_quick.json") if args.quick else DEFAULT_OUTPUT),
     )
     if cfg.duration_s < 20 or cfg.rss_baseline_s >= cfg.duration_s:
         print("error: --duration must be >= 20 s and larger than --rss-baseline", file=sys.stderr)
@@ -742,3 +766,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":  # python -m bench.e2e [--quick] (same as `avatar bench e2e`)
+    _parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=DESCRIPTION,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))
