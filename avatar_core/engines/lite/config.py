@@ -21,6 +21,8 @@ class FramingConfig:
 class DetectionConfig:
     min_confidence: float = 0.5
     detect_max_side: int = 1024  # the detector sees the image downscaled to this
+    tile_side: int = 512  # ... and, if that finds nothing, overlapping tiles of this size
+    tile_max_side: int = 2048  # of the image downscaled to this
     haar_max_side: int = 1600
     mesh_crop_side: int = 480  # FaceMesh runs on a face crop resized to this (upscales small faces)
     mesh_crop_scale: float = 2.2  # crop side / detected box side

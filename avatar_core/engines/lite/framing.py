@@ -11,20 +11,6 @@ from avatar_core.engines.lite.config import FramingConfig
 FOREHEAD, CHIN = 10, 152  # FaceMesh landmarks at the top and bottom of the face
 
 
-def area_capped_size(width: float, height: float, max_area: int, multiple: int = 16) -> tuple[int, int]:
-    """Largest (w, h) with the aspect of width:height, sides multiples of ``multiple``, w*h <= max_area."""
-    aspect = width / height
-    h = (max_area / aspect) ** 0.5
-    w = h * aspect
-    w_out, h_out = max(multiple, int(w // multiple) * multiple), max(multiple, int(h // multiple) * multiple)
-    while w_out * h_out > max_area and (w_out > multiple or h_out > multiple):
-        if w_out >= h_out:
-            w_out -= multiple
-        else:
-            h_out -= multiple
-    return w_out, h_out
-
-
 @dataclass(frozen=True)
 class Framing:
     matrix: np.ndarray  # 2x3 affine: image pixel -> frame pixel

@@ -44,20 +44,14 @@ def _resize_to_max_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, f
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
-def _detect_mediapipe(image: np.ndarray, cfg: DetectionConfig) -> list[FaceBox]:
-    import mediapipe as mp
-
-    small, scale = _resize_to_max_side(image, cfg.detect_max_side)
-    height, width = small.shape[:2]
-    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=cfg.min_confidence) as detector:
-        result = detector.process(small)
+def _boxes_from(result, width: int, height: int, scale: float, x0: float = 0, y0: float = 0) -> list[FaceBox]:
     boxes = []
     for detection in result.detections or []:
         rel = detection.location_data.relative_bounding_box
         boxes.append(
             FaceBox(
-                rel.xmin * width / scale,
-                rel.ymin * height / scale,
+                (x0 + rel.xmin * width) / scale,
+                (y0 + rel.ymin * height) / scale,
                 rel.width * width / scale,
                 rel.height * height / scale,
                 float(detection.score[0]),
@@ -66,14 +60,36 @@ def _detect_mediapipe(image: np.ndarray, cfg: DetectionConfig) -> list[FaceBox]:
     return boxes
 
 
+def _detect_mediapipe(image: np.ndarray, cfg: DetectionConfig) -> list[FaceBox]:
+    """MediaPipe's full-range detector on the whole image, then, if that finds nothing, on
+    overlapping tiles (its input is 192x192, so a small face in a big photo needs a closer look)."""
+    import mediapipe as mp
+
+    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=cfg.min_confidence) as detector:
+        small, scale = _resize_to_max_side(image, cfg.detect_max_side)
+        boxes = _boxes_from(detector.process(small), small.shape[1], small.shape[0], scale)
+        if boxes:
+            return boxes
+        big, scale = _resize_to_max_side(image, cfg.tile_max_side)
+        tile, stride = cfg.tile_side, int(cfg.tile_side * 0.75)
+        height, width = big.shape[:2]
+        if max(height, width) <= tile:
+            return []
+        for y0 in sorted({*range(0, max(1, height - tile + 1), stride), max(0, height - tile)}):
+            for x0 in sorted({*range(0, max(1, width - tile + 1), stride), max(0, width - tile)}):
+                crop = np.ascontiguousarray(big[y0 : y0 + tile, x0 : x0 + tile])
+                boxes += _boxes_from(detector.process(crop), crop.shape[1], crop.shape[0], scale, x0, y0)
+    return boxes
+
+
 def _detect_haar(image: np.ndarray, cfg: DetectionConfig) -> list[FaceBox]:
     import cv2
 
     small, scale = _resize_to_max_side(image, cfg.haar_max_side)
-    gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     min_side = max(16, int(cfg.min_face_pixels * scale))
-    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=6, minSize=(min_side, min_side))
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
     # Haar gives no confidence; 0.5 marks it as the weaker source.
     return [FaceBox(x / scale, y / scale, w / scale, h / scale, 0.5) for (x, y, w, h) in found]
 
