@@ -17,7 +17,11 @@ class StreamConfig:
     input_jitter_s: float = 0.06
     # Slack between the first chunk being ready and its playout; each later block is due
     # first_ready + playout_margin_s + frames/fps. A worker more than one block behind that skips.
-    playout_margin_s: float = 0.1
+    # Set it to the consumer's playout delay (the server's playout_delay_ms, 40 ms by default).
+    playout_margin_s: float = 0.04
+    # Buffered: how far ahead of its playout a block may be generated (at least one block), so
+    # an eager consumer never holds more than a fraction of a second of not-yet-due frames.
+    buffered_lead_s: float = 0.2
     # Ready chunks waiting for the consumer; a full queue pauses the worker (back-pressure).
     output_queue_chunks: int = 8
     # Live: arrived audio not yet generated beyond which the worker skips ahead (memory bound when
@@ -32,8 +36,8 @@ class StreamConfig:
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
-        if self.input_jitter_s < 0 or self.playout_margin_s < 0:
-            raise ValueError("input_jitter_s and playout_margin_s must be >= 0")
+        if self.input_jitter_s < 0 or self.playout_margin_s < 0 or self.buffered_lead_s < 0:
+            raise ValueError("input_jitter_s, playout_margin_s and buffered_lead_s must be >= 0")
         if self.output_queue_chunks < 1:
             raise ValueError(f"output_queue_chunks must be >= 1, got {self.output_queue_chunks}")
         if self.max_live_backlog_s <= 0 or self.max_buffered_audio_s <= 0:

@@ -6,12 +6,15 @@ calls the synchronous ``generate()`` and queues the chunk. Block j covers frames
 [jB, (j+1)B) plus the generator's context/lookahead samples.
 
 Schedule of block f (first frame f, B frames, S samples a frame, lookahead L):
-  * ready when the timeline holds samples up to (f+B)*S + L, or, when the input is late, at
-    t0 + ((f+B)*S + L)/sr + input_jitter_s, after padding silence (so idle blocks keep coming at
-    real-time pace with no input at all);
-  * due for playout at first_ready + playout_margin_s + (f - f_first)/fps; a worker more than a
-    block behind that skips whole blocks ahead (counted, never generated) instead of letting
-    latency grow.
+  * due for playout at first_ready + playout_margin_s + (f - f_first)/fps (the consumer starts
+    its clock when the first chunk arrives);
+  * ready when the timeline holds samples up to (f+B)*S + L. If the input is late, the block
+    waits until t0 + ((f+B)*S + L)/sr + input_jitter_s, but never so long that it would miss
+    its playout, then pads silence: idle blocks keep coming at real-time pace with no input;
+  * buffered mode (a producer ahead of real time): generated as soon as its audio is there, but
+    at most max(buffered_lead_s, one block) before its playout;
+  * a worker more than a block behind the playout skips whole blocks ahead (counted, never
+    generated) instead of letting latency grow.
 """
 
 from __future__ import annotations
@@ -187,14 +190,9 @@ class StreamSession:
                 return position
             self._stat_interrupts += 1
             self._epoch += 1
-            # Frames of dropped chunks (and of a block in progress) are generated again from
-            # where delivery stopped, so the consumer's frame sequence stays continuous.
-            candidates = [c.first_frame for c in self._out]
-            if self._in_progress is not None:
-                candidates.append(self._in_progress)
             self._stat_chunks_dropped += len(self._out)
+            restart = self._restart_frame()
             self._out.clear()
-            restart = min(candidates, default=self._next_frame)
             self._next_frame = restart
             self._in_progress = None
             if self.config.buffered:
@@ -209,6 +207,24 @@ class StreamSession:
             self._reset_motion = True
             self._cond.notify_all()
         return position
+
+    def _restart_frame(self) -> int:
+        """Where generation resumes after an interrupt (lock held).
+
+        The consumer drops what it buffered too, so frames resume right after the last one shown
+        (note_played); without that information, from the first frame it has not received (the
+        dropped chunks, or the block in progress). Never before what the timeline still holds."""
+        if self._played_frame >= 0:
+            restart = min(self._played_frame + 1, self._next_frame)
+        else:
+            candidates = [c.first_frame for c in self._out]
+            if self._in_progress is not None:
+                candidates.append(self._in_progress)
+            restart = min(candidates, default=self._next_frame)
+        held_from = self._timeline.start_index + self._context
+        if self._timeline.start_index > 0 and restart * self.samples_per_frame < held_from:
+            restart = min(-(-held_from // self.samples_per_frame), self._next_frame)
+        return restart
 
     def note_played(self, frame_index: int) -> None:
         """The consumer showed frame ``frame_index`` (feeds interrupt()'s playback position)."""
@@ -358,6 +374,12 @@ class StreamSession:
                 if len(self._out) >= cfg.output_queue_chunks:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
+                if cfg.buffered and self._first_ready is not None:
+                    lead = max(cfg.buffered_lead_s, B / self.fps)
+                    start_at = self._playout_due(f) - lead
+                    if now < start_at:
+                        self._cond.wait(start_at - now)
+                        continue
                 cursor = self._timeline.write_cursor
                 if cursor >= need:
                     ready_at = self._timeline.arrival_time(need - 1)
@@ -492,10 +514,13 @@ class StreamSession:
         return True
 
     def _trim_timeline(self) -> None:
-        # Keep what an interrupt could regenerate (queued chunks) and the next block's context.
-        oldest = min([c.first_frame for c in self._out] + [self._next_frame])
-        self._timeline.trim_before(oldest * self.samples_per_frame - self._context)
-        for k in [k for k in self._speech_flags if k < oldest]:
+        # Keep what an interrupt may regenerate (everything after the last frame shown, delivered
+        # or not) plus the next block's context, but never more than the backlog bound.
+        S = self.samples_per_frame
+        oldest = min(self._played_frame + 1, self._next_frame)
+        keep_from = max(oldest * S, self._next_frame * S - int(self.config.max_live_backlog_s * self.sample_rate))
+        self._timeline.trim_before(keep_from - self._context)
+        for k in [k for k in self._speech_flags if k < keep_from // S]:
             del self._speech_flags[k]
 
     def _analyze_vad(self, upto_sample: int) -> None:

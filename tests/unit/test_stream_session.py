@@ -215,6 +215,46 @@ async def test_interrupt_drops_queue_and_pushed_audio_and_answers_position():
     await session.close()
 
 
+async def test_interrupt_resumes_right_after_the_last_frame_shown():
+    # The consumer received frames 0..7 but showed only 0..3; it drops the rest on a barge-in.
+    gen = FakeGenerator(block_frames=2)
+    session = StreamSession(gen, config=StreamConfig(buffered=True, output_queue_chunks=2))
+    signal = ramp(2 * SR)
+    push_packets(session, signal)
+    it = session.chunks().__aiter__()
+    await take(it, 4)
+    session.note_played(3)
+    assert session.interrupt() == pytest.approx(4 / FPS)
+    (after,) = await take(it, 1)
+    assert after.first_frame == 4 and not after.audio.any()
+    assert gen.blocks[-1].first_frame == 4
+    # the context before the restart point is the audio that was really played
+    np.testing.assert_array_equal(gen.blocks[-1].samples[:800], signal[4 * S - 800 : 4 * S])
+    await session.close()
+
+
+async def test_buffered_generation_stays_a_bounded_lead_ahead_of_playout():
+    gen = FakeGenerator(block_frames=2)
+    config = StreamConfig(buffered=True, buffered_lead_s=0.2, playout_margin_s=0.04, output_queue_chunks=50)
+    session = StreamSession(gen, config=config)
+    push_packets(session, ramp(5 * SR))  # a TTS producer far ahead of real time
+    it = session.chunks().__aiter__()
+    chunks = [await take(it, 1)]
+    first_ready = chunks[0][0].timings.finished_at
+    t_end = time.monotonic() + 0.6
+    received = []
+    while time.monotonic() < t_end:
+        (c,) = await take(it, 1)
+        received.append((time.monotonic(), c))
+    for t, c in received:
+        due = first_ready + 0.04 + c.first_frame / FPS
+        assert c.timings.started_at >= due - 0.2 - 1e-3, "started more than the lead before its playout"
+    frames = 2 + sum(c.num_frames for _, c in received)
+    assert frames >= 0.6 * FPS, "but it does keep up with real time"
+    assert frames <= (received[-1][0] - first_ready + 0.04 + 0.2) * FPS + 2
+    await session.close()
+
+
 async def test_catch_up_when_the_generator_is_slower_than_real_time():
     gen = FakeGenerator(block_frames=2, delay_s=0.2)  # 0.2 s for 0.08 s of video
     margin = 0.05
