@@ -246,10 +246,14 @@
   }
 
   function onConnectionState(pc) {
-    if (session.pc !== pc) return;
-    if (pc.connectionState === 'failed' || pc.connectionState === 'disconnected') {
-      showError(new Error(`Connection to the server was lost (${pc.connectionState}).`));
+    if (session.pc !== pc || !session.statsTimer) return; // connect() handles the setup phase
+    if (pc.connectionState === 'failed') {
+      showError(new Error('Connection to the server was lost.'));
       teardown({ notifyServer: true });
+    } else if (pc.connectionState === 'disconnected') {
+      setState('connecting', 'Reconnecting…'); // often recovers by itself within seconds
+    } else if (pc.connectionState === 'connected') {
+      setState('live', 'Live');
     }
   }
 
@@ -276,6 +280,8 @@
     if (!session.id) return;
     try {
       await api('POST', `sessions/${encodeURIComponent(session.id)}/interrupt`);
+      ui.interrupt.textContent = 'Interrupted';
+      setTimeout(() => { ui.interrupt.textContent = 'Interrupt'; }, 800);
     } catch (err) {
       showError(err);
     }
@@ -376,6 +382,14 @@
     ]);
     if (session.pc !== pc) return;
     if (server.status === 'fulfilled') session.serverStats = server.value;
+    const ended = server.status === 'rejected' && server.reason instanceof ApiError && server.reason.status === 404;
+    const closed = server.status === 'fulfilled' && server.value && server.value.state === 'closed';
+    if (ended || closed) {
+      const reason = closed && server.value.close_reason ? `: ${server.value.close_reason}` : '';
+      showError(new Error(`The server ended the session${reason}.`));
+      teardown({ notifyServer: false });
+      return;
+    }
     if (rtc.status === 'fulfilled') {
       rtc.value.forEach((report) => {
         if (report.type === 'inbound-rtp' && report.kind === 'video') {

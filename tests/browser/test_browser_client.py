@@ -154,3 +154,15 @@ def test_page_uploads_portrait_and_reports_a_rejected_one(chromium_page, server_
     text = page.text_content("#error-text")
     assert re.search(r"\(4\d\d\)", text), text
     assert page.eval_on_selector("#avatar-select", "s => s.value") == avatar_id  # selection unchanged
+
+
+def test_page_notices_when_the_server_ends_the_session(chromium_page, server_url, http):
+    page = chromium_page
+    _connect(page, server_url)
+    session_id = page.evaluate("window.avatarClient.sessionId")
+    status, _ = http("DELETE", f"{server_url}/sessions/{session_id}")
+    assert status == 200
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert "ended the session" in page.text_content("#error-text")
+    assert page.get_attribute("#state", "data-state") == "idle"
+    assert page.is_enabled("#connect")
