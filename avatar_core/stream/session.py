@@ -114,6 +114,8 @@ class StreamSession:
         self._thread: threading.Thread | None = None
         self._generator_closed = False
         self._close_generator_on_exit = False
+        self._worker_done = False
+        self._last_slack_s: float | None = None  # playout due - ready time of the last block
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._chunk_event: asyncio.Event | None = None
@@ -278,6 +280,7 @@ class StreamSession:
                 "played_frame": self._played_frame,
                 "compute_ms_p50": float(np.median(compute_ms)) if compute_ms.size else None,
                 "compute_ms_max": float(compute_ms.max()) if compute_ms.size else None,
+                "playout_slack_ms": None if self._last_slack_s is None else self._last_slack_s * 1000.0,
                 "output_queue": len(self._out),
                 "output_queue_max": self.config.output_queue_chunks,
                 "input_backlog_s": max(cursor - self._next_frame * self.samples_per_frame, 0) / self.sample_rate,
@@ -311,13 +314,12 @@ class StreamSession:
             self._chunk_event.set()
         if thread is not None:
             await asyncio.to_thread(thread.join, self.config.close_timeout_s)
-            if thread.is_alive():
-                logger.warning("stream worker still inside generate() after %.1f s; it closes the generator when done",
-                               self.config.close_timeout_s)
-                with self._cond:
-                    if thread.is_alive():
-                        self._close_generator_on_exit = True
-                        return
+            with self._cond:
+                if not self._worker_done:  # still inside generate(): let the worker close it
+                    self._close_generator_on_exit = True
+                    logger.warning("stream worker still busy %.1f s after close(); it closes the generator when done",
+                                   self.config.close_timeout_s)
+                    return
         await asyncio.to_thread(self._close_generator)
 
     async def __aenter__(self) -> "StreamSession":
@@ -354,6 +356,7 @@ class StreamSession:
         finally:
             self._signal_consumer()
             with self._cond:
+                self._worker_done = True
                 close_now = self._close_generator_on_exit
             if close_now:
                 self._close_generator()
@@ -374,6 +377,12 @@ class StreamSession:
                 if len(self._out) >= cfg.output_queue_chunks:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
+                if self._first_ready is not None:  # behind the playout by more than a block: skip
+                    late = now - self._playout_due(f)
+                    if late > B / self.fps:
+                        blocks = max(1, math.ceil((late + self._expected_compute()) * self.fps / B))
+                        self._skip_to(f + blocks * B)
+                        continue
                 if cfg.buffered and self._first_ready is not None:
                     lead = max(cfg.buffered_lead_s, B / self.fps)
                     start_at = self._playout_due(f) - lead
@@ -393,12 +402,6 @@ class StreamSession:
                     if not cfg.buffered:
                         self._clock.note_padding(padded)
                     ready_at = now
-                if self._first_ready is not None:
-                    late = now - self._playout_due(f)
-                    if late > B / self.fps:
-                        blocks = max(1, math.ceil((late + self._expected_compute()) * self.fps / B))
-                        self._skip_to(f + blocks * B)
-                        continue
                 self._analyze_vad(need)
                 return self._make_job(f, ready_at)
 
@@ -490,6 +493,7 @@ class StreamSession:
                 self._stat_idle_blocks += 1
             if self._first_ready is None:
                 self._first_ready, self._first_ready_frame = finished, block.first_frame
+            self._last_slack_s = self._playout_due(block.first_frame) - finished
             self._trim_timeline()
             self._cond.notify_all()
         self._signal_consumer()
