@@ -1,30 +1,37 @@
 """``avatar bench e2e``: the live path end to end over loopback WebRTC, measured at the receiving peer.
 
 A real server process (``avatar serve``, lite engine by default) and an aiortc peer
-(``server/loopback_peer.py``) on one machine. The peer sends espeak-ng speech with pauses (every
-utterance is a speech onset after >= 1 s of silence) as its microphone track, in real time, and
-records what comes back: every video frame (RTP pts, arrival time, a small grey thumbnail for
-motion) and the returned speech audio (pts, arrival time, 10 ms RMS envelope).
+(``server/loopback_peer.py``, extended here to keep only small thumbnails and to note RTP packet
+arrivals) on one machine. The peer sends espeak-ng speech with pauses (every utterance is a speech
+onset after >= 1 s of silence) as its microphone, paced in real time, and records what comes back:
+every video frame (RTP pts, arrival time, 48x48 grey thumbnail), the returned speech (pts, arrival
+time, samples) and the arrival of the first RTP packet of every frame of both tracks ("wire").
 
-Measurements (all times time.monotonic() of this process; server and peer share the clock):
+Measurements (all times are time.monotonic() of this process; server and peer share the clock):
 
-* speech_to_lips (server): the session's own measurement (GET /sessions/{id}/stats: onset packet
-  arrival -> send of the first frame generated from it), p50/p90 as the server reports them.
-* speech_to_lips (peer): for every onset detected in the *sent* audio (10 ms RMS envelope, speech
-  after >= ``min_silence_s`` of quiet), the first onset of the *returned* audio within a window
-  after it. The server puts each frame's own input speech into the same playout slot as the frame,
-  so the video frame of that slot (same slot index from the RTP pts of both tracks) is the first
-  frame generated from the onset; its arrival time minus the send time of the onset packet is the
-  latency a viewer of the peer sees (includes encode, loopback network and the receive path).
-* A/V offset: (a) transport: for every slot, arrival of its audio (pts = 2*slot*960) minus arrival
-  of its video frame (pts = slot*3600), positive = sound later than picture; (b) content: the lag
-  that maximises the cross-correlation between the returned audio envelope and the video's
-  frame-to-frame motion energy (the mouth is what moves with speech) — a proxy for what a viewer
-  sees as lip sync, engine motion model included. The target is judged on (a) and (b) both.
-* fps and the longest stall: from the arrival times of received video frames.
+* speech_to_lips (server): the session's own numbers (onset packet arrival -> send of the first
+  frame generated from it). GET /sessions/{id}/stats is polled every 0.5 s and each new value
+  (``count`` grows, ``last`` changes) is collected, so p50/p95 cover every onset of the run.
+* speech_to_lips (peer): for every onset in the *sent* audio (10 ms RMS envelope above -40 dBFS
+  after >= 0.5 s below), the first onset of the *returned* audio within 2 s after it. The server
+  sends every frame's own input speech in the frame's playout slot, so the video frame of that
+  slot (slot = audio pts / 1920 = video pts / 3600) is the first frame generated from the onset;
+  its arrival minus the send time of the onset packet is what a viewer at the peer sees (encode,
+  loopback, receive and decode included).
+* A/V offset, positive = sound later than picture:
+  (a) wire: per slot, first RTP packet of its audio minus first RTP packet of its video frame, as
+      they reach the peer (before aiortc's jitter buffers: its audio buffer prefetches 80 ms,
+      which a browser's adaptive, A/V-synchronised buffers do not); "decoded" is the same after
+      aiortc's receive path, reported for information;
+  (b) content (lip sync as seen): the mouth is found in the thumbnails as the pixels whose
+      brightness follows the returned speech level, and the lag that maximises the correlation
+      of that mouth signal with the speech level (both placed at their wire arrival) is the offset
+      of sound against lips, the engine's own motion timing included.
+  The target is judged on the worse of |a| p95 and |b|.
+* fps and the longest stall: arrival times of decoded video frames (and of their first packet).
 * frames repeated/dropped: the server's counters.
 * memory: RSS of the server process (psutil), sampled every second; reported at
-  ``--rss-baseline-s`` (default 60 s) and at the end; growth = end - baseline.
+  ``--rss-baseline`` (default 60 s) and at the end; growth = end - baseline.
 
 Results go to bench/results/e2e.json (``--output``); targets are checked and reported there.
 """
