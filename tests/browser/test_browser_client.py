@@ -55,6 +55,8 @@ def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, 
 
     status, stats = http("GET", f"{server_url}/sessions/{session_id}/stats")
     assert status == 200, stats
+    # the fake microphone's speech reached the avatar: the server saw an onset and lips moved for it
+    assert stats["speech_to_lips_latency_ms"]["count"] >= 1, stats
     width, height = _server_frame_size()
     assert (after["width"], after["height"]) == (width, height)
 
