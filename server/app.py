@@ -54,6 +54,9 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
             log.info("loading the %s engine", config.engine)
             state["engine"] = await asyncio.to_thread(load_engine, config.engine, **config.engine_options)
         engine = state["engine"]
+        # an engine may measure its capacity on first use (seconds of rendering): not on the loop
+        capacity = await asyncio.to_thread(lambda: getattr(engine, "capacity", None))
+        log.info("%s engine ready: capacity %s real-time sessions", getattr(engine, "name", config.engine), capacity)
         limits = PortraitLimits(max_bytes=config.limits.max_upload_bytes, max_pixels=config.limits.max_image_pixels)
         avatars = AvatarStore(engine, limits, max_avatars=config.limits.max_avatars)
         await avatars.load_default(config.avatar)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -21,7 +21,8 @@ class Subscription(Generic[T]):
         self.id = sub_id
         self.name = name
         self._queue: asyncio.Queue[T | None] = asyncio.Queue(maxsize=maxsize)
-        self.dropped = 0  # slots this consumer lost because it was slow
+        self.dropped = 0  # items this consumer lost because its queue was full
+        self.skipped_stale = 0  # items it skipped to catch up (see get_fresh)
         self.closed = False
 
     def _offer(self, item: T | None) -> None:
@@ -36,6 +37,15 @@ class Subscription(Generic[T]):
         if self.closed and self._queue.empty():
             return None
         return await self._queue.get()
+
+    async def get_fresh(self, is_stale: Callable[[T], bool]) -> T | None:
+        """Like ``get``, but a stale item is skipped while a newer one is already queued: a
+        consumer that fell behind catches up instead of staying late for good."""
+        item = await self.get()
+        while item is not None and is_stale(item) and not self._queue.empty():
+            item = self._queue.get_nowait()
+            self.skipped_stale += 1
+        return item
 
     def qsize(self) -> int:
         return self._queue.qsize()

@@ -84,6 +84,8 @@ class Playout:
         self._largest_chunk = 1
         self._next: int | None = None  # frame index wanted for the next slot
         self._last: _Buffered | None = None
+        # speech onsets of frames that were dropped: reported with the next frame that goes out
+        self._orphan_onsets: list[float] = []
         self._last_index = -1
         self._min_depth = 1 << 30  # smallest buffer depth seen in the current trim window
         self._window_slots = 0
@@ -102,10 +104,13 @@ class Playout:
         per_frame = self.clock.audio_samples_per_video_frame
         audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
         self._largest_chunk = max(self._largest_chunk, n)
+        out_of_order = bool(self._buffer) and chunk.first_frame < next(reversed(self._buffer))
         for i in range(n):
             index = chunk.first_frame + i
             if self._next is not None and index < self._next:
-                self.counters.frames_dropped += 1  # already past (after a slip limit / gap jump)
+                self.counters.frames_dropped += 1  # already past its slot (after a gap jump or stall)
+                if i == 0:
+                    self._orphan_onsets.extend(chunk.speech_onset_arrivals)
                 continue
             self._buffer[index] = _Buffered(
                 frame=chunk.frames[i],
@@ -113,6 +118,8 @@ class Playout:
                 ready_at=now,
                 onset_arrivals=list(chunk.speech_onset_arrivals) if i == 0 else [],
             )
+        if out_of_order:  # rare (a regenerated block): keep the buffer in frame order
+            self._buffer = OrderedDict(sorted(self._buffer.items()))
         self._bound_backlog()
         if self.first_chunk_at is None:
             self.first_chunk_at = now
@@ -140,8 +147,7 @@ class Playout:
     def _bound_backlog(self) -> None:
         limit = self._ahead_limit()
         while len(self._buffer) > limit:
-            self._buffer.popitem(last=False)
-            self.counters.frames_dropped += 1
+            self._drop_oldest()
 
     def _trim_surplus(self) -> None:
         """A repeat makes the next frames go out one slot later (absorbing jitter). If for a
@@ -155,8 +161,7 @@ class Playout:
         surplus = min(self._min_depth - delay_frames, len(self._buffer))
         if surplus > 0:
             for _ in range(surplus):
-                self._buffer.popitem(last=False)
-            self.counters.frames_dropped += surplus
+                self._drop_oldest()
             self.counters.trims += 1
             self._next = next(iter(self._buffer), self._next)
         self._min_depth, self._window_slots = 1 << 30, 0
@@ -165,6 +170,7 @@ class Playout:
         """Barge-in: frames waiting for their slot are not played (the speech stops now)."""
         n = len(self._buffer)
         self._buffer.clear()
+        self._orphan_onsets = []
         self.counters.discarded_by_interrupt += n
         return n
 
@@ -190,6 +196,15 @@ class Playout:
             self._emit(slot, now)
             slot += 1
 
+    def _drop_oldest(self) -> None:
+        _, item = self._buffer.popitem(last=False)
+        self._orphan_onsets.extend(item.onset_arrivals)
+        self.counters.frames_dropped += 1
+
+    def _drop_before(self, index: int) -> None:
+        while self._buffer and next(iter(self._buffer)) < index:
+            self._drop_oldest()
+
     def _skip_slots(self, n: int) -> None:
         """Slots that passed while the loop was busy take their frames with them; otherwise every
         stall would add its length to the latency for good."""
@@ -197,9 +212,7 @@ class Playout:
         if self._next is None:
             return
         self._next += n
-        for old in [i for i in self._buffer if i < self._next]:
-            del self._buffer[old]
-            self.counters.frames_dropped += 1
+        self._drop_before(self._next)
 
     def _choose(self) -> tuple[int, _Buffered] | None:
         """The frame for this slot: the wanted one, else the next after a gap, else the newest late one."""
@@ -226,13 +239,12 @@ class Playout:
             self.counters.frames_repeated += 1
         else:
             index, item = choice
-            for old in [i for i in self._buffer if i < index]:
-                del self._buffer[old]
-                self.counters.frames_dropped += 1
+            self._drop_before(index)
             del self._buffer[index]
             repeated = False
             audio = item.audio
-            onsets = item.onset_arrivals
+            onsets = self._orphan_onsets + item.onset_arrivals
+            self._orphan_onsets = []
             self._last, self._last_index = item, index
             self._next = index + 1
             self.counters.frames_sent += 1

@@ -283,7 +283,10 @@ class AvatarSession:
             "av_offset_ms": self.av_offset_ms(),
             "queues": {
                 "playout_buffered_frames": self.playout.buffered_frames(),
-                "consumers": {sub.name: {"depth": sub.qsize(), "dropped": sub.dropped} for sub in self.fanout.subscribers},
+                "consumers": {
+                    sub.name: {"depth": sub.qsize(), "dropped": sub.dropped, "skipped_stale": sub.skipped_stale}
+                    for sub in self.fanout.subscribers
+                },
             },
             "stream": stream_stats,
         }

@@ -24,6 +24,7 @@ from server.playout import OutputSlot
 log = logging.getLogger(__name__)
 
 SEND_TIMES_KEPT = 50  # slots whose send time a track remembers (for the A/V offset)
+STALE_SLOTS = 1.5  # a slot this late (in frame durations) is skipped if a newer one is waiting
 
 
 class SendTimes:
@@ -66,7 +67,7 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         try:
-            slot = await self._sub.get()
+            slot = await self._sub.get_fresh(self._is_stale)
             if slot is None:
                 self.stop()
                 raise MediaStreamError("session ended")
@@ -84,6 +85,9 @@ class AvatarVideoTrack(MediaStreamTrack):
         except Exception:
             log.exception("video track recv failed")
             raise
+
+    def _is_stale(self, slot: OutputSlot) -> bool:
+        return self._clock.now() - slot.due > STALE_SLOTS / self._clock.fps
 
     def stop(self) -> None:
         self._sub.close()
@@ -108,7 +112,7 @@ class SyncedAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         try:
             if not self._pending:
-                slot = await self._sub.get()
+                slot = await self._sub.get_fresh(self._is_stale)
                 if slot is None:
                     self.stop()
                     raise MediaStreamError("session ended")
@@ -130,6 +134,9 @@ class SyncedAudioTrack(MediaStreamTrack):
         except Exception:
             log.exception("audio track recv failed")
             raise
+
+    def _is_stale(self, slot: OutputSlot) -> bool:
+        return self._clock.now() - slot.due > STALE_SLOTS / self._clock.fps
 
     def _to_frame(self, index: int, samples: np.ndarray) -> av.AudioFrame:
         pcm = np.ascontiguousarray(samples, np.int16).reshape(1, -1)

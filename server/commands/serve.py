@@ -77,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from avatar_core.contract import AvatarError
+
     print(f"Live avatar server ({config.engine} engine) on http://{config.host}:{config.port}/", file=sys.stderr)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    try:
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    except AvatarError as exc:  # the default portrait (--avatar) cannot be used
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -26,7 +26,9 @@ UPLOAD_LIMIT = 300_000
 def lite_engine():
     from avatar_core.engines import load_engine
 
-    return load_engine("lite")
+    engine = load_engine("lite")
+    engine.capacity = 4  # fixed, so that max_sessions=2 is the limit under test (not a CPU measurement)
+    return engine
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -179,3 +179,38 @@ async def test_slots_missed_by_a_stalled_loop_take_their_frames_along() -> None:
     slots = [x for x in drain(sub) if x is not None]
     assert [(x.slot, x.frame_index) for x in slots][:2] == [(0, 0), (5, 5)]  # latency unchanged
     assert playout.counters.slots_skipped == 4 and playout.counters.frames_dropped == 4
+
+
+def test_speech_onset_of_a_dropped_frame_is_reported_with_the_next_frame_sent() -> None:
+    reported: list[tuple[int, list[float]]] = []
+    now, clock, playout, sub = make()
+    playout._on_slot = lambda slot, onsets: reported.append((slot.frame_index, onsets))
+    playout.add_chunk(chunk(0, 1))
+    emit(playout, clock, 0)
+    late = chunk(1, 2)
+    late.speech_onset_arrivals = [123.0]
+    playout.add_chunk(late)
+    playout._skip_slots(1)  # frame 1 (carrying the onset) is dropped with its slot
+    emit(playout, clock, 2)
+    assert reported == [(0, []), (2, [123.0])]
+    assert playout.counters.frames_dropped == 1
+
+
+def test_out_of_order_chunks_are_played_in_frame_order() -> None:
+    now, clock, playout, sub = make()
+    playout.add_chunk(chunk(0, 1))
+    playout.add_chunk(chunk(3, 2))
+    playout.add_chunk(chunk(1, 2))
+    for s in range(5):
+        emit(playout, clock, s)
+    assert [x.frame_index for x in drain(sub)] == [0, 1, 2, 3, 4]
+
+
+async def test_a_consumer_that_fell_behind_skips_stale_items_only_when_newer_ones_wait() -> None:
+    fanout: Fanout[int] = Fanout(default_maxsize=10)
+    sub = fanout.subscribe()
+    for i in range(5):
+        fanout.publish(i)
+    assert await sub.get_fresh(lambda i: i < 3) == 3  # 0..2 stale, 3 is fresh
+    assert sub.skipped_stale == 3
+    assert await sub.get_fresh(lambda i: True) == 4  # stale, but nothing newer: still delivered

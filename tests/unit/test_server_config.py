@@ -1,0 +1,49 @@
+"""ServerConfig: configs/server.yaml loads, flags override, typos are errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import DEFAULT_CONFIG_PATH, ServerConfig, load_server_config
+
+
+def test_repository_config_loads_with_its_defaults() -> None:
+    config = load_server_config()
+    assert DEFAULT_CONFIG_PATH.exists()
+    assert config.host == "127.0.0.1" and config.port == 8080 and config.engine == "lite"
+    assert config.webrtc.ice_servers == []  # no public STUN by default
+    assert config.sessions.max_sessions >= 1
+
+
+def test_flags_override_and_none_means_keep(tmp_path) -> None:
+    config = load_server_config(None, host="0.0.0.0", port=9000, engine=None)
+    assert (config.host, config.port, config.engine) == ("0.0.0.0", 9000, "lite")
+
+
+def test_unknown_keys_are_refused(tmp_path) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("sessions:\n  max_sesions: 3\n")
+    with pytest.raises(ValueError, match="max_sesions"):
+        load_server_config(path)
+
+
+def test_nested_values_are_read(tmp_path) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("port: 9999\nsessions:\n  max_sessions: 7\nwebrtc:\n  ice_servers: [{urls: 'stun:x.org'}]\n")
+    config = load_server_config(path)
+    assert config.port == 9999 and config.sessions.max_sessions == 7
+    assert config.webrtc.ice_servers == [{"urls": "stun:x.org"}]
+    assert isinstance(config, ServerConfig)
+
+
+def test_missing_config_file_is_an_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_server_config(tmp_path / "nope.yaml")
+
+
+def test_serve_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys) -> None:
+    from server.cli import build_parser
+
+    args = build_parser("serve").parse_args(["serve", "--config", str(tmp_path / "missing.yaml")])
+    assert args._module.run(args) == 2
+    assert "config file not found" in capsys.readouterr().err

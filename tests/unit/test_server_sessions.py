@@ -1,0 +1,83 @@
+"""Session admission: max_sessions and engine capacity refuse with a reason; a refused or failed
+open leaves nothing behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatar_core.contract import EngineBusyError
+from avatar_core.stream import StreamSession
+from server.config import SessionConfig
+from server.metrics import ServerMetrics
+from server.sessions import CapacityError, SessionManager
+
+
+class StillGenerator:
+    block_frames, context_samples, lookahead_samples = 1, 0, 0
+
+    def generate(self, block):
+        return np.zeros((block.num_frames, 8, 8, 3), np.uint8)
+
+    def reset_motion_to_idle(self): ...
+    def state_dict(self): return {}
+    def load_state_dict(self, state): ...
+    def close(self): ...
+
+
+class StubEngine:
+    name = "stub"
+
+    def __init__(self, capacity: int, busy: bool = False) -> None:
+        self.capacity = capacity
+        self.busy = busy
+
+    def open_session(self, avatar, prompt=None):
+        if self.busy:
+            raise EngineBusyError("the GPU is busy")
+        return StreamSession(StillGenerator())
+
+
+def manager(engine, max_sessions: int = 4) -> tuple[SessionManager, ServerMetrics]:
+    metrics = ServerMetrics()
+    return SessionManager(engine, SessionConfig(max_sessions=max_sessions), metrics), metrics
+
+
+async def test_engine_capacity_is_a_limit_with_a_reason() -> None:
+    sessions, metrics = manager(StubEngine(capacity=1))
+    first = await sessions.create(None, None)
+    assert sessions.limit == 1 and len(sessions) == 1
+    with pytest.raises(CapacityError, match="stub engine is at capacity"):
+        await sessions.create(None, None)
+    assert metrics.sessions_refused._value.get() == 1
+    await first.close("test over")
+    assert len(sessions) == 0  # closing frees the place
+    second = await sessions.create(None, None)
+    await second.close("test over")
+
+
+async def test_max_sessions_is_a_limit_with_a_reason() -> None:
+    sessions, _ = manager(StubEngine(capacity=10), max_sessions=1)
+    first = await sessions.create(None, None)
+    with pytest.raises(CapacityError, match="max_sessions=1"):
+        await sessions.create(None, None)
+    await first.close("test over")
+
+
+async def test_engine_busy_becomes_a_capacity_refusal_and_nothing_is_registered() -> None:
+    sessions, metrics = manager(StubEngine(capacity=10, busy=True))
+    with pytest.raises(CapacityError, match="GPU is busy"):
+        await sessions.create(None, None)
+    assert len(sessions) == 0 and sessions._opening == 0
+    assert metrics.active_sessions._value.get() == 0
+
+
+async def test_active_sessions_gauge_follows_the_sessions() -> None:
+    sessions, metrics = manager(StubEngine(capacity=10))
+    a = await sessions.create(None, None)
+    b = await sessions.create(None, None)
+    assert metrics.active_sessions._value.get() == 2
+    await a.close("done")
+    assert metrics.active_sessions._value.get() == 1
+    await sessions.close_all()
+    assert metrics.active_sessions._value.get() == 0 and b.closed
