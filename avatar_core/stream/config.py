@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
 
 from avatar_core.audio.vad import VadConfig
 
@@ -44,3 +45,25 @@ class StreamConfig:
             raise ValueError("max_live_backlog_s and max_buffered_audio_s must be > 0")
         if self.stats_window < 1 or self.close_timeout_s <= 0:
             raise ValueError("stats_window must be >= 1 and close_timeout_s > 0")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "StreamConfig":
+        """From a YAML section (e.g. ``stream:`` in configs/server.yaml); unknown keys are errors."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown stream option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        vad = values.pop("vad", None)
+        if isinstance(vad, Mapping):
+            vad_known = {f.name for f in fields(VadConfig)}
+            vad_unknown = sorted(set(vad) - vad_known)
+            if vad_unknown:
+                raise ValueError(f"unknown vad option(s): {', '.join(vad_unknown)}")
+            vad = dict(vad)
+            if "band_hz" in vad:
+                vad["band_hz"] = tuple(vad["band_hz"])
+            values["vad"] = VadConfig(**vad)
+        elif vad is not None:
+            values["vad"] = vad
+        return cls(**values)

@@ -408,6 +408,16 @@ def test_bad_input_is_rejected_clearly():
         StreamConfig(output_queue_chunks=0)
 
 
+def test_stream_config_from_a_yaml_section():
+    config = StreamConfig.from_dict({"buffered": True, "playout_margin_s": 0.08, "vad": {"min_silence_s": 0.3}})
+    assert config.buffered and config.playout_margin_s == 0.08 and config.vad.min_silence_s == 0.3
+    assert StreamConfig.from_dict(None) == StreamConfig()
+    with pytest.raises(ValueError, match="unknown stream option.*bufferd"):
+        StreamConfig.from_dict({"bufferd": True})
+    with pytest.raises(ValueError, match="unknown vad option"):
+        StreamConfig.from_dict({"vad": {"snr": 3}})
+
+
 def test_live_input_clock_drops_only_what_silence_replaced():
     clock = LiveInputClock(SR)
     clock.anchor(10.0)
