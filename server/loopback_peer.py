@@ -113,6 +113,9 @@ class LoopbackPeer:
     # the mouth move), "rgb24", or None (arrival times and pts only: benchmarks).
     frame_format: str | None = "gray"
     max_frames: int = 25 * 120  # bound on stored frames (oldest kept: the test window)
+    # "sendrecv": one audio m-line both ways (aiortc/OBS style); "browser": the browser client's
+    # layout, a sendonly mic m-line plus recvonly video and recvonly audio m-lines.
+    layout: str = "sendrecv"
 
     def __post_init__(self) -> None:
         self.mic = WavMicrophoneTrack(self.samples_48k)
@@ -133,8 +136,15 @@ class LoopbackPeer:
 
     # -- signaling -----------------------------------------------------------------------------
     async def _local_offer(self) -> RTCSessionDescription:
-        self.pc.addTransceiver(self.mic, direction="sendrecv")  # mic out, avatar speech back
-        self.pc.addTransceiver("video", direction="recvonly")
+        if self.layout == "browser":
+            self.pc.addTransceiver(self.mic, direction="sendonly")
+            self.pc.addTransceiver("video", direction="recvonly")
+            self.pc.addTransceiver("audio", direction="recvonly")
+        elif self.layout == "sendrecv":
+            self.pc.addTransceiver(self.mic, direction="sendrecv")  # mic out, avatar speech back
+            self.pc.addTransceiver("video", direction="recvonly")
+        else:
+            raise ValueError(f"unknown layout {self.layout!r}; use 'sendrecv' or 'browser'")
         with pinned_host_addresses(self.host_addresses):
             await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription

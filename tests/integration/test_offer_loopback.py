@@ -51,8 +51,8 @@ async def get_stats(server, session_id: str) -> dict:
             return await resp.json()
 
 
-async def run_speech_session(server, wav, via: str) -> tuple[LoopbackPeer, dict]:
-    peer = LoopbackPeer.from_wav(wav)
+async def run_speech_session(server, wav, via: str, layout: str) -> tuple[LoopbackPeer, dict]:
+    peer = LoopbackPeer.from_wav(wav, layout=layout)
     try:
         session_id = await (peer.connect_offer(server.url) if via == "offer" else peer.connect_whip(server.url))
         await peer.wait_sent(extra_s=0.5)
@@ -101,7 +101,8 @@ def check_speech_session(server, peer: LoopbackPeer, stats: dict, speech_s: floa
 
 
 async def test_offer_end_to_end(server, speech_with_silence_wav, speech_16k) -> None:
-    peer, stats = await run_speech_session(server, speech_with_silence_wav, "offer")
+    # the browser client's transceiver layout: mic sendonly, avatar video and audio recvonly
+    peer, stats = await run_speech_session(server, speech_with_silence_wav, "offer", layout="browser")
     try:
         check_speech_session(server, peer, stats, speech_16k.size / 16000)
     finally:
@@ -109,7 +110,7 @@ async def test_offer_end_to_end(server, speech_with_silence_wav, speech_16k) -> 
 
 
 async def test_whip_end_to_end(server, speech_with_silence_wav, speech_16k) -> None:
-    peer, stats = await run_speech_session(server, speech_with_silence_wav, "whip")
+    peer, stats = await run_speech_session(server, speech_with_silence_wav, "whip", layout="sendrecv")
     try:
         assert peer.location == f"/whip/{peer.session_id}"
         check_speech_session(server, peer, stats, speech_16k.size / 16000)
