@@ -363,3 +363,33 @@ def test_resume_refuses_a_damaged_partial_file(tmp_path, photo, speech_wav):
     files.partial.write_bytes(files.partial.read_bytes()[:1000])
     res = run_cli([*args, "--resume"])
     assert res.returncode == 2 and "shorter than the saved state" in res.stderr
+
+
+def test_ctrl_c_without_online_decode_writes_the_kept_clips(tmp_path, photo, speech_wav):
+    """Reference mode keeps frames in memory; an interruption still writes the finished clips."""
+    from avatar_core.offline.resume import RenderFiles, load_state
+    from avatar_core.offline.video_writer import count_partial_frames
+
+    args = ["--image", photo, "--audio", speech_wav, "--no-enable_online_decode", *BASE]
+    reference = tmp_path / "reference.mp4"
+    assert run_cli([*args, "--output", reference]).returncode == 0
+
+    out = tmp_path / "kept.mp4"
+    files = RenderFiles(out)
+    proc = run_cli([*args, "--output", out], env={"FAKE_ENGINE_DELAY_S": "0.03"}, wait=False)
+    deadline = time.monotonic() + 60
+    while not files.partial.exists():  # created when rendering starts
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(1.5)  # a few clips of 12 blocks x 30 ms
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    done = load_state(files.state).clips_done
+    assert done >= 1
+    assert count_partial_frames(files.partial) == done * 24
+
+    res = run_cli([*args, "--output", out, "--resume"])
+    assert res.returncode == 0, res.stderr
+    got, want = decode_frames(out), decode_frames(reference)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 2
