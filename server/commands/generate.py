@@ -65,14 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out = io.add_mutually_exclusive_group()
     out.add_argument("--output", type=Path, default=None, help="the MP4 to write (default: IMAGE-STEM_AUDIO-STEM.mp4 in the current folder)")
     out.add_argument("--output_prefix", default=None, help="write PREFIX_IMAGE-STEM_AUDIO-STEM.mp4 instead (PREFIX may include a folder)")
-    io.add_argument("--save_last_frame", action="store_true", help="also write OUTPUT.last.png, the last frame, e.g. as the photo of a follow-on segment")
+    io.add_argument("--save_last_frame", action="store_true", help="also write OUTPUT-STEM.last.png next to the video: its last frame, e.g. as the photo of a follow-on segment")
 
     plan = p.add_argument_group("what to render (a preset sets these; explicit flags win)")
     plan.add_argument("--preset", default=None, help="preview | standard | long | hq, or any NAME with configs/presets/NAME.yaml (default: standard)")
     plan.add_argument("--size", default=None, help='area cap "W*H" (default 704*384): aspect ratio of the photo kept, sides multiples of 64 (lite: 16), W*H not exceeded')
     plan.add_argument("--num_clip", type=int, default=None, help="at most this many clips (default: as many as the audio needs); audio past the last clip is left out")
     plan.add_argument("--infer_frames", type=int, default=None, help="frames per clip at 25 fps (default 48 = 1.92 s); must be a multiple of the engine's block (liveavatar 12, lite 2)")
-    plan.add_argument("--sample_steps", type=int, default=None, help="denoising steps per block (liveavatar; default 4, the distilled model's count; fewer is faster and blurrier)")
+    plan.add_argument("--sample_steps", type=int, default=None, help="denoising steps per block, liveavatar only (default 4, the distilled model's count; the engine does not take other counts yet, so another value is reported as unused)")
     plan.add_argument("--sample_solver", default=None, help="sampler (liveavatar; default euler, the only one the distilled model is trained for)")
     plan.add_argument("--sample_guide_scale", type=float, default=None, help="classifier-free guidance (liveavatar; default 0: the distilled model needs none and the reference ignores it)")
     plan.add_argument("--seed", type=int, default=None, help="random seed: same seed + same inputs = same video (default 42)")
@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("how to render")
     run.add_argument("--engine", default="lite", choices=["lite", "liveavatar"], help="lite: CPU, no model download (default); liveavatar: the diffusion model, GPU")
     run.add_argument("--enable_online_decode", action=argparse.BooleanOptionalAction, default=None, help="encode and append each block as soon as it exists: memory stays flat whatever the length, and a kill -9 loses at most one clip. Without it, like the reference, frames are kept until the end (a warning says when that needs a lot of memory)")
-    run.add_argument("--offload_model", action=argparse.BooleanOptionalAction, default=None, help="liveavatar: keep model parts in CPU memory between uses (less GPU memory, slower); lite: no effect")
+    run.add_argument("--offload_model", action=argparse.BooleanOptionalAction, default=None, help="the reference's switch for GPUs with little memory (model parts parked in CPU memory between uses); accepted for compatibility and reported as unused: neither engine offloads yet")
     run.add_argument("--weights_dir", type=Path, default=None, help="liveavatar: the checkpoint folder (Wan2.2-S2V-14B + the Live Avatar LoRA, see the engine's documentation)")
     run.add_argument("--tiny", action="store_true", help="liveavatar: the tiny random-weight configuration that runs on a CPU (tests; the video is noise)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted render of the same OUTPUT from its last finished clip (same options required); without a saved state it starts from the beginning")
@@ -136,7 +136,7 @@ def _engine_config(args, settings, size: tuple[int, int]) -> tuple[dict[str, Any
     if settings["sample_steps"] not in (None, 4):
         notes.append(f"--sample_steps {settings['sample_steps']} (the engine runs the distilled model's 4 steps)")
     if settings["offload_model"]:
-        notes.append("--offload_model (not implemented by the engine)")
+        notes.append("--offload_model (the engine does not offload yet)")
     if settings["sample_guide_scale"]:
         notes.append("--sample_guide_scale (the distilled model uses no guidance, as in the reference)")
     return config, notes
