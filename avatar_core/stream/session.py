@@ -96,7 +96,10 @@ class StreamSession:
         self._vad = VoiceActivityDetector(sample_rate, self.samples_per_frame, self.config.vad)
         self._vad_next_frame = 0
         self._speech_flags: dict[int, bool] = {}
+        # Speech onsets (frame, arrival) waiting for the block that shows them, and those already
+        # handed out with a block that may still be dropped by an interrupt (live mode re-issues them).
         self._pending_onsets: deque[tuple[int, float]] = deque(maxlen=64)
+        self._issued_onsets: deque[tuple[int, float]] = deque(maxlen=64)
         self._out: deque[Chunk] = deque()
         self._next_frame = 0  # first frame of the next block to generate
         self._in_progress: int | None = None  # first frame of the block being generated
@@ -198,13 +201,22 @@ class StreamSession:
             self._next_frame = restart
             self._in_progress = None
             if self.config.buffered:
+                # The unplayed speech is gone; what comes next is a new utterance after silence.
                 self._timeline.truncate(restart * self.samples_per_frame)
                 self._vad_next_frame = min(self._vad_next_frame, restart)
+                self._vad.reset()
                 for k in [k for k in self._speech_flags if k >= restart]:
                     del self._speech_flags[k]
                 self._pending_onsets = deque(
                     (o for o in self._pending_onsets if o[0] < restart), maxlen=self._pending_onsets.maxlen
                 )
+            else:
+                # The live audio stays and is generated again: so are the onsets it held.
+                again = [o for o in self._issued_onsets if o[0] >= restart]
+                self._pending_onsets = deque(
+                    sorted(again + list(self._pending_onsets)), maxlen=self._pending_onsets.maxlen
+                )
+            self._issued_onsets.clear()
             self._eos_sample = None
             self._reset_motion = True
             self._cond.notify_all()
@@ -439,7 +451,9 @@ class StreamSession:
         need = (f + B) * S + self._lookahead
         samples = self._timeline.read(f * S - self._context, need)
         speech = np.array([self._speech_flags.get(k, False) for k in range(f, f + B)], bool)
-        onsets = [t for k, t in self._pending_onsets if k < f + B]
+        issued = [o for o in self._pending_onsets if o[0] < f + B]
+        self._issued_onsets.extend(issued)
+        onsets = [t for _, t in issued]
         self._pending_onsets = deque(
             (o for o in self._pending_onsets if o[0] >= f + B), maxlen=self._pending_onsets.maxlen
         )

@@ -317,6 +317,44 @@ async def test_speech_onset_arrival_is_reported_on_the_chunk_that_shows_it(speec
     await session.close()
 
 
+async def test_live_interrupt_reissues_the_onset_of_regenerated_speech(speech_16k):
+    gen = FakeGenerator(block_frames=2)
+    session = StreamSession(gen, config=StreamConfig(output_queue_chunks=40))
+    t0 = time.monotonic()
+    session.start(t0)
+    samples = np.concatenate([np.zeros(SR, np.float32), speech_16k[:SR]])  # speech from frame 25
+    push_packets(session, samples, t_first=t0)
+    await wait_for_stat(session, "next_frame", lambda f: f >= 40)
+    it = session.chunks().__aiter__()
+    shown = await take(it, 10)  # frames 0..19, no onset among them
+    assert not any(c.speech_onset_arrivals for c in shown)
+    session.note_played(19)
+    session.interrupt()  # the queued chunk holding the onset is dropped...
+    again = await take(it, 8)  # ...and frames 20..35 are generated again from the same audio
+    assert again[0].first_frame == 20
+    with_onset = [c for c in again if c.speech_onset_arrivals]
+    assert len(with_onset) == 1 and 24 <= with_onset[0].first_frame <= 28
+    assert 1.0 <= with_onset[0].speech_onset_arrivals[0] - t0 <= 1.1
+    await session.close()
+
+
+async def test_buffered_reply_after_an_interrupt_is_a_new_onset(speech_16k):
+    gen = FakeGenerator(block_frames=2)
+    session = StreamSession(gen, config=StreamConfig(buffered=True, buffered_lead_s=5.0))
+    session.push_audio(speech_16k[: 2 * SR])  # speech from the first frame: an onset at once
+    it = session.chunks().__aiter__()
+    first = await take(it, 15)  # 1.2 s, mid-speech
+    assert sum(len(c.speech_onset_arrivals) for c in first) == 1
+    session.note_played(29)
+    session.interrupt()  # barge-in in the middle of a word
+    t_reply = time.monotonic()
+    session.push_audio(speech_16k[: SR], t_arrival=t_reply)  # the agent's next reply
+    after = await take(it, 15)
+    arrivals = [a for c in after for a in c.speech_onset_arrivals]
+    assert arrivals == [t_reply], "the reply starts a new utterance"
+    await session.close()
+
+
 async def test_end_of_speech_generates_the_last_block_without_waiting():
     gen = FakeGenerator(block_frames=2, lookahead=480)
     session = StreamSession(gen, config=StreamConfig(buffered=True, input_jitter_s=0.2))
