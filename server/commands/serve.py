@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Live avatar server ({config.engine} engine) on http://{config.host}:{config.port}/", file=sys.stderr)
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=None)
-    except AvatarError as exc:  # the default portrait (--avatar) cannot be used
+    except (AvatarError, ValueError) as exc:  # a bad --avatar portrait or engine option
         print(f"avatar serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken

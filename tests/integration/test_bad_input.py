@@ -52,6 +52,9 @@ async def live_peer(server, speech_with_silence_wav):
     while len(peer.video_frames) < 10 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert len(peer.video_frames) >= 10, "the live session never started streaming"
+    # a second consumer of the same session that never reads (a frozen viewer page): it must only
+    # lose its own slots, never slow the peer or the generator
+    peer.stalled_viewer = server.state["sessions"].get(peer.session_id).fanout.subscribe("stalled-viewer")
     yield peer
     await peer.close()
 
@@ -235,6 +238,8 @@ async def test_live_session_kept_streaming_through_all_of_it(server, live_peer) 
     assert np.diff(arrivals).max() < 1.0, "the live session stalled for a second or more"
     status, stats = await request(server, "GET", f"/sessions/{live_peer.session_id}/stats")
     assert status == 200 and stats["state"] == "live"
+    stalled = stats["queues"]["consumers"]["stalled-viewer"]
+    assert stalled["dropped"] > 25 and stalled["depth"] <= 4  # bounded, lost its own slots only
 
 
 async def test_delete_session_ends_it(server, live_peer) -> None:
