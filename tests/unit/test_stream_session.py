@@ -300,12 +300,12 @@ async def test_live_backlog_is_bounded_when_the_consumer_stalls():
 
 async def test_speech_onset_arrival_is_reported_on_the_chunk_that_shows_it(speech_16k):
     gen = FakeGenerator(block_frames=4)
-    session = StreamSession(gen, config=StreamConfig(buffered=True))
+    session = StreamSession(gen, config=StreamConfig(buffered=True, buffered_lead_s=5.0))
     samples = np.concatenate([np.zeros(SR, np.float32), speech_16k[: 2 * SR]])  # speech starts at 1.0 s
     t_first = time.monotonic()
     push_packets(session, samples, t_first=t_first)
     it = session.chunks().__aiter__()
-    chunks = await take(it, 20)  # frames 0..79
+    chunks = await take(it, 18)  # frames 0..71, all within the pushed audio
     with_onset = [c for c in chunks if c.speech_onset_arrivals]
     assert len(with_onset) == 1
     (arrival,) = with_onset[0].speech_onset_arrivals
@@ -349,7 +349,7 @@ async def test_buffered_reply_after_an_interrupt_is_a_new_onset(speech_16k):
     session.interrupt()  # barge-in in the middle of a word
     t_reply = time.monotonic()
     session.push_audio(speech_16k[: SR], t_arrival=t_reply)  # the agent's next reply
-    after = await take(it, 15)
+    after = await take(it, 12)  # frames 30..53: all within the reply
     arrivals = [a for c in after for a in c.speech_onset_arrivals]
     assert arrivals == [t_reply], "the reply starts a new utterance"
     await session.close()
