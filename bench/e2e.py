@@ -464,7 +464,7 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
     ret_on_times = hop_arrival[ret_on]
     video_arrival_by_slot = {int(p) // VIDEO_TICKS_PER_FRAME: float(t) for p, t in zip(video_pts, arrivals)}
     audio_samples_per_slot = rate // FPS
-    s2l, to_sound, unmatched = [], [], 0
+    s2l, s2l_wire, to_sound, unmatched = [], [], [], 0
     horizon = min(sent_times[-1], hop_arrival[-1]) - cfg.match_window_s
     for i in sent_on:
         t_sent = sent_times[i]
@@ -479,6 +479,8 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
         slot = int(round(hop_pts_s[h] * rate)) // audio_samples_per_slot
         if slot in video_arrival_by_slot:
             s2l.append(video_arrival_by_slot[slot] - t_sent)
+        if slot * VIDEO_TICKS_PER_FRAME in peer.wire_arrival["video"]:
+            s2l_wire.append(peer.wire_arrival["video"][slot * VIDEO_TICKS_PER_FRAME] - t_sent)
     s2l_ms, sound_ms = np.asarray(s2l) * 1000, np.asarray(to_sound) * 1000
     out["speech_to_lips_peer_ms"] = {
         "onsets_sent": int(sent_on.size),
@@ -488,6 +490,10 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
         "p95": percentile(s2l_ms, 95),
         "max": float(s2l_ms.max()) if s2l_ms.size else None,
     }
+    # the same up to the first RTP packet of that frame: without the peer's own decode
+    wire_ms = np.asarray(s2l_wire) * 1000
+    out["speech_to_lips_peer_ms"]["wire_p50"] = percentile(wire_ms, 50)
+    out["speech_to_lips_peer_ms"]["wire_p95"] = percentile(wire_ms, 95)
     out["speech_to_sound_peer_ms"] = {"p50": percentile(sound_ms, 50), "p95": percentile(sound_ms, 95)}
 
     # --- A/V offset (a) transport, per slot: arrival of its audio - arrival of its video frame,
