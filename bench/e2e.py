@@ -491,9 +491,9 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
         "max": float(s2l_ms.max()) if s2l_ms.size else None,
     }
     # the same up to the first RTP packet of that frame: without the peer's own decode
-    wire_ms = np.asarray(s2l_wire) * 1000
-    out["speech_to_lips_peer_ms"]["wire_p50"] = percentile(wire_ms, 50)
-    out["speech_to_lips_peer_ms"]["wire_p95"] = percentile(wire_ms, 95)
+    s2l_wire_ms = np.asarray(s2l_wire) * 1000
+    out["speech_to_lips_peer_ms"]["wire_p50"] = percentile(s2l_wire_ms, 50)
+    out["speech_to_lips_peer_ms"]["wire_p95"] = percentile(s2l_wire_ms, 95)
     out["speech_to_sound_peer_ms"] = {"p50": percentile(sound_ms, 50), "p95": percentile(sound_ms, 95)}
 
     # --- A/V offset (a) transport, per slot: arrival of its audio - arrival of its video frame,
