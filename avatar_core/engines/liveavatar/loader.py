@@ -235,17 +235,28 @@ def _init_scale(key: str, shape: torch.Size) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def random_init_(model: CausalS2VDiT, seed: int = 0) -> CausalS2VDiT:
-    """Initialise every parameter in place on its device (meta parameters are materialised first on
-    ``device`` given by a non-meta parameter, else CPU). Deterministic per (seed, key, device)."""
-    devices = {p.device for p in model.parameters() if not p.is_meta}
-    device = next(iter(devices)) if devices else torch.device("cpu")
-    dtype = next((p.dtype for k, p in model.named_parameters() if not p.is_meta and not k.startswith(FP32_MODULES)),
-                 default_dtype(device))
-    materialize_empty_(model, device, dtype)
+def random_init_(model: CausalS2VDiT, seed: int = 0, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> CausalS2VDiT:
+    """Initialise every parameter in place with recipe-like random values (sane activations).
+
+    Meta parameters are first given storage on ``device`` (default: where the model already lives,
+    else CPU) in ``dtype`` (default bf16 on GPU, float32 on CPU; FP32_MODULES stay float32). The
+    values are drawn on that device, so a 14B model initialises in seconds on a GPU.
+    """
+    if device is None:
+        devices = {p.device for p in model.parameters() if not p.is_meta}
+        device = next(iter(devices)) if devices else torch.device("cpu")
+    device = torch.device(device)
+    materialize_empty_(model, device, dtype or default_dtype(device))
     for key, param in model.named_parameters():
         key_seed = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
         gen = torch.Generator(device=param.device).manual_seed(key_seed)
         std, mean = _init_scale(key, param.shape)
         param.normal_(mean, std, generator=gen)
     return model.eval()
+
+
+def build_random_model(config: DiTConfig, streaming: StreamingConfig | None = None, *, seed: int = 0,
+                       device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> CausalS2VDiT:
+    """A model with random weights, built directly on ``device`` (no CPU copy)."""
+    return random_init_(build_meta_model(config, streaming), seed, device=device, dtype=dtype)
