@@ -369,8 +369,11 @@ def make_peer(samples_48k: np.ndarray, duration_s: float):
             except MediaStreamError:
                 pass
 
-    # bounds sized to the run: every frame of it is kept (times only), nothing more
-    return MotionRecordingPeer(samples_48k, frame_format=None, max_frames=int((duration_s + 30) * 25))
+    # bounds sized to the run: every frame of it is kept (times and thumbnails only); the browser
+    # client's m-line layout (sendonly mic, recvonly video and audio)
+    return MotionRecordingPeer(
+        samples_48k, frame_format=None, max_frames=int((duration_s + 30) * 25), layout="browser"
+    )
 
 
 # ------------------------------------------------------------------------------------- analysis of a run
