@@ -205,7 +205,7 @@ def output_audio_format(source: Path) -> tuple[int, str]:
 
 
 def iter_output_audio(
-    prepared: PreparedAudio, *, rate: int, layout: str, max_seconds: float, frame_samples: int = 1024
+    prepared: PreparedAudio, *, rate: int, layout: str, max_seconds: float
 ) -> Iterator[np.ndarray]:
     """The user's audio for the output track: source decoded at ``rate``/``layout``, trimmed like the
     feature copy, gain applied, cut at ``max_seconds``. Yields float32 planar arrays [channels, n]."""

@@ -14,7 +14,8 @@ length). Without it, frames are kept until the end like the reference tool; an i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -50,15 +51,7 @@ class RenderCheckpoint:
 
     fingerprint: str
     options: dict[str, Any]
-    state_path: Any  # Path
-
-
-@dataclass
-class RenderResult:
-    clips_done: int
-    frames_done: int
-    interrupted: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    state_path: Path
 
 
 class OfflineRenderer:
@@ -141,13 +134,14 @@ class OfflineRenderer:
         )
 
     # -- main loop -----------------------------------------------------------------------------
-    def run(self, start_clip: int = 0) -> RenderResult:
+    def run(self, start_clip: int = 0) -> None:
+        """Render clips [start_clip, plan.clips); KeyboardInterrupt/exceptions propagate after the
+        finished clips and their state are on disk."""
         if self.online_decode:
             return self._run_online(start_clip)
         return self._run_kept(start_clip)
 
-    def _run_online(self, start_clip: int) -> RenderResult:
-        clip = start_clip
+    def _run_online(self, start_clip: int) -> None:
         try:
             for clip in range(start_clip, self.plan.clips):
                 self.partial.begin_clip(clip * self.plan.infer_frames, self.plan.infer_frames)
@@ -158,9 +152,8 @@ class OfflineRenderer:
                 self.on_clip_done(clip)
         finally:
             self.partial.abort_clip()
-        return RenderResult(self.plan.clips, self.plan.frames)
 
-    def _run_kept(self, start_clip: int) -> RenderResult:
+    def _run_kept(self, start_clip: int) -> None:
         kept: list[tuple[np.ndarray, np.ndarray]] = []  # (frames, audio) per finished clip
         snapshot = None  # generator + VAD state at the end of the last finished clip
         try:
@@ -179,4 +172,3 @@ class OfflineRenderer:
                 kept[index] = (frames[:0], speech_audio[:0])  # release memory as we go
                 if index == len(kept) - 1 and snapshot is not None:
                     self._save(clip + 1, size, snapshot[0], snapshot[1])
-        return RenderResult(self.plan.clips, self.plan.frames)

@@ -8,6 +8,7 @@ constant memory (online decode), crash-safe progress and ``--resume``. The work 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -283,8 +284,6 @@ def _run(args: argparse.Namespace, files, created: list[Path]) -> int:
         width, height = engine.size
         if (width, height) != (plan.width, plan.height):
             _say(f"note: the {args.engine} engine renders {width}*{height} (planned {plan.width}*{plan.height})")
-        import dataclasses
-
         plan = dataclasses.replace(plan, width=width, height=height, block_frames=engine.block_frames)
         if ignored:
             _say(f"note: the {args.engine} engine has no use for: {', '.join(ignored)}")
@@ -409,12 +408,13 @@ def _report_unfinished(files, what: str) -> None:
     if files.state.exists():
         from avatar_core.offline.resume import load_state
 
-        done = load_state(files.state).clips_done
-        print(
-            f"{what} after {done} finished clip(s): {files.partial} plays what is done; "
-            "run the same command with --resume to continue",
-            file=sys.stderr,
+        state = load_state(files.state)
+        how = (
+            "run the same command with --resume to continue"
+            if state.generator_state is not None
+            else "this engine cannot resume; delete it and the .state file to render again"
         )
+        print(f"{what} after {state.clips_done} finished clip(s): {files.partial} plays what is done; {how}", file=sys.stderr)
     else:
         files.partial.unlink(missing_ok=True)
         print(f"{what} before the first clip was finished; nothing was kept", file=sys.stderr)
