@@ -5,7 +5,8 @@ in a fresh process, on a looped espeak-ng speech file, with the lite engine at 5
 48 frames (defaults: 10, 100 and 1000 clips = 19 s, 3.2 min and 32 min of video). Per run:
   * peak RSS of the process (``wait4`` rusage, i.e. the kernel's own high-water mark);
   * render wall time, frames per second and real-time factor (wall / video seconds; < 1 is
-    faster than real time), taken from the command's summary line;
+    faster than real time), taken from the command's summary line, and the same from the render's
+    CPU time (the speed on an idle core: on a shared machine the wall figures mostly show the load);
   * process wall time (including start-up, audio preparation and the final remux).
 Memory is flat when the longest run's peak RSS is within 5 % of the shortest run's.
 Results (written after every run, so a long run that is stopped still leaves the shorter ones)
@@ -34,7 +35,7 @@ SPEECH_TEXT = (
     "and how a single photo can speak with your voice."
 )
 FLAT_TOLERANCE = 0.05
-_SUMMARY = re.compile(r"wall ([\d.]+) s\s+real-time factor ([\d.]+)")
+_SUMMARY = re.compile(r"wall ([\d.]+) s\s+real-time factor ([\d.]+).*?cpu ([\d.]+) s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,7 +112,8 @@ def run_one(clips: int, audio: Path, image: Path, out_dir: Path, args) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"avatar generate failed ({proc.returncode}):\n{stderr[-2000:]}")
     match = _SUMMARY.search(stdout)
-    render_wall, rtf = (float(match.group(1)), float(match.group(2))) if match else (float("nan"), float("nan"))
+    nan = float("nan")
+    render_wall, rtf, render_cpu = (float(g) for g in match.groups()) if match else (nan, nan, nan)
     frames = clips * args.infer_frames
     size_line = next((line for line in stdout.splitlines() if line.startswith("size:")), "")
     result = {
@@ -123,6 +125,10 @@ def run_one(clips: int, audio: Path, image: Path, out_dir: Path, args) -> dict:
         "render_wall_s": render_wall,
         "render_fps": round(frames / render_wall, 2) if render_wall == render_wall and render_wall > 0 else None,
         "real_time_factor": rtf,
+        "render_cpu_s": render_cpu,
+        # CPU-bound speed: what the render reaches on an otherwise idle core (the machine is shared).
+        "render_cpu_fps": round(frames / render_cpu, 2) if render_cpu == render_cpu and render_cpu > 0 else None,
+        "cpu_real_time_factor": round(render_cpu / (frames / 25), 3) if render_cpu == render_cpu else None,
         "process_wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "output_bytes": output.stat().st_size,

@@ -360,7 +360,7 @@ def _render(args, files, created, engine, avatar, prepared, plan, settings, stat
         online_decode=settings.enable_online_decode, vad=vad,
         on_clip_done=lambda clip: progress.clip_done(), save_generator_state=resumable,
     )
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         renderer.run(start_clip)
@@ -387,12 +387,13 @@ def _render(args, files, created, engine, avatar, prepared, plan, settings, stat
         _say(f"last frame: {png}")
     files.remove_all()
     wall = time.monotonic() - started
+    cpu = time.process_time() - cpu_started  # all threads; tells a loaded machine from a slow render
     rendered_s = (plan.clips - start_clip) * plan.infer_frames / plan.fps
     rtf = wall / rendered_s if rendered_s else 0.0
     _say(
         f"done: {files.output}  {info['video_seconds']:.2f} s video ({info['frames']} frames, audio "
         f"{info['audio_seconds']:.2f} s)  wall {wall:.1f} s  real-time factor {rtf:.2f} "
-        f"(wall/video; <1 is faster than real time)  peak RSS {peak_rss_mb():.0f} MB"
+        f"(wall/video; <1 is faster than real time)  cpu {cpu:.1f} s  peak RSS {peak_rss_mb():.0f} MB"
     )
     return 0
 
