@@ -47,6 +47,8 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
     state: dict[str, Any] = {"config": config, "engine": engine, "metrics": ServerMetrics()}
     app[STATE_KEY] = state
 
+    owns_engine = engine is None
+
     async def startup(app: web.Application) -> None:
         if state["engine"] is None:
             from avatar_core.engines import load_engine
@@ -69,6 +71,8 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
         if "sessions" in state:
             await state["sessions"].close_all()
             await state["connector"].close_all()
+        if owns_engine and state["engine"] is not None:
+            await asyncio.to_thread(state["engine"].close)
 
     api = _LateApi(config, state["metrics"])
     api.register(app)

@@ -26,6 +26,7 @@ class SessionConfig:
 class WebRTCConfig:
     ice_host_addresses: list[str] = field(default_factory=list)
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    audio_jitter_prefetch: int = 1
 
 
 @dataclass

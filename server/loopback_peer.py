@@ -28,6 +28,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from server.ice import pinned_host_addresses
+from server.rtp_tuning import set_audio_jitter_prefetch
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class LoopbackPeer:
     # "sendrecv": one audio m-line both ways (aiortc/OBS style); "browser": the browser client's
     # layout, a sendonly mic m-line plus recvonly video and recvonly audio m-lines.
     layout: str = "sendrecv"
+    # packets aiortc's audio jitter buffer holds back on the receive side (aiortc: 4, server: 1);
+    # None keeps aiortc's default
+    audio_jitter_prefetch: int | None = 1
 
     def __post_init__(self) -> None:
         self.mic = WavMicrophoneTrack(self.samples_48k)
@@ -164,7 +168,7 @@ class LoopbackPeer:
                 if resp.status != 200:
                     raise RuntimeError(f"/offer answered {resp.status}: {data.get('error')}")
         self.session_id = data["session_id"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+        await self._apply_answer(data["sdp"])
         return self.session_id
 
     async def connect_whip(self, base_url: str, avatar_id: str | None = None) -> str:
@@ -182,8 +186,13 @@ class LoopbackPeer:
                 self.location = resp.headers["Location"]
                 assert resp.content_type == "application/sdp", resp.content_type
         self.session_id = self.location.rstrip("/").rsplit("/", 1)[-1]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+        await self._apply_answer(text)
         return self.session_id
+
+    async def _apply_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        if self.audio_jitter_prefetch is not None:
+            set_audio_jitter_prefetch(self.pc, self.audio_jitter_prefetch)
 
     # -- media ---------------------------------------------------------------------------------
     def _on_state(self) -> None:

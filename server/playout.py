@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +30,7 @@ from server.media_clock import MediaClock
 
 log = logging.getLogger(__name__)
 
+WAIT_HISTORY = 100  # frames whose ready-to-slot wait is kept for the stats
 TRIM_WINDOW_SLOTS = 25  # 1 s at 25 fps: how long a latency surplus must persist before a trim
 
 
@@ -92,6 +93,9 @@ class Playout:
         self._started = asyncio.Event()
         self._closed = False
         self.counters = PlayoutCounters()
+        # how long recent frames waited between being ready and their slot (the playout's share
+        # of the latency; the rest is input + generation)
+        self.recent_waits: deque[float] = deque(maxlen=WAIT_HISTORY)
         self.first_chunk_at: float | None = None
 
     # -- input ---------------------------------------------------------------------------------
@@ -244,6 +248,7 @@ class Playout:
             repeated = False
             audio = item.audio
             onsets = self._orphan_onsets + item.onset_arrivals
+            self.recent_waits.append(now - item.ready_at)
             self._orphan_onsets = []
             self._last, self._last_index = item, index
             self._next = index + 1

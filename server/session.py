@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 LATENCY_HISTORY = 256  # speech-to-lips samples kept per session for the stats endpoint
 
 
+def _summary_ms(values) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "max": None}
+    arr = np.asarray(values, np.float64) * 1000.0
+    return {"p50": float(np.median(arr)), "max": float(arr.max())}
+
+
 def new_session_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -281,6 +288,7 @@ class AvatarSession:
             "latency_trims": c.trims,
             "frames_discarded_by_interrupt": c.discarded_by_interrupt,
             "av_offset_ms": self.av_offset_ms(),
+            "playout_wait_ms": _summary_ms(self.playout.recent_waits),
             "queues": {
                 "playout_buffered_frames": self.playout.buffered_frames(),
                 "consumers": {

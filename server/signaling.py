@@ -19,6 +19,7 @@ from aiortc.sdp import SessionDescription
 
 from server.config import ServerConfig
 from server.ice import pinned_host_addresses, rtc_configuration
+from server.rtp_tuning import set_audio_jitter_prefetch
 from server.session import AvatarSession
 from server.sessions import SessionManager
 
@@ -85,6 +86,7 @@ class PeerConnector:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
             except Exception as exc:
                 raise OfferError(f"the offer could not be applied: {exc}") from None
+            set_audio_jitter_prefetch(pc, self._config.webrtc.audio_jitter_prefetch)
             session = await self._sessions.create(avatar, prompt)
             self._wire(pc, session, offer, incoming)
             answer = await pc.createAnswer()
