@@ -8,9 +8,9 @@ calls the synchronous ``generate()`` and queues the chunk. Block j covers frames
 Schedule of block f (first frame f, B frames, S samples a frame, lookahead L):
   * due for playout at first_ready + playout_margin_s + (f - f_first)/fps (the consumer starts
     its clock when the first chunk arrives);
-  * ready when the timeline holds samples up to (f+B)*S + L. If the input is late, the block
-    waits until t0 + ((f+B)*S + L)/sr + input_jitter_s, but never so long that it would miss
-    its playout, then pads silence: idle blocks keep coming at real-time pace with no input;
+  * ready when the timeline holds samples up to (f+B)*S + L. If the input is late, a live block
+    waits until t0 + ((f+B)*S + L)/sr + input_jitter_s (never past half a block after its
+    playout), then pads silence: idle blocks keep coming at real-time pace with no input;
   * buffered mode (a producer ahead of real time): generated as soon as its audio is there, but
     at most max(buffered_lead_s, one block) before its playout;
   * a worker more than a block behind the playout skips whole blocks ahead (counted, never
@@ -427,18 +427,21 @@ class StreamSession:
     def _input_deadline(self, f: int, need: int) -> float:
         """Until when block ``f`` waits for missing input before padding silence.
 
-        Before the first chunk: the nominal arrival of its last sample + input_jitter_s. Once
-        playing, never later than what still meets the playout (due - compute - a small guard),
-        so waiting for input can never make a block late; buffered producers are ahead of real
-        time by design, so there the playout alone paces idle blocks.
+        Live: the nominal arrival of its last sample + input_jitter_s (padding drops real speech
+        from the outgoing audio too, so wait the full allowance), but never so long that the
+        catch-up rule would fire: at most half a block past its playout. Buffered: the producer
+        is ahead of real time by design, so only the playout paces blocks without audio; they are
+        made just in time (due - expected compute - a small guard).
         """
         cfg = self.config
         t_input = self._clock.due(need) + cfg.input_jitter_s
         if self._first_ready is None:
             return t_input
-        guard = min(cfg.playout_margin_s / 2, self.block_frames / self.fps)
-        t_play = self._playout_due(f) - self._expected_compute() - guard
-        return t_play if cfg.buffered else min(t_input, t_play)
+        due = self._playout_due(f)
+        if cfg.buffered:
+            guard = min(cfg.playout_margin_s / 2, self.block_frames / self.fps)
+            return due - self._expected_compute() - guard
+        return min(t_input, due + self.block_frames / (2 * self.fps))
 
     def _utterance_ended_in(self, f: int) -> bool:
         """Buffered: end_of_speech() was said inside this block's window, so no more audio is

@@ -136,6 +136,24 @@ async def test_live_windows_match_audio_that_arrives_on_time():
     await session.close()
 
 
+async def test_live_input_late_within_the_jitter_allowance_is_kept():
+    gen = FakeGenerator(block_frames=2, lookahead=480)
+    session = StreamSession(gen, config=StreamConfig(input_jitter_s=0.3, playout_margin_s=0.3))
+    t0 = time.monotonic()
+    session.start(t0)
+    signal = ramp(int(0.6 * SR))
+    push_packets(session, signal[: int(0.3 * SR)], t_first=t0)
+    await asyncio.sleep(t0 + 0.38 - time.monotonic())  # the next 0.3 s come late, in one burst
+    push_packets(session, signal[int(0.3 * SR) :])
+    it = session.chunks().__aiter__()
+    chunks = await take(it, 6)  # frames 0..11 (0.48 s)
+    for c in chunks:
+        np.testing.assert_array_equal(c.audio, signal[c.first_frame * S : (c.first_frame + 2) * S])
+    stats = session.stats()
+    assert stats["padded_silence_s"] == 0 and stats["late_input_dropped_s"] == 0
+    await session.close()
+
+
 async def test_idle_blocks_keep_coming_at_real_time_pace_without_input():
     gen = FakeGenerator(block_frames=2, context=800, lookahead=480)
     config = StreamConfig(input_jitter_s=0.02)
