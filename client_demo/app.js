@@ -35,6 +35,8 @@
     serverStats: null, videoStats: null, prevVideo: null,
   };
 
+  let lastMicTrack = null; // kept past teardown so tests can check the mic was released
+
   // ---------------------------------------------------------------- HTTP helpers
 
   class ApiError extends Error {
@@ -202,6 +204,7 @@
     session.connectStartedAt = performance.now();
     try {
       session.mic = await openMicrophone();
+      lastMicTrack = session.mic.getAudioTracks()[0];
       startMicMeter(session.mic);
 
       const pc = new RTCPeerConnection(CONFIG.rtcConfiguration);
@@ -470,6 +473,7 @@
     get sessionId() { return session.id; },
     get connected() { return Boolean(session.pc) && session.pc.connectionState === 'connected'; },
     get framesPresented() { return session.framesPresented; },
+    get lastMicState() { return lastMicTrack ? lastMicTrack.readyState : null; },
     get pageFirstFrameMs() { return session.firstFrameAt ? session.firstFrameAt - session.connectStartedAt : null; },
     get serverStats() { return session.serverStats; },
     get videoStats() { return session.videoStats; },

@@ -79,8 +79,10 @@ def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, 
     page.wait_for_timeout(500)
     assert page.is_visible("#error") is False, page.text_content("#error-text")
 
+    assert page.evaluate("window.avatarClient.lastMicState") == "live"
     page.click("#disconnect")
     page.wait_for_function("() => document.getElementById('state').dataset.state === 'idle'", timeout=5000)
+    assert page.evaluate("window.avatarClient.lastMicState") == "ended"
     # The DELETE is sent right after the local teardown; give the server a moment to drop it.
     for _ in range(20):
         status, _ = http("GET", f"{server_url}/sessions/{session_id}/stats")
@@ -168,3 +170,19 @@ def test_page_notices_when_the_server_ends_the_session(chromium_page, server_url
     assert "ended the session" in page.text_content("#error-text")
     assert page.get_attribute("#state", "data-state") == "idle"
     assert page.is_enabled("#connect")
+
+
+def test_page_reports_a_busy_server(chromium_page, server_url):
+    """A 503 from /offer (engine at capacity) is shown as such and leaves the page ready to retry."""
+    page = chromium_page
+    busy = {"error": "the server is at capacity (4 live sessions); try again later", "reason": "capacity"}
+    page.route("**/offer", lambda route: route.fulfill(status=503, json=busy))
+    page.goto(server_url + "/")
+    page.click("#connect")
+    page.wait_for_selector("#error:not([hidden])", timeout=CONNECT_TIMEOUT_MS)
+    text = page.text_content("#error-text")
+    assert text.startswith("Server busy (503)") and "capacity" in text, text
+    assert page.get_attribute("#state", "data-state") == "idle"
+    assert page.is_enabled("#connect")
+    # the microphone was opened for the attempt and released with it
+    assert page.evaluate("window.avatarClient.lastMicState") == "ended"
