@@ -1,0 +1,113 @@
+"""Block causality and determinism of the streaming stepper (tiny random model on CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from avatar_core.engines.liveavatar.config import LatentGeometry, load_model_config
+from avatar_core.engines.liveavatar.loader import build_random_model
+from avatar_core.engines.liveavatar.sampler import ClipNoise
+from avatar_core.engines.liveavatar.stepper import CausalStepper, StepperInputError
+
+from .conftest import CONFIGS
+
+TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
+GEOMETRY = LatentGeometry(16, 24)
+NUM_BLOCKS = 6  # crosses the clip boundary (4 blocks per clip): ring wrap and sink refresh included
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_random_model(TINY.dit, TINY.streaming, seed=11)
+
+
+def _inputs(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    cfg, s = TINY.dit, TINY.streaming
+    ref = torch.randn(cfg.in_dim, 1, GEOMETRY.latent_height, GEOMETRY.latent_width, generator=gen)
+    motion = torch.randn(cfg.in_dim, s.lat_motion_frames, GEOMETRY.latent_height, GEOMETRY.latent_width, generator=gen)
+    text = torch.randn(9, cfg.text_dim, generator=gen)
+    audio = torch.randn(cfg.num_audio_layers, cfg.audio_dim, NUM_BLOCKS * s.video_frames_per_block, generator=gen)
+    return ref, motion, text, audio
+
+
+def _run(model, audio, *, rope_seed=5, noise_seed=42, inputs_seed=0):
+    ref, motion, text, _ = _inputs(inputs_seed)
+    s = TINY.streaming
+    stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(rope_seed))
+    stepper.prefill(ref, motion, text)
+    noise = ClipNoise(noise_seed, stepper.clip_noise_shape, s.latent_frames_per_block)
+    v = s.video_frames_per_block
+    return [stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)) for b in range(NUM_BLOCKS)]
+
+
+@pytest.fixture(scope="module")
+def baseline(model):
+    return _run(model, _inputs(0)[3])
+
+
+def test_same_seed_same_output(model, baseline):
+    again = _run(model, _inputs(0)[3])
+    for b, (x, y) in enumerate(zip(baseline, again)):
+        assert torch.equal(x, y), f"block {b} differs between identical runs"
+
+
+def test_rope_seed_changes_output(model, baseline):
+    other = _run(model, _inputs(0)[3], rope_seed=6)
+    # The rolling reference position only rolls once F + Delta > 30, i.e. in later blocks.
+    assert any(not torch.equal(x, y) for x, y in zip(baseline, other))
+
+
+@pytest.mark.parametrize("k", [0, 3, 4])
+def test_future_audio_does_not_change_past_blocks(model, baseline, k):
+    audio = _inputs(0)[3].clone()
+    v = TINY.streaming.video_frames_per_block
+    audio[..., (k + 1) * v:] = torch.randn(audio[..., (k + 1) * v:].shape, generator=torch.Generator().manual_seed(9))
+    changed = _run(model, audio)
+    for b in range(k + 1):
+        assert torch.equal(changed[b], baseline[b]), f"block {b} changed when audio of block {k + 1}+ changed"
+    assert not torch.allclose(changed[k + 1], baseline[k + 1], atol=1e-4), "audio had no effect on its own block"
+
+
+def test_past_context_matters(model, baseline):
+    """Blocks attend to earlier ones: changing only block 0's audio changes block 1 too."""
+    audio = _inputs(0)[3].clone()
+    v = TINY.streaming.video_frames_per_block
+    audio[..., :v] = 0
+    changed = _run(model, audio)
+    assert not torch.allclose(changed[1], baseline[1], atol=1e-5)
+
+
+def test_sink_refresh_policy(model, baseline):
+    """"none" keeps the first sink: clip 0 identical, clip 1 different from the refreshing default."""
+    s = dataclasses.replace(TINY.streaming, sink_refresh="none")
+    ref, motion, text, audio = _inputs(0)
+    stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(5))
+    stepper.prefill(ref, motion, text)
+    noise = ClipNoise(42, stepper.clip_noise_shape, s.latent_frames_per_block)
+    v = s.video_frames_per_block
+    out = [stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)) for b in range(NUM_BLOCKS)]
+    blocks_per_clip = s.blocks_per_clip
+    assert all(torch.equal(out[b], baseline[b]) for b in range(blocks_per_clip))
+    assert not torch.allclose(out[blocks_per_clip], baseline[blocks_per_clip], atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    ref, motion, text, audio = _inputs(0)
+    stepper = CausalStepper(model, TINY.streaming, GEOMETRY)
+    with pytest.raises(StepperInputError, match="prefill must run"):
+        stepper.step_block(audio[..., :12], torch.zeros(16, 3, 16, 24))
+    with pytest.raises(StepperInputError, match=r"ref_latent must be \[16, T, 16, 24\]"):
+        stepper.prefill(ref[:, :, :8], motion, text)
+    stepper.prefill(ref, motion, text)
+    with pytest.raises(StepperInputError, match="audio block must be"):
+        stepper.step_block(audio[..., :11], torch.zeros(16, 3, 16, 24))
+    with pytest.raises(StepperInputError, match="noise must have 3 latent frame"):
+        stepper.step_block(audio[..., :12], torch.zeros(16, 2, 16, 24))
+    with pytest.raises(ValueError, match="text context must be"):
+        stepper.set_text(torch.zeros(4, 7))
+    assert stepper.block_index == 0  # failed calls do not advance the stream
