@@ -32,7 +32,7 @@
   const session = {
     pc: null, mic: null, id: null, statsTimer: null, meter: null,
     connectStartedAt: 0, firstFrameAt: 0, framesPresented: 0,
-    serverStats: null, videoStats: null, prevVideo: null,
+    serverStats: null, videoStats: null, prevVideo: null, audioStats: null,
   };
 
   let lastMicTrack = null; // kept past teardown so tests can check the mic was released
@@ -296,7 +296,7 @@
     stopMicMeter();
     Object.assign(session, {
       pc: null, mic: null, id: null, statsTimer: null,
-      firstFrameAt: 0, framesPresented: 0, serverStats: null, videoStats: null, prevVideo: null,
+      firstFrameAt: 0, framesPresented: 0, serverStats: null, videoStats: null, prevVideo: null, audioStats: null,
     });
     if (mic) mic.getTracks().forEach((t) => t.stop());
     if (pc) pc.close();
@@ -398,6 +398,8 @@
         if (report.type === 'inbound-rtp' && report.kind === 'video') {
           session.prevVideo = session.videoStats;
           session.videoStats = report;
+        } else if (report.type === 'inbound-rtp' && report.kind === 'audio') {
+          session.audioStats = report;
         }
       });
     }
@@ -477,6 +479,7 @@
     get pageFirstFrameMs() { return session.firstFrameAt ? session.firstFrameAt - session.connectStartedAt : null; },
     get serverStats() { return session.serverStats; },
     get videoStats() { return session.videoStats; },
+    get audioStats() { return session.audioStats; },
   };
 
   setButtons('idle');

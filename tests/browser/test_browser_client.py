@@ -73,6 +73,12 @@ def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, 
     assert page.get_attribute("#state", "data-state") == "live"
     assert page.is_visible("#error") is False
 
+    # the avatar's audio is received and decoded, and it carries the speech (not silence)
+    audio = page.evaluate("window.avatarClient.audioStats")
+    assert audio and audio["totalSamplesReceived"] > 48_000, audio
+    assert audio["totalAudioEnergy"] > 0.001, audio
+    assert page.evaluate("document.getElementById('audio').srcObject !== null")
+
     page.screenshot(path=str(tmp_path / "streaming.png"))
 
     page.click("#interrupt")
