@@ -59,7 +59,9 @@ def check_offer(sdp: Any, max_bytes: int) -> CheckedOffer:
     if not any(m.kind == "audio" and m.port != 0 and m.direction in PEER_SENDS for m in parsed.media):
         raise OfferError("the offer has no audio track: send your microphone as an audio track (sendrecv or sendonly)")
     for m in parsed.media:
-        if m.kind in ("audio", "video") and (m.ice is None or not m.ice.usernameFragment or m.dtls is None):
+        if m.kind in ("audio", "video") and m.port != 0 and (
+            m.ice is None or not m.ice.usernameFragment or not m.ice.password or m.dtls is None or not m.dtls.fingerprints
+        ):
             raise OfferError("malformed SDP offer: a media section has no ICE credentials or DTLS fingerprint")
     return CheckedOffer(sdp=sdp, parsed=parsed)
 

@@ -106,6 +106,14 @@ async def test_malformed_sdp(server, live_peer) -> None:
     assert_error(status, body, 400, "sdp")
 
 
+async def test_offer_without_dtls_fingerprint_or_ice_credentials(server, live_peer) -> None:
+    sdp = await client_offer_sdp()
+    for broken in (sdp.replace("a=fingerprint:", "a=x-fingerprint:"), sdp.replace("a=ice-ufrag:", "a=x-ufrag:")):
+        status, body = await request(server, "POST", "/offer", json={"sdp": broken, "type": "offer"})
+        assert_error(status, body, 400, "malformed sdp")
+    assert len(server.state["sessions"]) == 1  # nothing was allocated
+
+
 async def test_offer_body_not_json(server, live_peer) -> None:
     status, body = await request(server, "POST", "/offer", data=b"{not json", headers={"Content-Type": "application/json"})
     assert_error(status, body, 400, "json")
