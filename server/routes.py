@@ -90,10 +90,13 @@ class Api:
     async def _read_limited(self, request: web.Request, limit: int) -> bytes | web.Response:
         if request.content_length is not None and request.content_length > limit:
             return json_error(413, f"the request body is too large (more than {limit} bytes)")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            return json_error(413, f"the request body is too large (more than {limit} bytes)")
-        return body
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):  # read() may return early
+            size += len(chunk)
+            if size > limit:
+                return json_error(413, f"the request body is too large (more than {limit} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def offer(self, request: web.Request) -> web.Response:
         body = await self._read_limited(request, self.config.limits.max_sdp_bytes + 4096)
