@@ -393,3 +393,26 @@ def test_ctrl_c_without_online_decode_writes_the_kept_clips(tmp_path, photo, spe
     assert res.returncode == 0, res.stderr
     got, want = decode_frames(out), decode_frames(reference)
     assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 2
+
+
+def test_compressed_stereo_input_keeps_its_format(tmp_path, photo, speech_wav):
+    """Any format PyAV decodes; the output's track is the user's audio at its own rate and channels."""
+    import av
+
+    m4a = tmp_path / "speech.m4a"
+    with av.open(str(speech_wav)) as src, av.open(str(m4a), "w") as dst:
+        stream = dst.add_stream("aac", rate=44100, layout="stereo")
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=44100)
+        for frame in src.decode(audio=0):
+            for piece in resampler.resample(frame):
+                dst.mux(stream.encode(piece))
+        for piece in resampler.resample(None):
+            dst.mux(stream.encode(piece))
+        dst.mux(stream.encode(None))
+    out = tmp_path / "from_m4a.mp4"
+    res = run_cli(["--image", photo, "--audio", m4a, "--output", out, "--num_clip", "4", *BASE])
+    assert res.returncode == 0, res.stderr
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        assert (a.rate, a.channels) == (44100, 2)
+        assert float(a.duration * a.time_base) == pytest.approx(4 * 24 / 25, abs=0.05)  # cut at the video's end
