@@ -202,12 +202,13 @@
     setButtons('connecting');
     setState('connecting', 'Connecting…');
     session.connectStartedAt = performance.now();
+    let pc = null;
     try {
       session.mic = await openMicrophone();
       lastMicTrack = session.mic.getAudioTracks()[0];
       startMicMeter(session.mic);
 
-      const pc = new RTCPeerConnection(CONFIG.rtcConfiguration);
+      pc = new RTCPeerConnection(CONFIG.rtcConfiguration);
       session.pc = pc;
       pc.addTransceiver(session.mic.getAudioTracks()[0], { direction: 'sendonly' });
       pc.addTransceiver('video', { direction: 'recvonly' });
@@ -221,7 +222,10 @@
       if (ui.avatarSelect.value) body.avatar_id = ui.avatarSelect.value;
       if (ui.prompt.value.trim()) body.prompt = ui.prompt.value.trim();
       const answer = await api('POST', 'offer', body);
-      if (session.pc !== pc) return; // disconnected while waiting
+      if (session.pc !== pc) { // Disconnect was pressed while the server answered: free its session
+        api('DELETE', `sessions/${encodeURIComponent(answer.session_id)}`).catch(() => {});
+        return;
+      }
       session.id = answer.session_id;
       ui.sessionId.textContent = session.id || '–';
       await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
@@ -230,6 +234,7 @@
       setButtons('live');
       session.statsTimer = setInterval(refreshStats, CONFIG.statsIntervalMs);
     } catch (err) {
+      if (pc && session.pc !== pc) return; // the user disconnected meanwhile: nothing went wrong
       showError(err);
       await teardown({ notifyServer: true });
     }
