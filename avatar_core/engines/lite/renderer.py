@@ -7,7 +7,7 @@ import numpy as np
 from avatar_core.engines.lite.config import RenderConfig
 from avatar_core.engines.lite.rig import FACE_CONTROLS, FaceRig, Pose
 
-_TEETH_RGB = np.float32([236, 232, 220])
+_TEETH_RGB = np.float32([242, 236, 222])
 _CAVITY_RGB = np.float32([74, 30, 26])
 _TONGUE_RGB = np.float32([150, 62, 66])
 
@@ -29,6 +29,11 @@ class Renderer:
         self._offset = np.float32([x0, y0])
         # Lighting of the painted mouth follows the face's brightness.
         self._light = float(np.clip(rig.mouth.skin_luma / 170.0, 0.35, 1.3))
+        self._teeth_light = float(np.clip(self._light, 0.92, 1.05))  # teeth stay light in dim photos
+        # Teeth are lighter and less saturated than the skin but lit by the same light: a mix of
+        # the photo's skin colour and ivory keeps them in the photo's colour cast.
+        skin = rig.mouth.skin_rgb.astype(np.float32)
+        self._teeth_rgb = np.clip(0.45 * skin / max(self._light, 0.5) + 0.55 * _TEETH_RGB, 0, 255).astype(np.float32)
 
     def _forward_field(self, pose: Pose) -> np.ndarray:
         y0, _, x0, _ = self.box
@@ -153,10 +158,16 @@ class Renderer:
         if not mouth.photo_mouth_open:
             teeth_h = 0.11 * M * np.sqrt(across)
             upper_teeth = np.clip((teeth_h - below_top) / 1.2, 0, 1) * np.clip(below_top + 0.5, 0, 1) * (across > 0.05)
-            color += (upper_teeth[:, :, None] * 0.9) * (_TEETH_RGB * light * (0.6 + 0.4 * shade) - color)
+            # Gaps between teeth (incisors ~M/8 wide), the lip's shadow at the gum line, and
+            # darker towards the corners where the teeth turn away.
+            tooth_phase = ((xs - center_x) / (0.125 * M)) % 1.0
+            gaps = 1.0 - 0.09 * np.exp(-(((tooth_phase - 0.5) / 0.07) ** 2))
+            gum_shadow = 0.72 + 0.28 * np.clip(below_top / max(0.04 * M, 1.0), 0, 1)
+            tooth_shade = (0.55 + 0.45 * across) * gaps[None, :] * gum_shadow
+            color += (upper_teeth[:, :, None] * 0.92) * (self._teeth_rgb * self._teeth_light * tooth_shade[:, :, None] - color)
         lower_h = 0.05 * M * np.sqrt(across) * np.clip((gap[None, :] - 0.15 * M) / (0.1 * M), 0, 1)
         lower_teeth = np.clip((lower_h - above_bottom) / 1.2, 0, 1) * (across > 0.05)
-        color += (lower_teeth[:, :, None] * 0.6) * (_TEETH_RGB * light * 0.8 * shade - color)
+        color += (lower_teeth[:, :, None] * 0.6) * (self._teeth_rgb * self._teeth_light * 0.8 * shade - color)
 
         region = frame[y0:y1, x0:x1].astype(np.float32)
         region += alpha[:, :, None] * (color - region)

@@ -82,6 +82,7 @@ class MouthGap:
     photo_mouth_open: bool  # the photo already shows the mouth interior (teeth): no painted teeth
     lip_color: np.ndarray  # float32 RGB
     skin_luma: float
+    skin_rgb: np.ndarray  # float32: median colour around the nose tip (the photo's colour cast)
 
 
 @dataclass
@@ -161,6 +162,22 @@ def _control_displacements(ff: _FaceFrame, cfg: RigConfig) -> tuple[np.ndarray, 
     # Upper side of the tear: the top edge of the lower lip stays with the upper lip (and any teeth
     # the photo shows); the lower side moves with the jaw.
     jaw_up[lower_inner] = ff.world(np.zeros(len(lower_inner)), -cfg.upper_lip_lift * drop * lens_lip[lower_inner])
+    # Each side's field is only used on its own side of the tear, but smoothing mixes in values
+    # from across it. So each side continues flat across the tear (the edge's own displacement,
+    # fading with distance), and the edge moves exactly as far as the lip next to it.
+    ea, eb = ff.local(ff.pts[LIPS_LOWER_INNER])
+    order = np.argsort(ea)
+    edge_b = np.interp(a, ea[order], eb[order])
+    inner_a = a[lower_inner]
+    inner_order = np.argsort(inner_a)
+    near = np.abs(a) < half * 1.05
+    off_edge = np.ones(n, bool)
+    off_edge[LIPS_LOWER_INNER] = False
+    for field, side in ((jaw_lo, near & off_edge & (b < edge_b)), (jaw_up, near & off_edge & (b > edge_b))):
+        values = field[lower_inner][inner_order]
+        edge_disp = np.stack([np.interp(a, inner_a[inner_order], values[:, c]) for c in range(2)], axis=-1)
+        weight = np.clip(1 - np.abs(b - edge_b) / (0.5 * M), 0, 1)[:, None]
+        field[side] = (edge_disp * weight)[side]
     up[0], lo[0] = jaw_up, jaw_lo
 
     # --- rounded lips (o, u): corners move in, lips pout open slightly; cheeks near the corners follow.
@@ -287,12 +304,8 @@ def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConf
     vals_up = np.concatenate([up.transpose(1, 0, 2).reshape(len(mesh), 2 * K), zeros])
     vals_lo = np.concatenate([lo.transpose(1, 0, 2).reshape(len(mesh), 2 * K), zeros])
     points = np.concatenate([mesh, anchors])
-    # The lower side ignores the upper lip (it sits right on the tear line), and vice versa is not
-    # needed: the upper field is only used above the tear.
-    keep_lo = np.ones(len(points), bool)
-    keep_lo[sorted(set(LIPS_UPPER_INNER[1:-1]))] = False
     field_up = _interpolate_fields(points, vals_up, box, cfg).reshape(box[1] - box[0], box[3] - box[2], K, 2)
-    field_lo = _interpolate_fields(points[keep_lo], vals_lo[keep_lo], box, cfg).reshape(field_up.shape)
+    field_lo = _interpolate_fields(points, vals_lo, box, cfg).reshape(field_up.shape)
     tear = _tear_mask(ff, box)[:, :, None, None]
     face_fields = (field_up * (1 - tear) + field_lo * tear).transpose(2, 0, 1, 3).copy()
 
@@ -305,7 +318,7 @@ def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConf
         for k in range(K):
             out[k] = cv2.remap(np.ascontiguousarray(field[:, :, k, :]), mx, my, cv2.INTER_LINEAR)[0]
         return out
-    disp_up, disp_lo = sample(field_up), sample(field_lo)
+    disp_up, disp_lo = _smooth_along(sample(field_up)), _smooth_along(sample(field_lo))
     # The corners of the tear do not open.
     disp_up[:, [0, -1]] = disp_lo[:, [0, -1]] = (disp_up[:, [0, -1]] + disp_lo[:, [0, -1]]) / 2
 
@@ -316,7 +329,9 @@ def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConf
     lip_color = frame[lip_mask.astype(bool)].reshape(-1, 3).astype(np.float32)
     lip_color = np.median(lip_color, axis=0) if len(lip_color) else np.array([150, 80, 80], np.float32)
     skin = frame[int(ff.pts[NOSE_TIP][1]) - 3 : int(ff.pts[NOSE_TIP][1]) + 3, int(ff.pts[NOSE_TIP][0]) - 3 : int(ff.pts[NOSE_TIP][0]) + 3]
-    skin_luma = float((skin.reshape(-1, 3).astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).mean()) if skin.size else 160.0
+    skin_pixels = skin.reshape(-1, 3).astype(np.float32)
+    skin_rgb = np.median(skin_pixels, axis=0) if len(skin_pixels) else np.float32([200, 160, 140])
+    skin_luma = float(skin_rgb @ np.float32([0.299, 0.587, 0.114]))
     mouth = MouthGap(
         edge=edge.astype(np.float32),
         disp_upper=disp_up,
@@ -325,6 +340,7 @@ def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConf
         photo_mouth_open=gap > 0.08 * ff.mouth_width,
         lip_color=lip_color.astype(np.float32),
         skin_luma=skin_luma,
+        skin_rgb=skin_rgb.astype(np.float32),
     )
     face = _trim(FieldGroup(FACE_CONTROLS, box, face_fields.astype(np.float32)))
     head = _trim(_head_fields(ff, size, cfg))
@@ -345,6 +361,13 @@ def _trim(group: FieldGroup, epsilon: float = 0.01) -> FieldGroup:
     y0, _, x0, _ = group.box
     fields_ = np.ascontiguousarray(group.fields[:, r0:r1, c0:c1])
     return FieldGroup(group.names, (y0 + r0, y0 + r0 + fields_.shape[1], x0 + c0, x0 + c0 + fields_.shape[2]), fields_)
+
+
+def _smooth_along(disp: np.ndarray) -> np.ndarray:
+    """Smooth displacements [K, n, 2] along the polyline (the lip edge should not zig-zag)."""
+    kernel = np.float32([1, 2, 3, 2, 1]) / 9.0
+    padded = np.concatenate([disp[:, :1].repeat(2, 1), disp, disp[:, -1:].repeat(2, 1)], axis=1)
+    return sum(kernel[i] * padded[:, i : i + disp.shape[1]] for i in range(5)).astype(np.float32)
 
 
 def _resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
