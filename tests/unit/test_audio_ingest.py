@@ -64,6 +64,20 @@ def test_push_frame_survives_a_format_change_mid_stream():
     assert abs(peak_hz(out, 16000) - 300) < 5
 
 
+def test_rate_change_mid_stream_loses_no_audio():
+    ingest = AudioIngest()
+    first = ingest.push_pcm((sine(440, 48000, 0.5) * 32767).astype("<i2").tobytes(), 48000)
+    second = ingest.push_pcm((sine(440, 24000, 0.5) * 32767).astype("<i2").tobytes(), 24000)
+    out = np.concatenate([first, second, ingest.flush()])
+    assert abs(out.shape[0] - 16000) <= 4, "0.5 s + 0.5 s at 16 kHz"
+    assert abs(peak_hz(out, 16000) - 440) < 5
+
+
+def test_16k_mono_passes_through_unchanged():
+    x = sine(300, 16000, 0.1)
+    np.testing.assert_allclose(AudioIngest().push_pcm(x.astype("<f4"), 16000, sample_format="f32"), x, atol=1e-7)
+
+
 def test_push_pcm_bytes_and_arrays():
     src = sine(1000, 24000, 0.5)
     pcm = (src * 32767).astype("<i2")
