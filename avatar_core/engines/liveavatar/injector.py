@@ -49,6 +49,8 @@ class AttentionProjections(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Unmasked SDPA. q ``[..., Nq, H, dh]``, k/v ``[..., Nk, H, dh]`` -> ``[..., Nq, H*dh]``."""
+    if q.ndim == 3:  # the fused (flash / cuDNN / efficient) kernels want [batch, heads, tokens, dh]
+        return attend(q[None], k[None], v[None])[0]
     out = F.scaled_dot_product_attention(q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2))
     return out.transpose(-3, -2).flatten(-2)
 

@@ -1,13 +1,15 @@
 """4-step flow-matching Euler sampler (spec section 4, golden README section 6).
 
-The sigmas are those of diffusers' ``FlowMatchEulerDiscreteScheduler(num_train_timesteps, shift)`` after
-``set_timesteps(num_steps)``: note the double shift of the last sigma (0.008929, not 0.002994).
+The schedule reproduces diffusers' ``FlowMatchEulerDiscreteScheduler(num_train_timesteps, shift)`` after
+``set_timesteps(num_steps)`` (the unit tests compare against diffusers itself), written out here so the
+GPU machine needs no diffusers: note the double shift of the last sigma (0.008929, not 0.002994).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -21,16 +23,21 @@ class FlowMatchSchedule:
         return len(self.timesteps)
 
 
-def flow_match_schedule(num_steps: int, shift: float, num_train_timesteps: int = 1000) -> FlowMatchSchedule:
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def _shifted(sigma, shift: float):
+    return shift * sigma / (1 + (shift - 1) * sigma)
 
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
-    scheduler.set_timesteps(num_steps, device="cpu")
-    timesteps = tuple(float(t) for t in scheduler.timesteps.to(torch.float32))
-    sigmas = tuple(float(s) for s in scheduler.sigmas.to(torch.float32))
-    if len(timesteps) != num_steps or len(sigmas) != num_steps + 1:
-        raise RuntimeError(f"unexpected scheduler output: {len(timesteps)} timesteps, {len(sigmas)} sigmas")
-    return FlowMatchSchedule(timesteps=timesteps, sigmas=sigmas)
+
+def flow_match_schedule(num_steps: int, shift: float, num_train_timesteps: int = 1000) -> FlowMatchSchedule:
+    n = num_train_timesteps
+    # Training sigmas in float32 (as the scheduler's constructor); their ends bound the inference grid.
+    train = _shifted(torch.arange(n, 0, -1, dtype=torch.float32) / n, shift)
+    sigma_max, sigma_min = float(train[0]), float(train[-1])
+    # Inference grid in float64, shifted once more (this second shift moves the last sigma off 0.003).
+    grid = np.linspace(sigma_max * n, sigma_min * n, num_steps) / n
+    sigmas = torch.from_numpy(_shifted(grid, shift)).to(torch.float32)
+    timesteps = sigmas * n
+    sigmas = torch.cat([sigmas, torch.zeros(1)])
+    return FlowMatchSchedule(timesteps=tuple(float(t) for t in timesteps), sigmas=tuple(float(s) for s in sigmas))
 
 
 def euler_update(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:

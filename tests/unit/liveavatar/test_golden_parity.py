@@ -124,6 +124,17 @@ def test_sampler_schedule(tensors):
     torch.testing.assert_close(torch.tensor(schedule.sigmas), tensors["sampler_sigmas"], rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("steps, shift", [(4, 3.0), (8, 5.0), (1, 1.0), (50, 3.0)])
+def test_sampler_schedule_equals_diffusers(steps, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    reference = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    reference.set_timesteps(steps)
+    schedule = flow_match_schedule(steps, shift, 1000)
+    assert torch.equal(torch.tensor(schedule.timesteps), reference.timesteps.float())
+    assert torch.equal(torch.tensor(schedule.sigmas), reference.sigmas.float())
+
+
 def _stepper(model, streaming, meta, norm3_bf16: bool) -> CausalStepper:
     cfg = dataclasses.replace(streaming, norm3_input_bf16=norm3_bf16)
     return CausalStepper(model, cfg, LatentGeometry.from_pixels(meta["H"], meta["W"]),
