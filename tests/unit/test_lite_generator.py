@@ -183,3 +183,19 @@ def test_bad_blocks_are_refused(engine, avatar):
         generator.generate(AudioBlock(np.zeros(2 * S, np.float32), 0, 2, 0, 0, np.zeros(2, bool)))
     with pytest.raises(ValueError, match="not a lite"):
         generator.load_state_dict({"engine": "other"})
+    state = generator.state_dict()
+    state["avatar"] = "another-portrait"
+    with pytest.raises(ValueError, match="different portrait"):
+        generator.load_state_dict(state)
+
+
+def test_steady_noise_does_not_move_the_mouth_but_speech_over_it_does(engine, avatar, speech_audio):
+    rng = np.random.default_rng(0)
+    t = np.arange(len(speech_audio)) / 16000
+    noise = (0.006 * rng.standard_normal(len(speech_audio)) + 0.01 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    quiet = _poses(engine.new_generator(avatar, seed=7), noise)  # ~ -41 dBFS of hiss and hum
+    assert max(p.mouth_open for p in quiet) == 0.0
+    noisy_speech = _poses(engine.new_generator(avatar, seed=7), speech_audio + noise)
+    opening = np.array([p.mouth_open for p in noisy_speech])
+    assert opening[: 2 * FPS - 1].max() == 0.0
+    assert opening[2 * FPS + 5 : -2 * FPS].max() > 0.5

@@ -48,6 +48,8 @@ class MotionConfig:
     context_ms: float = 10.0  # audio before each frame used by the analysis window
     lookahead_ms: float = 20.0  # audio after each frame: the mouth anticipates the sound slightly
     silence_db: float = -50.0  # below this (dBFS RMS) the mouth target is closed
+    noise_window_s: float = 1.2  # the noise floor is the quietest frame in this window
+    noise_margin_db: float = 8.0  # speech must be this much above the noise floor
     level_range_db: float = 18.0  # opening goes 0 -> 1 over this range below the running speech peak
     initial_peak_db: float = -18.0
     peak_decay_db_per_s: float = 3.0

@@ -103,6 +103,8 @@ class LiteGenerator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("engine") != "lite" or "motion" not in state:
             raise ValueError("not a lite engine generator state")
+        if state.get("avatar") not in (None, self.avatar.key):
+            raise ValueError("this generator state was saved for a different portrait")
         self.seed = int(state.get("seed", self.seed))
         self.motion.load_state_dict(state["motion"])
 

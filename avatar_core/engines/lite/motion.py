@@ -28,6 +28,7 @@ class MotionState:
     mouth_round: float = 0.0
     mouth_spread: float = 0.0
     speech_peak_db: float = -18.0
+    recent_levels_db: list[float] = field(default_factory=list)  # for the noise floor
     speech_activity: float = 0.0  # slow envelope of speaking, 0..1
     centroid_mean_hz: float = 1300.0  # the speaker's typical spectral centroid (running mean)
     brow: float = 0.0
@@ -102,6 +103,7 @@ class MotionModel:
         values = {k: v for k, v in state.items() if k in known}
         self.state = MotionState(**{**dataclasses.asdict(MotionState()), **values})
         self.state.head_walk = list(self.state.head_walk)
+        self.state.recent_levels_db = [float(x) for x in self.state.recent_levels_db]
         self.state.head_smooth = list(self.state.head_smooth)
         self._rng = np.random.Generator(np.random.PCG64())
         if self.state.rng:
@@ -119,11 +121,16 @@ class MotionModel:
         feats = analyse_window(window, self.sample_rate)
 
         # Mouth opening from loudness relative to the running speech peak.
-        speaking = feats.level_db > cfg.silence_db
+        # Noise floor: the quietest frame of the last second or so (minimum statistics), so that a
+        # steady hum or room noise never reads as speech.
+        s.recent_levels_db = (s.recent_levels_db + [max(feats.level_db, -120.0)])[-int(cfg.noise_window_s * self.fps) :]
+        floor_db = min(s.recent_levels_db)
+        speaking = feats.level_db > max(cfg.silence_db, floor_db + cfg.noise_margin_db)
         if speaking:
             s.speech_peak_db = max(feats.level_db, s.speech_peak_db - cfg.peak_decay_db_per_s * dt)
             s.speech_peak_db = float(np.clip(s.speech_peak_db, -40.0, -3.0))
-            rel = (feats.level_db - (s.speech_peak_db - cfg.level_range_db)) / cfg.level_range_db
+            bottom = max(s.speech_peak_db - cfg.level_range_db, floor_db + cfg.noise_margin_db)
+            rel = (feats.level_db - bottom) / max(s.speech_peak_db - bottom, 3.0)
             target_open = float(np.clip(rel, 0, 1)) ** cfg.open_exponent * cfg.open_gain
             target_open *= 1.0 - 0.55 * min(1.0, feats.hiss * 1.5)  # s, f, sh: teeth together
         else:
