@@ -155,6 +155,11 @@ class RenderPlan:
         return self.audio_samples / self.sample_rate
 
     @property
+    def kept_frames_bytes(self) -> int:
+        """Memory the frames take when kept until the end (no online decode), as raw RGB."""
+        return self.frames * self.width * self.height * 3
+
+    @property
     def padded_seconds(self) -> float:
         """Video rendered past the audio's end (on silence)."""
         return max(0.0, self.video_seconds - self.audio_seconds)

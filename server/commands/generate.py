@@ -287,7 +287,7 @@ def _run(args: argparse.Namespace, files, created: list[Path]) -> int:
         plan = dataclasses.replace(plan, width=width, height=height, block_frames=engine.block_frames)
         if ignored:
             _say(f"note: the {args.engine} engine has no use for: {', '.join(ignored)}")
-        kept_bytes = plan.frames * width * height * 3
+        kept_bytes = plan.kept_frames_bytes
         if not settings.enable_online_decode and kept_bytes > LONG_PLAN_WARNING_BYTES:
             _warn(
                 f"without --enable_online_decode all {plan.frames} frames ({kept_bytes / 2**30:.1f} GiB) are kept "

@@ -135,6 +135,12 @@ def test_plan_uncapped_pads_the_video():
     assert "704*384" in text
 
 
+def test_kept_frames_memory_grows_with_the_plan():
+    short, long_ = _plan(10.0), _plan(600.0)
+    assert short.kept_frames_bytes == 288 * 704 * 384 * 3
+    assert long_.kept_frames_bytes > 2 << 30  # 10 min at 704x384: worth a warning without online decode
+
+
 def test_plan_capped_by_num_clip_reports_unused_audio():
     plan = _plan(60.0, num_clip=10)
     assert plan.clips == 10 and plan.clips_for_audio == 32
