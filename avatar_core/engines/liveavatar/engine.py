@@ -322,6 +322,25 @@ def random_full_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torc
     return LiveAvatarParts(dit, model_config, codec, audio, text, description="14B architecture, random weights")
 
 
+def compile_dit(dit) -> None:
+    """torch.compile the DiT blocks, with the KV-cache attention callbacks kept out of the graphs.
+
+    The stepper's attention callbacks read the layer index and the ring slot as Python ints; traced by
+    dynamo they specialise every block graph per layer (40 layers > the recompile limit of 8, after
+    which dynamo silently runs the blocks eager). Excluding them (``torch.compiler.disable``) splits
+    each block into a pre-attention and a post-attention graph shared by all layers. Idempotent; to
+    be dropped once ``stepper.py`` marks its callbacks itself.
+    """
+    from . import stepper
+
+    for cls in (stepper._InferenceAttention, stepper._SinkAttention):
+        if not getattr(cls.attend, "_kept_eager", False):
+            eager = torch.compiler.disable(cls.attend)
+            eager._kept_eager = True
+            cls.attend = eager
+    dit.compile_blocks()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Avatar and generator
 
@@ -492,9 +511,14 @@ class LiveAvatarEngine:
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         if opts.compile:
-            self.parts.dit.compile_blocks()
+            compile_dit(self.parts.dit)
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
                     self.dtype, *self.size, time.perf_counter() - t0)
+
+    def set_size(self, size: str, aspect: str | None = None) -> tuple[int, int]:
+        """Change the output size (reference --size rule) for avatars prepared and sessions opened from now on."""
+        self.size = frame_size(size, aspect or self.options.aspect)
+        return self.size
 
     # ---- avatars -----------------------------------------------------------------------------------------
     def crop_to_size(self, image: np.ndarray) -> np.ndarray:
@@ -538,6 +562,8 @@ class LiveAvatarEngine:
     def new_generator(self, avatar: LiveAvatar, prompt: str | None = None, **options: Any) -> LiveAvatarGenerator:
         if not isinstance(avatar, LiveAvatar):
             raise AvatarError("not a liveavatar avatar (prepare it with this engine's prepare_avatar)")
+        if avatar.image.shape[:2] != (self.size[1], self.size[0]):
+            raise AvatarError(f"the avatar was prepared for another frame size than the engine's {self.size[0]}x{self.size[1]}")
         unknown = sorted(set(options) - {"sync_timing"})
         if unknown:
             raise EngineConfigError(f"unknown generator option(s): {', '.join(unknown)}")

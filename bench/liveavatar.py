@@ -1,0 +1,318 @@
+"""``avatar bench liveavatar``: the liveavatar engine's per-block cost on one GPU (or tiny, on a CPU).
+
+What runs is the engine's own session path (``LiveAvatarEngine.new_generator(...).generate(block)``):
+per block of 12 frames, wav2vec2 features of the block's rolling window, 4 DiT calls over the KV rings
+and the sink, and the streaming Wan2.1 VAE decode to uint8 frames. With ``--device cuda`` the real
+14B architecture is built with random bf16 weights (``random_weights=True``: the DiT, the Wan2.1 VAE
+and wav2vec2-large; a seeded random prompt context replaces umT5, which runs once per session).
+
+Per size and mode (eager, then ``torch.compile`` of the DiT blocks):
+  * time to first block: new session -> first block's frames (sink prefill + VAE priming + block 0);
+  * ``--warmup`` blocks (clip 0, the sink refresh before clip 1, and compilation), then
+    ``--blocks`` timed blocks: median per-block latency and its stages (audio, DiT, VAE), fps;
+  * the sink refresh (VAE re-encode of the last 73 frames + sink call) of block 4;
+  * peak GPU memory (allocated, over the whole run of that size);
+  * the DiT FLOPs per block and the achieved rate;
+  * eager only: a torch.profiler summary of one block (GPU time by kernel family, top kernels).
+Every stage is timed with the device synchronised (``sync_timing``). Results are written after each
+(mode, size), so a run stopped early keeps what it measured.
+
+Sizes follow the reference's ``--size`` rule on a 9:16 portrait: "688*368" -> 384x640 and
+"720*400" -> 384x704 (W x H).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_SIZES = ("688*368", "720*400")
+SPF = 640  # samples per frame at 16 kHz / 25 fps
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (default: cuda if available)")
+    p.add_argument("--tiny", action="store_true", help="tiny random models (CPU check of the same code path)")
+    p.add_argument("--sizes", nargs="+", default=None, help='area caps "W*H" (default: 688*368 720*400; tiny: 128*64)')
+    p.add_argument("--aspect", default="9:16", help="frame aspect W:H (default 9:16 portrait)")
+    p.add_argument("--blocks", type=int, default=8, help="timed blocks after warm-up (default 8)")
+    p.add_argument("--warmup", type=int, default=6, help="untimed blocks first (default 6: clip 0, the sink refresh, recompiles)")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both", help="torch.compile the DiT blocks")
+    p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler block")
+    p.add_argument("--output", type=Path, default=None, help="JSON file (default bench/results/liveavatar_<device>.json)")
+    p.add_argument("--merge", action="store_true", help="keep the other modes/sizes already in --output")
+    p.add_argument("--seed", type=int, default=420)
+
+
+def _synthetic_block(k: int, context: int, lookahead: int):
+    """Speech-like audio (voiced harmonics with a syllable-rate envelope + noise), deterministic per block."""
+    from avatar_core.contract import AudioBlock
+
+    n = context + 12 * SPF + lookahead
+    t = (np.arange(n) + (12 * k * SPF - context)) / 16000.0
+    rng = np.random.default_rng(1000 + k)
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    voiced = sum(np.sin(2 * np.pi * h * np.cumsum(f0) / 16000.0) / h for h in range(1, 6))
+    envelope = np.clip(np.sin(2 * np.pi * 4.0 * t), 0, None)
+    samples = (0.2 * voiced * envelope + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    return AudioBlock(samples=samples, first_frame=12 * k, num_frames=12, context=context, lookahead=lookahead,
+                      speech=np.ones(12, bool))
+
+
+def _portrait(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:1280, 0:720]
+    base = np.stack([xx * 255 // 720, yy * 255 // 1280, (xx + yy) % 256], axis=-1)
+    return np.clip(base + rng.integers(0, 30, base.shape), 0, 255).astype(np.uint8)
+
+
+def dit_flops_per_block(cfg, streaming, tokens_per_frame: int, sink_tokens: int) -> float:
+    """Matmul FLOPs of one block's DiT calls at steady state (full ring): 2·m·n·k per product."""
+    d, n = cfg.dim, streaming.latent_frames_per_block * tokens_per_frame
+    keys = streaming.ring_latent_frames * tokens_per_frame + sink_tokens
+    per_layer = (
+        2 * n * d * d * 4  # self-attention q, k, v, o
+        + 2 * n * keys * d * 2  # QK^T and PV
+        + 2 * n * d * d * 2  # cross-attention q, o (text K/V cached per session)
+        + 2 * n * cfg.text_len * d * 2  # cross-attention over 512 text rows
+        + 2 * n * d * cfg.ffn_dim * 2  # FFN
+    )
+    inject = cfg.num_injectors * (2 * n * d * d * 2 + 2 * streaming.latent_frames_per_block * 5 * d * d * 2)
+    return float(streaming.num_steps * (cfg.num_layers * per_layer + inject))
+
+
+def _kernel_family(name: str) -> str:
+    low = name.lower()
+    if any(s in low for s in ("flash", "fmha", "attention", "sdpa", "cudnn_generated", "mha")):
+        return "attention"
+    if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "splitk")):
+        return "matmul"
+    if any(s in low for s in ("conv", "implicit", "winograd", "im2col")):
+        return "conv"
+    if any(s in low for s in ("memcpy", "memset")):
+        return "memcpy"
+    if any(s in low for s in ("norm", "reduce", "softmax")):
+        return "norm/reduce"
+    return "elementwise/other"
+
+
+def _profile_block(gen, block, device_type: str) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        gen.generate(block)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    rows = []
+    for evt in events:
+        if device_type == "cuda":
+            t = getattr(evt, "self_device_time_total", None)
+            if t is None:
+                t = getattr(evt, "self_cuda_time_total", 0.0)
+        else:
+            t = evt.self_cpu_time_total
+        if t > 0:
+            rows.append((evt.key, float(t) / 1000.0, int(evt.count)))
+    # on CUDA, count kernels only (aten ops have no self device time; host-side entries are excluded)
+    total = sum(r[1] for r in rows)
+    families: dict[str, float] = {}
+    for name, ms, _ in rows:
+        families[_kernel_family(name)] = families.get(_kernel_family(name), 0.0) + ms
+    rows.sort(key=lambda r: -r[1])
+    return {
+        "clock": "gpu kernel time" if device_type == "cuda" else "cpu self time",
+        "total_ms": round(total, 2),
+        "by_family_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "by_family_share": {k: round(v / total, 3) for k, v in sorted(families.items(), key=lambda kv: -kv[1])} if total else {},
+        "top": [{"name": n[:120], "ms": round(ms, 2), "calls": c} for n, ms, c in rows[:15]],
+    }
+
+
+def _median_ms(values) -> float:
+    return round(1000.0 * statistics.median(values), 1)
+
+
+def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) -> dict:
+    import torch
+
+    cuda = engine.device.type == "cuda"
+
+    def sync() -> float:
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        return time.perf_counter()
+
+    width, height = engine.set_size(size, aspect)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    t0 = sync()
+    avatar = engine.prepare_avatar(_portrait(args.seed))
+    prepare_s = sync() - t0
+
+    t0 = sync()
+    gen = engine.new_generator(avatar, "a person talking", sync_timing=True)
+    try:
+        context, lookahead = gen.context_samples, gen.lookahead_samples
+        gen.generate(_synthetic_block(0, context, lookahead))
+        ttfb = sync() - t0
+        first = gen.timings
+        records = []
+        total_blocks = args.warmup + args.blocks
+        warm_t0 = time.perf_counter()
+        for k in range(1, total_blocks):
+            t1 = sync()
+            frames = gen.generate(_synthetic_block(k, context, lookahead))
+            records.append((k, sync() - t1, gen.timings))
+            if k == args.warmup - 1:
+                warm_s = time.perf_counter() - warm_t0
+        if args.warmup <= 1:
+            warm_s = 0.0
+        timed = [r for r in records if r[0] >= args.warmup]
+        refresh = next((r[2].refresh_s for r in records if r[0] == engine.parts.model_config.streaming.blocks_per_clip), None)
+        result = {
+            "width": width,
+            "height": height,
+            "tokens_per_latent_frame": gen.stepper.tokens_per_frame,
+            "sink_tokens": gen.stepper.sink_tokens,
+            "timed_blocks": len(timed),
+            "block_ms_median": _median_ms([r[1] for r in timed]),
+            "block_ms_min": round(1000 * min(r[1] for r in timed), 1),
+            "block_ms_max": round(1000 * max(r[1] for r in timed), 1),
+            "fps": round(12.0 / statistics.median([r[1] for r in timed]), 2),
+            "dit_ms_median": _median_ms([r[2].dit_s for r in timed]),
+            "vae_decode_ms_median": _median_ms([r[2].vae_s for r in timed]),
+            "audio_features_ms_median": _median_ms([r[2].audio_s for r in timed]),
+            "time_to_first_block_s": round(ttfb, 3),
+            "first_block_stages_s": {
+                "prefill_text_sink_vae_prime": round(first.prefill_s, 3),
+                "audio": round(first.audio_s, 3), "dit": round(first.dit_s, 3), "vae": round(first.vae_s, 3),
+            },
+            "warmup_blocks_s": round(warm_s, 2),
+            "sink_refresh_s": None if refresh is None else round(refresh, 3),
+            "prepare_avatar_s": round(prepare_s, 3),
+            "frame_shape": list(frames.shape),
+            "session_state_gb": round(gen.stepper.state_nbytes / 1e9, 2),
+        }
+        flops = dit_flops_per_block(engine.parts.dit.config, engine.parts.model_config.streaming,
+                                    gen.stepper.tokens_per_frame, gen.stepper.sink_tokens)
+        result["dit_tflop_per_block"] = round(flops / 1e12, 1)
+        result["dit_tflops_achieved"] = round(flops / 1e12 / statistics.median([r[2].dit_s for r in timed]), 1)
+        if profile:
+            result["profile"] = _profile_block(gen, _synthetic_block(total_blocks, context, lookahead), engine.device.type)
+    finally:
+        gen.close()
+    if cuda:
+        result["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(engine.device) / 2**30, 2)
+        result["peak_gpu_reserved_gb"] = round(torch.cuda.max_memory_reserved(engine.device) / 2**30, 2)
+    return result
+
+
+def _environment(engine) -> dict:
+    import torch
+
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).replace("torch.", ""),
+        "weights": engine.parts.description,
+    }
+    if engine.device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(engine.device)
+        env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(engine.device).total_memory / 2**30, 1)
+    try:
+        import diffusers
+        import transformers
+
+        env["diffusers"], env["transformers"] = diffusers.__version__, transformers.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from avatar_core.engines import load_engine
+
+    if args.blocks < 1 or args.warmup < 1:
+        print("--blocks and --warmup must be >= 1", file=sys.stderr)
+        return 2
+    options = {"device": args.device, "seed": args.seed, "aspect": args.aspect}
+    options["tiny" if args.tiny else "random_weights"] = True
+    sizes = args.sizes or (["128*64"] if args.tiny else list(DEFAULT_SIZES))
+    if args.device == "auto" and not torch.cuda.is_available() and not args.tiny:
+        print("no GPU: the 14B benchmark needs CUDA (use --tiny --device cpu to check the code path)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    engine = load_engine("liveavatar", **options)
+    build_s = time.perf_counter() - t0
+    tag = "cpu_tiny" if engine.device.type == "cpu" else torch.cuda.get_device_name(engine.device).split()[-1].lower()
+    output = args.output or RESULTS_DIR / f"liveavatar_{tag}.json"
+    data = json.loads(output.read_text()) if args.merge and output.is_file() else {}
+    data.update({
+        "benchmark": "liveavatar",
+        "method": "engine session path, device-synchronised stage timers; median of the timed blocks after warm-up",
+        "environment": _environment(engine),
+        "engine_build_s": round(build_s, 1),
+        "warmup_blocks": args.warmup,
+        "blocks": args.blocks,
+    })
+    data.setdefault("results", {})
+    modes = {"off": ["eager"], "on": ["compiled"], "both": ["eager", "compiled"]}[args.compile]
+    print(f"liveavatar bench: {engine.parts.description} on {engine.device} ({build_s:.1f} s to build)", flush=True)
+    for mode in modes:
+        if mode == "compiled":
+            # one compilation for all sizes: after the first recompile the graphs are shape-dynamic
+            from avatar_core.engines.liveavatar.engine import compile_dit
+
+            torch._dynamo.reset()
+            compile_dit(engine.parts.dit)
+        for size in sizes:
+            t1 = time.perf_counter()
+            result = _bench_size(engine, size, args.aspect, mode, args, profile=(mode == "eager" and not args.no_profile))
+            result["wall_s"] = round(time.perf_counter() - t1, 1)
+            data["results"].setdefault(mode, {})[size] = result
+            _write(output, data)
+            print(
+                f"{mode:8s} {size:>8s} ({result['width']}x{result['height']}): block {result['block_ms_median']} ms "
+                f"(dit {result['dit_ms_median']}, vae {result['vae_decode_ms_median']}, audio "
+                f"{result['audio_features_ms_median']}) = {result['fps']} fps; first block {result['time_to_first_block_s']} s; "
+                f"peak {result.get('peak_gpu_memory_gb', '-')} GB; {result['dit_tflops_achieved']} TFLOP/s",
+                flush=True,
+            )
+    if args.compile != "off":
+        engine.parts.dit._block_fns = None
+    print(f"wrote {output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.liveavatar", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
