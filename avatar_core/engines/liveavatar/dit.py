@@ -63,32 +63,30 @@ class DiTBlock(nn.Module):
         self.norm3 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=True)
         self.cross_attn = AttentionProjections(d, cfg.num_heads, cfg.eps)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self._compiled: tuple | None = None  # torch.compile'd (attention_inputs, attention_residual_and_ffn)
 
     def _ln(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        e0: torch.Tensor,
-        text_k: torch.Tensor,
-        text_v: torch.Tensor,
-        self_attention,
-        norm3_input_bf16: bool,
-    ) -> torch.Tensor:
-        """x ``[G, n, d]`` (G modulation groups = latent frames); e0 float32 ``[G, 6, d]``.
+    def _modulation(self, e0: torch.Tensor):
+        mod = self.modulation.float() + e0
+        return [m[:, None, :] for m in mod.unbind(dim=1)]  # shift1, scale1, gate1, shift2, scale2, gate2
 
-        ``self_attention(q, k, v)`` maps ``[G*n, H, dh]`` tensors to ``[G*n, d]``. Returns x's dtype.
-        """
+    def attention_inputs(self, x: torch.Tensor, e0: torch.Tensor):
+        """Modulated LN + q/k/v projections: x ``[G, n, d]`` -> un-rotated q, k, v ``[G*n, H, dh]``."""
         dtype = x.dtype
         g, n, d = x.shape
-        mod = self.modulation.float() + e0
-        sh1, sc1, g1, sh2, sc2, g2 = (m[:, None, :] for m in mod.unbind(dim=1))
-
+        sh1, sc1, _, _, _, _ = self._modulation(e0)
         u = (self._ln(x).to(dtype).float() * (1 + sc1) + sh1).to(dtype).reshape(g * n, d)
-        q = self.self_attn.project_q(u)
         k, v = self.self_attn.project_kv(u)
-        y = self.self_attn.o(self_attention(q, k, v)).reshape(g, n, d)
+        return self.self_attn.project_q(u), k, v
+
+    def attention_residual_and_ffn(self, x, attn, e0, text_k, text_v, norm3_input_bf16: bool):
+        """Output projection + gated residual, text cross-attention, modulated FFN; returns x's dtype."""
+        dtype = x.dtype
+        g, n, d = x.shape
+        _, _, g1, sh2, sc2, g2 = self._modulation(e0)
+        y = self.self_attn.o(attn).reshape(g, n, d)
         xf = x.float() + y.float() * g1
 
         # Reference quirk: the cross-attention pre-norm sees x rounded to bf16 (even in float32 runs).
@@ -101,6 +99,25 @@ class DiTBlock(nn.Module):
 
         z = self.ffn((self._ln(xf) * (1 + sc2) + sh2).to(dtype))
         return (xf + z.float() * g2).to(dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        text_k: torch.Tensor,
+        text_v: torch.Tensor,
+        self_attention,
+        norm3_input_bf16: bool,
+    ) -> torch.Tensor:
+        """x ``[G, n, d]`` (G modulation groups = latent frames); e0 float32 ``[G, 6, d]``.
+
+        ``self_attention(q, k, v)`` maps ``[G*n, H, dh]`` tensors to ``[G*n, d]`` (RoPE and caches live
+        there, outside the two compilable halves).
+        """
+        pre = self._compiled[0] if self._compiled else self.attention_inputs
+        post = self._compiled[1] if self._compiled else self.attention_residual_and_ffn
+        q, k, v = pre(x, e0)
+        return post(x, self_attention(q, k, v), e0, text_k, text_v, norm3_input_bf16)
 
 
 class Head(nn.Module):
@@ -139,8 +156,6 @@ class CausalS2VDiT(nn.Module):
         self.audio_injector = AudioInjector(cfg)
         self.frame_packer = FramePackMotioner(cfg, framepack_buckets)
         self.injector_of_layer = {layer: k for k, layer in enumerate(cfg.audio_inject_layers)}
-        # Optional torch.compile'd replacements of the block forwards (see compile_blocks).
-        self._block_fns = None
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -151,8 +166,28 @@ class CausalS2VDiT(nn.Module):
         return self.patch_embedding.weight.device
 
     def compile_blocks(self, **compile_kwargs) -> None:
-        """Wrap every block forward in ``torch.compile`` (GPU; the first calls are slow)."""
-        self._block_fns = [torch.compile(block, **compile_kwargs) for block in self.blocks]
+        """``torch.compile`` the two dense halves of every block (GPU; the first calls are slow).
+
+        RoPE, the cache writes and the self-attention stay eager between them, so shapes are static
+        per geometry: one graph for the sink call and one for the denoising calls, per block.
+        """
+        import torch._dynamo
+
+        # One graph per (block, call kind) and half; the default recompile limit (8) is far too low.
+        limit = 8 * len(self.blocks) + 8
+        for name in ("cache_size_limit", "recompile_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+        if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
+            torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4 * limit)
+        if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
+            torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+        compile_kwargs.setdefault("dynamic", False)
+        for block in self.blocks:
+            block._compiled = (
+                torch.compile(block.attention_inputs, **compile_kwargs),
+                torch.compile(block.attention_residual_and_ffn, **compile_kwargs),
+            )
 
     # ---- conditioning ---------------------------------------------------------------------------
 
@@ -217,10 +252,9 @@ class CausalS2VDiT(nn.Module):
         None in the sink call. num_layers: stop early (the sink only needs the caches' K/V).
         trace: when a dict, receives ``block{i}_out`` and ``block{i}_out_after_audio``.
         """
-        fns = self._block_fns or self.blocks
         for i in range(num_layers if num_layers is not None else len(self.blocks)):
             text_k, text_v = text_kv[i]
-            x = fns[i](x, e0, text_k, text_v, lambda q, k, v, i=i: cache.attend(i, q, k, v), norm3_input_bf16)
+            x = self.blocks[i](x, e0, text_k, text_v, lambda q, k, v, i=i: cache.attend(i, q, k, v), norm3_input_bf16)
             if trace is not None:
                 trace[f"block{i}_out"] = x
             if audio is not None and i in self.injector_of_layer:

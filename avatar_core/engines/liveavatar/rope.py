@@ -7,6 +7,7 @@ real channels rotates by ``pos * theta ** (-2j/n)``.
 Reference numerics reproduced here: the angles are float64; cos/sin are rounded to float16 (the reference
 stores its table as complex32); the rotation runs in float64 for float32 inputs (float32 for bf16 inputs,
 where the difference is far below one bf16 ulp) and the result is cast back to the input dtype.
+The rotation is a complex multiply: ``(re + i*im) * (cos + i*sin)``.
 Positions are computed on demand, so there is no table length limit.
 """
 
@@ -49,17 +50,23 @@ def rope_cos_sin(
     return torch.cat(parts, dim=1)
 
 
-def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[N, heads, head_dim]`` by ``cos_sin`` ``[N, head_dim/2, 2]``; returns x's dtype."""
-    compute = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
+def rotation(cos_sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Complex rotation factors ``[N, head_dim/2]`` for :func:`apply_rope` on tensors of ``dtype``.
+
+    float32 inputs rotate in complex128 (the reference rotates in float64); bf16/fp16 in complex64.
+    """
+    real = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.view_as_complex(cos_sin.to(real).contiguous())
+
+
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of ``x`` ``[N, heads, head_dim]`` by ``rot`` ``[N, head_dim/2]`` (complex)."""
     n, heads, head_dim = x.shape
-    pairs = x.to(compute).reshape(n, heads, head_dim // 2, 2)
-    cos = cos_sin[:, None, :, 0].to(compute)
-    sin = cos_sin[:, None, :, 1].to(compute)
-    re, im = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
+    real = torch.float64 if rot.dtype == torch.complex128 else torch.float32
+    pairs = torch.view_as_complex(x.to(real).reshape(n, heads, head_dim // 2, 2))
+    out = torch.view_as_real(pairs * rot[:, None, :]).reshape(n, heads, head_dim)
     # The reference casts float64 -> float32 -> x.dtype.
-    return out.reshape(n, heads, head_dim).to(torch.float32).to(x.dtype)
+    return out.to(torch.float32).to(x.dtype)
 
 
 def grid_positions(frames: list[int] | torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,8 @@ State (bounded: allocated once in ``__init__``, never grown)
       ring holds exactly one clip of latent frames and wraps; the current block is written before it
       attends. :meth:`denoise_step` touches only ``rings[step]`` plus the shared, read-only sink and
       text K/V, so a step can live on its own GPU (TPP) by giving each GPU its own stepper.
-    * one :class:`SinkCache` shared by the steps: un-rotated K and V of [reference ; FramePack motion]
-      tokens, produced by the t=0 sink call. Every denoising call re-rotates it, with the reference at
+    * one :class:`SinkCache` shared by the steps: un-rotated K of [reference ; FramePack motion] tokens,
+      produced by the t=0 sink call (their V is copied into each ring's buffer, next to the ring). Every denoising call re-rotates it, with the reference at
       temporal position ``max(base, F + Delta)`` (Delta drawn per call: the rolling sink frame) and the
       motion tokens at fixed negative positions.
     * the text cross-attention K/V per layer (constant per session).
@@ -48,7 +48,7 @@ from .audio_encoder import encode_audio_block
 from .config import ConfigError, LatentGeometry, StreamingConfig
 from .dit import CausalS2VDiT
 from .injector import attend
-from .rope import apply_rope, grid_positions, rope_cos_sin, subsampled_indices
+from .rope import apply_rope, grid_positions, rope_cos_sin, rotation, subsampled_indices
 from .sampler import euler_update, flow_match_schedule
 
 
@@ -65,10 +65,19 @@ class AudioTokens:
 
 
 class StepRing:
-    """KV ring of one denoising step: ``[layers, ring_tokens, heads, head_dim]`` K (RoPE'd) and V."""
+    """KV buffer of one denoising step, ``[layers, sink_capacity + ring_tokens, heads, head_dim]`` for K and V.
 
-    def __init__(self, layers: int, tokens: int, heads: int, head_dim: int, device, dtype) -> None:
-        self.k = torch.zeros(layers, tokens, heads, head_dim, device=device, dtype=dtype)
+    Rows ``[sink_capacity, ...)`` are the ring: RoPE'd K and V of the blocks at this step's noise level.
+    Rows ``[sink_capacity - sink_length, sink_capacity)`` hold this step's copy of the sink: V is copied at
+    every sink (re)fill, K is re-rotated into place by every call. Keys of a call are then one contiguous
+    slice ``[sink_capacity - sink_length, sink_capacity + valid)`` -- no concatenation per layer.
+    """
+
+    def __init__(self, layers: int, sink_capacity: int, ring_tokens: int, heads: int, head_dim: int,
+                 device, dtype) -> None:
+        self.sink_capacity = sink_capacity
+        self.ring_tokens = ring_tokens
+        self.k = torch.zeros(layers, sink_capacity + ring_tokens, heads, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
     @property
@@ -77,11 +86,11 @@ class StepRing:
 
 
 class SinkCache:
-    """Un-rotated K/V of the conditioning tokens, ``[layers, capacity, heads, head_dim]``, shared by steps."""
+    """Un-rotated K of the conditioning tokens, ``[layers, capacity, heads, head_dim]``, shared by steps
+    (their V is copied into every :class:`StepRing`)."""
 
     def __init__(self, layers: int, capacity: int, heads: int, head_dim: int, device, dtype) -> None:
         self.k = torch.zeros(layers, capacity, heads, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
         self.length = 0
 
     @property
@@ -90,42 +99,42 @@ class SinkCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return self.k.numel() * self.k.element_size()
 
 
 class _InferenceAttention:
     """Self-attention of a denoising call: ring write-then-read plus the re-rotated sink."""
 
-    def __init__(self, ring: StepRing, sink: SinkCache, noisy_rope, sink_rope, slot: int, valid: int) -> None:
+    def __init__(self, ring: StepRing, sink: SinkCache, noisy_rot, sink_rot, slot: int, valid: int) -> None:
         self.ring, self.sink = ring, sink
-        self.noisy_rope, self.sink_rope = noisy_rope, sink_rope
+        self.noisy_rot, self.sink_rot = noisy_rot, sink_rot
         self.slot, self.valid = slot, valid
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        n = q.shape[0]
-        q = apply_rope(q, self.noisy_rope)
-        k = apply_rope(k, self.noisy_rope)
-        ring_k, ring_v = self.ring.k[layer], self.ring.v[layer]
-        ring_k[self.slot : self.slot + n] = k
-        ring_v[self.slot : self.slot + n] = v
-        ns = self.sink.length
-        # Attention is order-free and positions live inside K, so [ring ; sink] needs no mask.
-        keys = torch.cat([ring_k[: self.valid], apply_rope(self.sink.k[layer, :ns], self.sink_rope)])
-        values = torch.cat([ring_v[: self.valid], self.sink.v[layer, :ns]])
-        return attend(q, keys.to(q.dtype), values.to(q.dtype))
+        n, cap, ns = q.shape[0], self.ring.sink_capacity, self.sink.length
+        buf_k, buf_v = self.ring.k[layer], self.ring.v[layer]
+        start = cap + self.slot
+        buf_k[start:start + n] = apply_rope(k, self.noisy_rot)
+        buf_v[start:start + n] = v
+        buf_k[cap - ns:cap] = apply_rope(self.sink.k[layer, :ns], self.sink_rot)
+        # Attention is order-free and positions live inside K, so [sink ; ring] needs no mask.
+        end = cap + self.valid
+        return attend(apply_rope(q, self.noisy_rot), buf_k[cap - ns:end], buf_v[cap - ns:end])
 
 
 class _SinkAttention:
-    """Self-attention of the sink call: bidirectional over the sink tokens; stores un-rotated K/V."""
+    """Self-attention of the sink call: bidirectional over the sink tokens; stores un-rotated K and
+    copies V into every step's buffer."""
 
-    def __init__(self, sink: SinkCache, rope) -> None:
-        self.sink, self.rope = sink, rope
+    def __init__(self, sink: SinkCache, rings: list[StepRing], rot) -> None:
+        self.sink, self.rings, self.rot = sink, rings, rot
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = k.shape[0]
         self.sink.k[layer, :n] = k
-        self.sink.v[layer, :n] = v
-        return attend(apply_rope(q, self.rope), apply_rope(k, self.rope), v)
+        for ring in self.rings:
+            ring.v[layer, ring.sink_capacity - n:ring.sink_capacity] = v
+        return attend(apply_rope(q, self.rot), apply_rope(k, self.rot), v)
 
 
 class CausalStepper:
@@ -154,7 +163,8 @@ class CausalStepper:
 
         layers, heads, hd = cfg.num_layers, cfg.num_heads, cfg.head_dim
         self.rings = [
-            StepRing(layers, self.ring_tokens, heads, hd, self.device, self.dtype) for _ in range(streaming.num_steps)
+            StepRing(layers, capacity, self.ring_tokens, heads, hd, self.device, self.dtype)
+            for _ in range(streaming.num_steps)
         ]
         self.sink = SinkCache(layers, capacity, heads, hd, self.device, self.dtype)
         self.text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -267,9 +277,9 @@ class CausalStepper:
 
     def reset(self) -> None:
         """Forget the rings and the position (the sink and text are kept)."""
-        for ring in self.rings:
-            ring.k.zero_()
-            ring.v.zero_()
+        for ring in self.rings:  # the ring part only: the sink copies stay valid
+            ring.k[:, ring.sink_capacity:].zero_()
+            ring.v[:, ring.sink_capacity:].zero_()
         self.block_index = 0
         self._pending_refresh_ref = None
 
@@ -287,7 +297,8 @@ class CausalStepper:
         if trace is not None:
             trace["x_in_blocks"] = tokens
         e, e0 = self._sink_temb
-        cache = _SinkAttention(self.sink, self.sink_rope(self.streaming.ref_rope_base_frame))
+        cache = _SinkAttention(self.sink, self.rings,
+                               rotation(self.sink_rope(self.streaming.ref_rope_base_frame), self.dtype))
         self.sink.length = 0
         # The last block's output is never used: its K/V are written by its self-attention.
         self.model.run_blocks(tokens[None], e0, self.text_kv, cache,
@@ -328,7 +339,8 @@ class CausalStepper:
         valid = slot + self.block_tokens if start < self.ring_tokens else self.ring_tokens
         noisy_rope = self.noisy_rope(frame)
         sink_rope = self.sink_rope(self.ref_rope_frame(frame, offset))
-        cache = _InferenceAttention(self.rings[step], self.sink, noisy_rope, sink_rope, slot, valid)
+        cache = _InferenceAttention(self.rings[step], self.sink, rotation(noisy_rope, self.dtype),
+                                    rotation(sink_rope, self.dtype), slot, valid)
 
         tokens = self.model.embed_noisy(x)
         if trace is not None:
@@ -364,6 +376,11 @@ class CausalStepper:
             self._pending_refresh_ref = x[:, :1].clone()
         self.block_index += 1
         return x
+
+    def sink_kv(self, layer: int, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sink's un-rotated K and its V (as held by ``step``'s buffer) at ``layer``: ``[Nc, H, dh]``."""
+        n, ring = self.sink.length, self.rings[step]
+        return self.sink.k[layer, :n], ring.v[layer, ring.sink_capacity - n:ring.sink_capacity]
 
     @property
     def state_nbytes(self) -> int:

@@ -153,9 +153,9 @@ def test_first_call_intermediates(model, streaming, meta, tensors):
     checks = {
         "dbg_c0b0s0_text_context_embedded": model.embed_text(tensors["in_text_context"])[:text_rows],
         "dbg_sink_clip0_x_in_blocks": sink_trace["x_in_blocks"],
-        "dbg_sink_clip0_layer0_cond_k": stepper.sink.k[0, : stepper.sink.length],
-        "dbg_sink_clip0_layer0_cond_v": stepper.sink.v[0, : stepper.sink.length],
-        "dbg_sink_clip0_lastlayer_cond_k": stepper.sink.k[-1, : stepper.sink.length],
+        "dbg_sink_clip0_layer0_cond_k": stepper.sink_kv(0)[0],
+        "dbg_sink_clip0_layer0_cond_v": stepper.sink_kv(0)[1],
+        "dbg_sink_clip0_lastlayer_cond_k": stepper.sink_kv(cfg.num_layers - 1)[0],
     }
     t0 = float(tensors["sampler_timesteps"][0])
     frames = streaming.latent_frames_per_block

@@ -24,7 +24,7 @@ RSS_SLACK_BYTES = 16 * 2**20  # allocator noise; a leak of one block's K/V per c
 
 
 def _storage(stepper):
-    tensors = [t for ring in stepper.rings for t in (ring.k, ring.v)] + [stepper.sink.k, stepper.sink.v]
+    tensors = [t for ring in stepper.rings for t in (ring.k, ring.v)] + [stepper.sink.k]
     return [(t.data_ptr(), tuple(t.shape)) for t in tensors]
 
 
@@ -42,7 +42,9 @@ def test_state_and_rss_flat_over_200_blocks():
     audio = torch.randn(cfg.num_audio_layers, cfg.audio_dim, s.video_frames_per_block, generator=gen)
 
     storage, nbytes = _storage(stepper), stepper.state_nbytes
-    assert stepper.rings[0].k.shape[1] == s.ring_latent_frames * geometry.tokens_per_frame
+    ring = stepper.rings[0]
+    assert ring.ring_tokens == s.ring_latent_frames * geometry.tokens_per_frame
+    assert ring.k.shape[1] == ring.sink_capacity + ring.ring_tokens
     assert stepper.sink.capacity == geometry.sink_tokens(s) == 2.5 * geometry.tokens_per_frame
     process = psutil.Process()
     rss_after_warmup = None
