@@ -113,7 +113,8 @@ class LoopbackPeer:
     # What to keep of each received video frame: "gray" (the luma plane: cheap, enough to see
     # the mouth move), "rgb24", or None (arrival times and pts only: benchmarks).
     frame_format: str | None = "gray"
-    max_frames: int = 25 * 120  # bound on stored frames (oldest kept: the test window)
+    max_images: int = 25 * 120  # frames whose image is kept (the first ones: the test window)
+    max_records: int = 25 * 3600  # video frames / audio frames whose times are kept (an hour)
     # "sendrecv": one audio m-line both ways (aiortc/OBS style); "browser": the browser client's
     # layout, a sendonly mic m-line plus recvonly video and recvonly audio m-lines.
     layout: str = "sendrecv"
@@ -209,9 +210,9 @@ class LoopbackPeer:
                 frame = await track.recv()
                 arrival = time.monotonic()
                 image = None
-                if self.frame_format and len(self.video_frames) < self.max_frames:
+                if self.frame_format and len(self.video_frames) < self.max_images:
                     image = frame.to_ndarray(format=self.frame_format)
-                if len(self.video_frames) < self.max_frames:
+                if len(self.video_frames) < self.max_records:
                     self.video_frames.append(ReceivedVideoFrame(arrival, frame.pts, image))
         except MediaStreamError:
             pass
@@ -224,10 +225,10 @@ class LoopbackPeer:
             while True:
                 frame = await track.recv()
                 arrival = time.monotonic()
+                if len(self.audio_frames) >= 2 * self.max_records:
+                    continue  # bounded: the first hour is kept
                 for out in resampler.resample(frame):
                     self.audio_frames.append(ReceivedAudio(arrival, frame.pts, out.to_ndarray().reshape(-1)))
-                if len(self.audio_frames) > self.max_frames * 4:
-                    del self.audio_frames[: len(self.audio_frames) // 2]
         except MediaStreamError:
             pass
         except Exception:
