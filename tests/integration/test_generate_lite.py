@@ -96,6 +96,20 @@ def test_lite_render_frames_audio_and_lips(tmp_path, portrait, speech_with_silen
     speaking = np.median(motion[speech_start + 5 : speech_end - 5])
     assert speaking > 3 * silent + 0.5, (speaking, silent)
 
+    # In sync: the mouth's darkness (open mouth) follows the loudness of the MP4's own audio
+    # track best at lag 0 (+-1 frame).
+    from tests.conftest import read_wav_16k
+
+    track = read_wav_16k(out)
+    n = min(len(frames), len(track) // 640)
+    level = np.sqrt(np.mean(track[: n * 640].reshape(n, 640) ** 2, axis=1))
+    opening = -mouth[:n].mean(axis=(1, 2, 3))
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    o, r = z(opening), z(level)
+    corr = {lag: float(np.mean(o[lag:] * r[: n - lag])) if lag >= 0 else float(np.mean(o[:lag] * r[-lag:])) for lag in range(-6, 7)}
+    best = max(corr, key=corr.get)
+    assert abs(best) <= 1 and corr[best] > 0.5, corr
+
 
 def test_lite_kill_9_resume_has_no_seam(tmp_path, portrait, speech_16k):
     from avatar_core.offline.resume import RenderFiles, ResumeError, load_state
