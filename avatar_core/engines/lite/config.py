@@ -55,7 +55,9 @@ class MotionConfig:
     peak_decay_db_per_s: float = 3.0
     open_gain: float = 0.8
     open_exponent: float = 1.7
+    hiss_closure: float = 0.55  # how much fricatives (s, f, sh) close the mouth
     shape_hz: float = 350.0  # centroid offset from the speaker's mean that gives a fully round/spread mouth
+    centroid_adapt_s: float = 2.0  # how fast the speaker's mean centroid adapts
     attack_ms: float = 35.0
     release_ms: float = 60.0
     shape_ms: float = 70.0  # smoothing of round/spread
@@ -67,7 +69,9 @@ class MotionConfig:
     head_shift_fraction: float = 0.018  # head translation amplitude, in face heights
     head_roll_deg: float = 1.6
     head_time_s: float = 1.4  # time constant of the head's random walk
+    head_smooth_s: float = 0.35  # low-pass on top of it (no jitter)
     head_speech_gain: float = 1.6  # head moves more while speaking
+    activity_s: float = 0.8  # time constant of the "is speaking" envelope that drives it
     breath_period_s: float = 4.2
     breath_px: float = 1.2  # chest rise at 512 px frame height
     brow_speech_gain: float = 0.6
@@ -77,6 +81,13 @@ class MotionConfig:
 class RenderConfig:
     fixed_point_iterations: int = 2  # inverse of the forward displacement field
     mouth_feather_px: float = 1.0
+    # The painted mouth interior (colours are scaled by the photo's light; teeth mix in its skin tone).
+    cavity_rgb: tuple[float, float, float] = (74.0, 30.0, 26.0)
+    tongue_rgb: tuple[float, float, float] = (150.0, 62.0, 66.0)
+    teeth_rgb: tuple[float, float, float] = (242.0, 236.0, 222.0)
+    teeth_height: float = 0.11  # upper teeth shown under the lip, in mouth widths (photos with closed lips)
+    lower_teeth_height: float = 0.05
+    tooth_width: float = 0.125
 
 
 @dataclass

@@ -132,7 +132,7 @@ class MotionModel:
             bottom = max(s.speech_peak_db - cfg.level_range_db, floor_db + cfg.noise_margin_db)
             rel = (feats.level_db - bottom) / max(s.speech_peak_db - bottom, 3.0)
             target_open = float(np.clip(rel, 0, 1)) ** cfg.open_exponent * cfg.open_gain
-            target_open *= 1.0 - 0.55 * min(1.0, feats.hiss * 1.5)  # s, f, sh: teeth together
+            target_open *= 1.0 - cfg.hiss_closure * min(1.0, feats.hiss * 1.5)  # s, f, sh: teeth together
         else:
             target_open = 0.0
         tau = cfg.attack_ms if target_open > s.mouth_open else cfg.release_ms
@@ -141,14 +141,14 @@ class MotionModel:
         # rounded (o, u), a higher one as spread (i, e).
         voiced_weight = min(1.0, target_open * 2.5) * (1.0 - min(1.0, feats.hiss * 2))
         if voiced_weight > 0.3:
-            s.centroid_mean_hz += (feats.centroid_hz - s.centroid_mean_hz) * (1 - np.exp(-dt / 2.0))
+            s.centroid_mean_hz += (feats.centroid_hz - s.centroid_mean_hz) * (1 - np.exp(-dt / cfg.centroid_adapt_s))
         offset = feats.centroid_hz - s.centroid_mean_hz
         target_round = float(np.clip(-offset / cfg.shape_hz, 0, 1)) * voiced_weight
         target_spread = float(np.clip(offset / cfg.shape_hz, 0, 1)) * voiced_weight
         a_shape = 1 - np.exp(-1000 * dt / cfg.shape_ms)
         s.mouth_round += (target_round - s.mouth_round) * a_shape
         s.mouth_spread += (target_spread - s.mouth_spread) * a_shape
-        s.speech_activity += ((1.0 if target_open > 0.15 else 0.0) - s.speech_activity) * (1 - np.exp(-dt / 0.8))
+        s.speech_activity += ((1.0 if target_open > 0.15 else 0.0) - s.speech_activity) * (1 - np.exp(-dt / cfg.activity_s))
         # Brows lift a little on loud syllables.
         s.brow += (cfg.brow_speech_gain * max(0.0, target_open - 0.6) * 2 - s.brow) * (1 - np.exp(-dt / 0.25))
 
@@ -200,7 +200,7 @@ class MotionModel:
         kick = np.sqrt(1 - decay * decay)
         noise = self._rng.standard_normal(3)
         gain = 1.0 + (cfg.head_speech_gain - 1.0) * s.speech_activity
-        smooth = 1 - np.exp(-dt / 0.35)
+        smooth = 1 - np.exp(-dt / cfg.head_smooth_s)
         for i in range(3):
             s.head_walk[i] = float(s.head_walk[i] * decay + kick * noise[i])
             s.head_smooth[i] = float(s.head_smooth[i] + (s.head_walk[i] * gain - s.head_smooth[i]) * smooth)

@@ -7,10 +7,6 @@ import numpy as np
 from avatar_core.engines.lite.config import RenderConfig
 from avatar_core.engines.lite.rig import FACE_CONTROLS, FaceRig, Pose
 
-_TEETH_RGB = np.float32([242, 236, 222])
-_CAVITY_RGB = np.float32([74, 30, 26])
-_TONGUE_RGB = np.float32([150, 62, 66])
-
 
 class Renderer:
     """Stateless per frame: ``render(pose)`` depends on the pose only (so resuming is exact)."""
@@ -33,7 +29,9 @@ class Renderer:
         # Teeth are lighter and less saturated than the skin but lit by the same light: a mix of
         # the photo's skin colour and ivory keeps them in the photo's colour cast.
         skin = rig.mouth.skin_rgb.astype(np.float32)
-        self._teeth_rgb = np.clip(0.45 * skin / max(self._light, 0.5) + 0.55 * _TEETH_RGB, 0, 255).astype(np.float32)
+        self._teeth_rgb = np.clip(0.45 * skin / max(self._light, 0.5) + 0.55 * np.float32(cfg.teeth_rgb), 0, 255).astype(np.float32)
+        self._cavity_rgb = np.float32(cfg.cavity_rgb)
+        self._tongue_rgb = np.float32(cfg.tongue_rgb)
 
     def _forward_field(self, pose: Pose) -> np.ndarray:
         y0, _, x0, _ = self.box
@@ -149,23 +147,23 @@ class Renderer:
         color = np.empty((y1 - y0, x1 - x0, 3), np.float32)
         shade = (0.55 + 0.45 * across)[:, :, None]
         # Deeper (darker) towards the top, where the upper lip / teeth cast their shadow.
-        color[:] = _CAVITY_RGB * light * shade * (0.6 + 0.4 * depth)[:, :, None]
+        color[:] = self._cavity_rgb * light * shade * (0.6 + 0.4 * depth)[:, :, None]
         # Tongue: lighter, low in the gap, only when the mouth is well open.
         tongue = np.clip((depth - 0.55) / 0.45, 0, 1) * np.clip((gap[None, :] - 0.12 * M) / (0.1 * M), 0, 1) * across
-        color += (tongue[:, :, None] * 0.55) * (_TONGUE_RGB * light * shade - color)
+        color += (tongue[:, :, None] * 0.55) * (self._tongue_rgb * light * shade - color)
         # Teeth: a band under the top edge (when the photo shows no teeth of its own) and a thin
         # darker band above the bottom edge.
         if not mouth.photo_mouth_open:
-            teeth_h = 0.11 * M * np.sqrt(across)
+            teeth_h = self.cfg.teeth_height * M * np.sqrt(across)
             upper_teeth = np.clip((teeth_h - below_top) / 1.2, 0, 1) * np.clip(below_top + 0.5, 0, 1) * (across > 0.05)
-            # Gaps between teeth (incisors ~M/8 wide), the lip's shadow at the gum line, and
+            # Gaps between teeth (incisors), the lip's shadow at the gum line, and
             # darker towards the corners where the teeth turn away.
-            tooth_phase = ((xs - center_x) / (0.125 * M)) % 1.0
+            tooth_phase = ((xs - center_x) / (self.cfg.tooth_width * M)) % 1.0
             gaps = 1.0 - 0.09 * np.exp(-(((tooth_phase - 0.5) / 0.07) ** 2))
             gum_shadow = 0.72 + 0.28 * np.clip(below_top / max(0.04 * M, 1.0), 0, 1)
             tooth_shade = (0.55 + 0.45 * across) * gaps[None, :] * gum_shadow
             color += (upper_teeth[:, :, None] * 0.92) * (self._teeth_rgb * self._teeth_light * tooth_shade[:, :, None] - color)
-        lower_h = 0.05 * M * np.sqrt(across) * np.clip((gap[None, :] - 0.15 * M) / (0.1 * M), 0, 1)
+        lower_h = self.cfg.lower_teeth_height * M * np.sqrt(across) * np.clip((gap[None, :] - 0.15 * M) / (0.1 * M), 0, 1)
         lower_teeth = np.clip((lower_h - above_bottom) / 1.2, 0, 1) * (across > 0.05)
         color += (lower_teeth[:, :, None] * 0.6) * (self._teeth_rgb * self._teeth_light * 0.8 * shade - color)
 

@@ -80,7 +80,6 @@ class MouthGap:
     disp_lower: np.ndarray  # ... lower side
     width: float  # mouth width in pixels
     photo_mouth_open: bool  # the photo already shows the mouth interior (teeth): no painted teeth
-    lip_color: np.ndarray  # float32 RGB
     skin_luma: float
     skin_rgb: np.ndarray  # float32: median colour around the nose tip (the photo's colour cast)
 
@@ -121,8 +120,8 @@ class _FaceFrame:
         self.face_width = float(np.linalg.norm(pts[FACE_RIGHT] - pts[FACE_LEFT]))
         self.face_center = pts[FACE_OVAL].mean(axis=0)
 
-    def local(self, p: np.ndarray, origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        d = p - (self.mouth_center if origin is None else origin)
+    def local(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = p - self.mouth_center
         return d @ self.u, d @ self.v
 
     def world(self, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
@@ -181,11 +180,10 @@ def _control_displacements(ff: _FaceFrame, cfg: RigConfig) -> tuple[np.ndarray, 
     up[0], lo[0] = jaw_up, jaw_lo
 
     # --- rounded lips (o, u): corners move in, lips pout open slightly; cheeks near the corners follow.
-    def corner_follow(scale: float) -> np.ndarray:
-        dist = np.minimum(np.linalg.norm(pts - pts[61], axis=1), np.linalg.norm(pts - pts[291], axis=1))
-        return scale * np.clip(1 - dist / (0.7 * M), 0, 1)
+    corner_dist = np.minimum(np.linalg.norm(pts - pts[61], axis=1), np.linalg.norm(pts - pts[291], axis=1))
+    corner_follow = np.clip(1 - corner_dist / (0.7 * M), 0, 1)
 
-    round_du = -cfg.round_inward * M * np.clip(a / half, -1, 1) * corner_follow(1.0)
+    round_du = -cfg.round_inward * M * np.clip(a / half, -1, 1) * corner_follow
     round_du[lips_all] = -cfg.round_inward * M * np.clip(a[lips_all] / half, -1, 1)
     round_dv = np.zeros(n)
     round_dv[lips_upper] = -0.04 * M * lens[lips_upper]
@@ -193,13 +191,13 @@ def _control_displacements(ff: _FaceFrame, cfg: RigConfig) -> tuple[np.ndarray, 
     up[1] = lo[1] = ff.world(round_du, round_dv)
 
     # --- spread lips (ee): corners out and slightly up, lips thin.
-    spread_du = cfg.spread_outward * M * np.clip(a / half, -1, 1) * corner_follow(1.0)
+    spread_du = cfg.spread_outward * M * np.clip(a / half, -1, 1) * corner_follow
     spread_du[lips_all] = cfg.spread_outward * M * np.clip(a[lips_all] / half, -1, 1)
-    spread_dv = -0.03 * M * corner_follow(1.0)
+    spread_dv = -0.03 * M * corner_follow
     spread_dv[lips_lower] = -0.015 * M * lens[lips_lower]
     up[2] = lo[2] = ff.world(spread_du, spread_dv)
 
-    # --- brows up, the upper-lid skin follows halfway.
+    # --- brows up.
     eye_brow = float(np.linalg.norm(pts[BROW_R].mean(0) - pts[EYE_R_UPPER].mean(0)))
     brow_dv = np.zeros(n)
     brow_dv[BROW_R + BROW_L] = -cfg.brow_raise * eye_brow
@@ -243,6 +241,8 @@ def _interpolate_fields(points: np.ndarray, values: np.ndarray, box: tuple[int, 
 
 def _tear_mask(ff: _FaceFrame, box: tuple[int, int, int, int]) -> np.ndarray:
     """1 below the top edge of the lower lip, 0 above; sharp between the mouth corners, soft beyond."""
+    from scipy.special import expit
+
     y0, y1, x0, x1 = box
     gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     pts = np.stack([gx, gy], axis=-1)
@@ -252,7 +252,7 @@ def _tear_mask(ff: _FaceFrame, box: tuple[int, int, int, int]) -> np.ndarray:
     edge_b = np.interp(a, ea[order], eb[order])  # constant beyond the corners
     half = ff.mouth_width / 2
     softness = 0.6 + 0.9 * np.maximum(np.abs(a) - half * 0.9, 0)
-    return (1.0 / (1.0 + np.exp(-(b - edge_b) / softness))).astype(np.float32)
+    return expit((b - edge_b) / softness).astype(np.float32)
 
 
 def _box_around(points: np.ndarray, margin: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -291,64 +291,67 @@ def _head_fields(ff: _FaceFrame, size: tuple[int, int], cfg: RigConfig) -> Field
 
 def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConfig()) -> FaceRig:
     """Precompute everything per avatar; rendering a pose is then a few array ops and one remap."""
-    import cv2
-
     size = (frame.shape[1], frame.shape[0])
     ff = _FaceFrame(landmarks.astype(np.float64))
     up, lo = _control_displacements(ff, cfg)
-    anchors = _anchor_ring(ff, size)
     mesh = ff.pts[:MESH_VERTICES]
-    box = _box_around(np.concatenate([mesh, ff.pts[FACE_OVAL] * 1.0]), 0.3 * ff.face_height, size)
+    box = _box_around(mesh, 0.3 * ff.face_height, size)
     K = len(FACE_CONTROLS)
-    zeros = np.zeros((len(anchors), 2 * K))
-    vals_up = np.concatenate([up.transpose(1, 0, 2).reshape(len(mesh), 2 * K), zeros])
-    vals_lo = np.concatenate([lo.transpose(1, 0, 2).reshape(len(mesh), 2 * K), zeros])
-    points = np.concatenate([mesh, anchors])
-    field_up = _interpolate_fields(points, vals_up, box, cfg).reshape(box[1] - box[0], box[3] - box[2], K, 2)
-    field_lo = _interpolate_fields(points, vals_lo, box, cfg).reshape(field_up.shape)
+    # Interpolate every control at once: values [N, 2K] over mesh vertices + still anchors.
+    points = np.concatenate([mesh, _anchor_ring(ff, size)])
+    still = np.zeros((len(points) - len(mesh), 2 * K))
+    shape = (box[1] - box[0], box[3] - box[2], K, 2)
+    field_up = _interpolate_fields(points, np.concatenate([up.transpose(1, 0, 2).reshape(len(mesh), -1), still]), box, cfg).reshape(shape)
+    field_lo = _interpolate_fields(points, np.concatenate([lo.transpose(1, 0, 2).reshape(len(mesh), -1), still]), box, cfg).reshape(shape)
     tear = _tear_mask(ff, box)[:, :, None, None]
-    face_fields = (field_up * (1 - tear) + field_lo * tear).transpose(2, 0, 1, 3).copy()
+    face_fields = (field_up * (1 - tear) + field_lo * tear).transpose(2, 0, 1, 3).astype(np.float32)
+    eyes = {
+        name: build_eyelid(ff.pts, upper, lower, brow[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift)
+        for name, upper, lower, brow in (
+            ("blink_right", EYE_R_UPPER, EYE_R_LOWER, BROW_R),
+            ("blink_left", EYE_L_UPPER, EYE_L_LOWER, BROW_L),
+        )
+    }
+    return FaceRig(
+        frame=frame,
+        landmarks=landmarks.astype(np.float32),
+        face=_trim(FieldGroup(FACE_CONTROLS, box, np.ascontiguousarray(face_fields))),
+        head=_trim(_head_fields(ff, size, cfg)),
+        mouth=_mouth_gap(frame, ff, field_up, field_lo, box),
+        eyes=eyes,
+        face_height=ff.face_height,
+    )
 
-    # Where the tear line goes under each control, on each side (sampled from the smoothed fields).
+
+def _mouth_gap(frame: np.ndarray, ff: _FaceFrame, field_up: np.ndarray, field_lo: np.ndarray, box: tuple[int, int, int, int]) -> MouthGap:
+    """The tear line and how each control moves it on either side (sampled from the smoothed
+    fields, so the painted gap matches the warped lips), plus the photo's lighting."""
+    import cv2
+
     edge = _resample_polyline(ff.pts[LIPS_LOWER_INNER], 25)
-    def sample(field: np.ndarray) -> np.ndarray:
-        mx = (edge[:, 0] - box[2]).astype(np.float32).reshape(1, -1)
-        my = (edge[:, 1] - box[0]).astype(np.float32).reshape(1, -1)
-        out = np.empty((K, len(edge), 2), np.float32)
-        for k in range(K):
-            out[k] = cv2.remap(np.ascontiguousarray(field[:, :, k, :]), mx, my, cv2.INTER_LINEAR)[0]
-        return out
-    disp_up, disp_lo = _smooth_along(sample(field_up)), _smooth_along(sample(field_lo))
+    mx = (edge[:, 0] - box[2]).astype(np.float32).reshape(1, -1)
+    my = (edge[:, 1] - box[0]).astype(np.float32).reshape(1, -1)
+
+    def along_edge(field: np.ndarray) -> np.ndarray:
+        per_control = [cv2.remap(np.ascontiguousarray(field[:, :, k]), mx, my, cv2.INTER_LINEAR)[0] for k in range(field.shape[2])]
+        return _smooth_along(np.stack(per_control))
+
+    disp_up, disp_lo = along_edge(field_up), along_edge(field_lo)
     # The corners of the tear do not open.
     disp_up[:, [0, -1]] = disp_lo[:, [0, -1]] = (disp_up[:, [0, -1]] + disp_lo[:, [0, -1]]) / 2
-
-    gap = float(np.linalg.norm(ff.pts[13] - ff.pts[14]))
-    lip_mask = np.zeros(frame.shape[:2], np.uint8)
-    cv2.fillPoly(lip_mask, [np.round(ff.pts[LIPS_UPPER_OUTER + LIPS_LOWER_OUTER[::-1]]).astype(np.int32)], 1)
-    cv2.fillPoly(lip_mask, [np.round(ff.pts[LIPS_UPPER_INNER + LIPS_LOWER_INNER[::-1]]).astype(np.int32)], 0)
-    lip_color = frame[lip_mask.astype(bool)].reshape(-1, 3).astype(np.float32)
-    lip_color = np.median(lip_color, axis=0) if len(lip_color) else np.array([150, 80, 80], np.float32)
-    skin = frame[int(ff.pts[NOSE_TIP][1]) - 3 : int(ff.pts[NOSE_TIP][1]) + 3, int(ff.pts[NOSE_TIP][0]) - 3 : int(ff.pts[NOSE_TIP][0]) + 3]
-    skin_pixels = skin.reshape(-1, 3).astype(np.float32)
-    skin_rgb = np.median(skin_pixels, axis=0) if len(skin_pixels) else np.float32([200, 160, 140])
-    skin_luma = float(skin_rgb @ np.float32([0.299, 0.587, 0.114]))
-    mouth = MouthGap(
+    nose_x, nose_y = np.round(ff.pts[NOSE_TIP]).astype(int)
+    skin = frame[max(0, nose_y - 3) : nose_y + 3, max(0, nose_x - 3) : nose_x + 3].reshape(-1, 3).astype(np.float32)
+    skin_rgb = np.median(skin, axis=0) if len(skin) else np.float32([200, 160, 140])
+    lips_apart = float(np.linalg.norm(ff.pts[13] - ff.pts[14]))
+    return MouthGap(
         edge=edge.astype(np.float32),
         disp_upper=disp_up,
         disp_lower=disp_lo,
         width=ff.mouth_width,
-        photo_mouth_open=gap > 0.08 * ff.mouth_width,
-        lip_color=lip_color.astype(np.float32),
-        skin_luma=skin_luma,
+        photo_mouth_open=lips_apart > 0.08 * ff.mouth_width,
+        skin_luma=float(skin_rgb @ np.float32([0.299, 0.587, 0.114])),
         skin_rgb=skin_rgb.astype(np.float32),
     )
-    face = _trim(FieldGroup(FACE_CONTROLS, box, face_fields.astype(np.float32)))
-    head = _trim(_head_fields(ff, size, cfg))
-    eyes = {
-        "blink_right": build_eyelid(ff.pts, EYE_R_UPPER, EYE_R_LOWER, BROW_R[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift),
-        "blink_left": build_eyelid(ff.pts, EYE_L_UPPER, EYE_L_LOWER, BROW_L[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift),
-    }
-    return FaceRig(frame, landmarks.astype(np.float32), face, head, mouth, eyes, ff.face_height)
 
 
 def _trim(group: FieldGroup, epsilon: float = 0.01) -> FieldGroup:
