@@ -175,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         _remove(created)
         return EXIT_INVALID
+    except BaseException:  # Ctrl-C or a crash before rendering started: leave nothing behind
+        _remove(created)
+        raise
 
 
 def _remove(paths: list[Path]) -> None:
