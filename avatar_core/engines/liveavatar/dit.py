@@ -182,6 +182,12 @@ class CausalS2VDiT(nn.Module):
             torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4 * limit)
         if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
             torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+        if compile_kwargs.get("backend", "inductor") == "inductor":
+            import torch._inductor.config as inductor_config
+
+            # Keep the explicit bf16 roundings of the reference inside fused kernels.
+            if hasattr(inductor_config, "emulate_precision_casts"):
+                inductor_config.emulate_precision_casts = True
         compile_kwargs.setdefault("dynamic", False)
         for block in self.blocks:
             block._compiled = (

@@ -111,3 +111,18 @@ def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="text context must be"):
         stepper.set_text(torch.zeros(4, 7))
     assert stepper.block_index == 0  # failed calls do not advance the stream
+
+
+def test_compiled_block_halves_trace_and_match():
+    """compile_blocks() wraps the two dense halves of each block; dynamo must trace them without
+    changing the result (the "eager" backend runs the captured graphs op for op)."""
+    torch._dynamo.reset()
+    reference = build_random_model(TINY.dit, TINY.streaming, seed=11)
+    compiled = build_random_model(TINY.dit, TINY.streaming, seed=11)
+    compiled.compile_blocks(backend="eager", fullgraph=True)  # no graph breaks allowed
+    audio = _inputs(0)[3]
+    expected = _run(reference, audio)
+    actual = _run(compiled, audio)
+    for b, (x, y) in enumerate(zip(expected, actual)):
+        assert torch.equal(x, y), f"block {b}: compiled output differs"
+    torch._dynamo.reset()
