@@ -114,7 +114,7 @@ class LoopbackPeer:
     # the mouth move), "rgb24", or None (arrival times and pts only: benchmarks).
     frame_format: str | None = "gray"
     max_images: int = 25 * 120  # frames whose image is kept (the first ones: the test window)
-    max_records: int = 25 * 3600  # video frames / audio frames whose times are kept (an hour)
+    max_frames: int = 25 * 3600  # video frames / audio frames whose times are kept (an hour)
     # "sendrecv": one audio m-line both ways (aiortc/OBS style); "browser": the browser client's
     # layout, a sendonly mic m-line plus recvonly video and recvonly audio m-lines.
     layout: str = "sendrecv"
@@ -212,7 +212,7 @@ class LoopbackPeer:
                 image = None
                 if self.frame_format and len(self.video_frames) < self.max_images:
                     image = frame.to_ndarray(format=self.frame_format)
-                if len(self.video_frames) < self.max_records:
+                if len(self.video_frames) < self.max_frames:
                     self.video_frames.append(ReceivedVideoFrame(arrival, frame.pts, image))
         except MediaStreamError:
             pass
@@ -225,7 +225,7 @@ class LoopbackPeer:
             while True:
                 frame = await track.recv()
                 arrival = time.monotonic()
-                if len(self.audio_frames) >= 2 * self.max_records:
+                if len(self.audio_frames) >= 2 * self.max_frames:
                     continue  # bounded: the first hour is kept
                 for out in resampler.resample(frame):
                     self.audio_frames.append(ReceivedAudio(arrival, frame.pts, out.to_ndarray().reshape(-1)))
