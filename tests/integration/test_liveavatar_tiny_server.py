@@ -88,4 +88,6 @@ async def test_tiny_liveavatar_server_streams_generated_frames(tiny_server, spee
     assert len(distinct) >= 12, f"{len(distinct)} distinct frames of {len(frames)} ({stats})"
     pts = np.array([f.pts for f in frames])
     assert np.all(np.diff(pts) > 0)
-    assert stats.get("frames_sent", 0) >= 25
+    assert stats["frames_sent"] >= 25
+    assert stats["stream"]["error"] is None
+    assert stats["stream"]["frames_generated"] >= 2 * 12  # at least two engine blocks of 12 frames
