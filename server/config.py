@@ -15,10 +15,8 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "serv
 class SessionConfig:
     max_sessions: int = 4
     playout_delay_ms: float = 40.0
-    max_playout_delay_ms: float = 400.0
     max_buffered_frames: int = 50
     consumer_queue_slots: int = 4
-    ingest_queue_frames: int = 50
     idle_timeout_s: float = 15.0
 
 
