@@ -4,12 +4,15 @@ Slot s (due at ``clock.video_slot_time(s)``) carries one video frame and the 48 
 exactly that frame, so lips and sound leave the server together; the speech is thereby delayed by
 the generation latency and no more. The rules (DESIGN.md §2):
 
-* the frame for slot s is the next frame after the one shown in slot s-1 (``_next``);
-* if it is not there yet, the last frame is repeated (with silence) and counted; when it arrives
-  and is still the newest frame it goes out in the next slot (the playout slips by one slot, which
-  absorbs generation jitter), otherwise it is past its slot and dropped and counted;
-* frames buffered ahead of their slot beyond a bound are backlog and dropped (latency stays
-  bounded); frame-index gaps (after an interrupt) are skipped.
+* the frame for slot s is the one after the frame shown in slot s-1 (``_next``);
+* if it is not there yet, the last frame is repeated (with silence) and counted, and the frame
+  goes out in the next slot when it comes: the playout slips one slot, absorbing jitter;
+* a surplus that is not needed any more (the buffer never ran low for a whole second) is trimmed
+  by dropping frames, so a slip does not cost latency for good;
+* slots missed because the event loop stalled take their frames with them (dropped, counted);
+* frames buffered beyond a bound are backlog and dropped; frame-index gaps (interrupt, skipped
+  blocks upstream) are jumped over; a frame older than one already shown is past its slot and
+  dropped.
 
 Each slot is published to a ``Fanout`` so that several consumers can send it.
 """
