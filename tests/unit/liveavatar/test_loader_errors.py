@@ -12,9 +12,11 @@ from safetensors.torch import load_file, save_file
 from avatar_core.engines.liveavatar.config import ConfigError, DiTConfig, StreamingConfig, load_model_config
 from avatar_core.engines.liveavatar.loader import (
     INDEX_NAME,
+    Fp8Linear,
     WeightLoadError,
     build_meta_model,
     build_random_model,
+    fp8_targets,
     load_dit,
 )
 
@@ -219,3 +221,33 @@ def test_config_errors(tmp_path):
     bad.write_text("dit: [1, 2\n")
     with pytest.raises(ConfigError, match="cannot read engine config"):
         load_model_config(bad)
+
+
+# ---- FP8 ------------------------------------------------------------------------------------------
+
+def test_fp8_targets_of_14b_follow_spec(golden):
+    manifest = json.loads((golden / "manifest_14b.json").read_text())
+    names = fp8_targets(build_meta_model(DiTConfig.from_dict(manifest["config"])))
+    blocks = [n for n in names if n.startswith("blocks.")]
+    injectors = [n for n in names if n.startswith("audio_injector.injector.")]
+    adain = [n for n in names if n.startswith("audio_injector.injector_adain_layers.")]
+    assert (len(blocks), len(injectors), len(adain), len(names)) == (400, 48, 12, 460)
+
+
+def test_fp8_linear_close_to_bf16():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    x = torch.randn(5, 7, 64, dtype=torch.bfloat16)
+    fp8 = Fp8Linear(linear)
+    assert fp8.weight.dtype == torch.float8_e4m3fn
+    out, expected = fp8(x).float(), linear(x).float()
+    assert out.shape == expected.shape
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05
+
+
+def test_load_with_fp8(ckpt):
+    model = load_dit(ckpt, dtype=torch.bfloat16, fp8=True)
+    assert isinstance(model.blocks[0].ffn[0], Fp8Linear)
+    assert isinstance(model.audio_injector.injector_adain_layers[0].linear, Fp8Linear)
+    assert not isinstance(model.text_embedding[0], Fp8Linear)
+    assert not isinstance(model.casual_audio_encoder.encoder.final_linear, Fp8Linear)
