@@ -88,7 +88,9 @@ def check_speech_session(server, peer: LoopbackPeer, stats: dict, speech_s: floa
     silent = activity[(arrivals > t0 + 0.5) & (arrivals < speech_from - 0.3)]
     assert talking.size > 50 and silent.size > 15, (talking.size, silent.size)
     print(f"mouth activity speech {talking.mean():.2f} silence {silent.mean():.2f}; lag {match.lag_s:.3f} s "
-          f"corr {match.correlation:.2f}; fps {fps:.1f}; A/V {stats['av_offset_ms']:.1f} ms; queues {stats['queues']}")
+          f"corr {match.correlation:.2f}; fps {fps:.1f}; A/V {stats['av_offset_ms']:.1f} ms; "
+          f"first frame {stats['first_frame_latency_ms']:.0f} ms; speech-to-lips {stats['speech_to_lips_latency_ms']}; "
+          f"playout wait {stats['playout_wait_ms']}; repeated {stats['frames_repeated']} dropped {stats['frames_dropped']}")
     assert talking.mean() > 2.5 * silent.mean(), (talking.mean(), silent.mean())
 
     # -- the stats endpoint reports the latencies
