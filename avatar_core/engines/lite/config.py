@@ -37,6 +37,7 @@ class RigConfig:
     round_inward: float = 0.11  # mouth-corner travel towards the centre when rounded, mouth widths
     spread_outward: float = 0.06
     lower_lid_lift: float = 0.12  # the lower lid rises this share of the eye opening in a blink
+    lid_skin_bias: float = 0.6  # a closing lid stretches the skin under the brow more than the lashes (0..0.9)
     brow_raise: float = 0.12  # brow travel, in brow-to-eye distances
     field_step: int = 2  # the rig's displacement fields are interpolated on this grid, then smoothed
     field_blur_px: float = 1.5

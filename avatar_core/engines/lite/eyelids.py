@@ -26,6 +26,7 @@ class EyeLid:
     lower: tuple[np.ndarray, np.ndarray]  # lower lid edge
     brow: tuple[np.ndarray, np.ndarray]  # lower edge of the brow
     lift: float  # rise of the lower lid at a full blink, pixels
+    skin_bias: float  # 0: stretch the lid evenly; towards 1: stretch the skin under the brow, not the lashes
     box: tuple[int, int, int, int]  # y0, y1, x0, x1: where the map differs from identity (source pixels)
 
     def apply(self, xs: np.ndarray, ys: np.ndarray, closure: float) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +47,11 @@ class EyeLid:
         lash = upper + closure * opening  # where the lash line is now
         out = b.copy()
         skin = inside & (b >= brow) & (b < lash)
-        out[skin] = brow[skin] + (b[skin] - brow[skin]) * (upper[skin] - brow[skin]) / np.maximum(lash[skin] - brow[skin], 1e-6)
+        # Position within the stretched lid, 0 at the brow .. 1 at the lash line, remapped so that
+        # the clean skin under the brow stretches most and the dark lash band stays thin.
+        t = (b[skin] - brow[skin]) / np.maximum(lash[skin] - brow[skin], 1e-6)
+        k = self.skin_bias * closure
+        out[skin] = brow[skin] + (t - k * t * (1 - t)) * (upper[skin] - brow[skin])
         eyeball = inside & (b >= lash) & (b < lower_now)
         out[eyeball] = b[eyeball] + lift[eyeball]
         band = 0.6 * max(float(np.max(self.lower[1] - np.interp(self.lower[0], *self.upper))), 2.0)
@@ -58,7 +63,8 @@ class EyeLid:
 
 
 def build_eyelid(pts: np.ndarray, upper_ids: list[int], lower_ids: list[int], brow_ids: list[int],
-                 origin: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], lift_fraction: float = 0.12) -> EyeLid:
+                 origin: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], lift_fraction: float = 0.12,
+                 skin_bias: float = 0.6) -> EyeLid:
     def local(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         d = pts[ids] - origin
         a, b = d @ u, d @ v
@@ -73,4 +79,4 @@ def build_eyelid(pts: np.ndarray, upper_ids: list[int], lower_ids: list[int], br
     x0, y0 = np.floor(region.min(0) - margin).astype(int)
     x1, y1 = np.ceil(region.max(0) + margin).astype(int)
     box = (max(0, y0), min(h, y1), max(0, x0), min(w, x1))
-    return EyeLid(origin, u, v, upper, lower, brow, lift_fraction * opening, box)
+    return EyeLid(origin, u, v, upper, lower, brow, lift_fraction * opening, skin_bias, box)

@@ -306,7 +306,7 @@ def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConf
     tear = _tear_mask(ff, box)[:, :, None, None]
     face_fields = (field_up * (1 - tear) + field_lo * tear).transpose(2, 0, 1, 3).astype(np.float32)
     eyes = {
-        name: build_eyelid(ff.pts, upper, lower, brow[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift)
+        name: build_eyelid(ff.pts, upper, lower, brow[5:], ff.mouth_center, ff.u, ff.v, size, cfg.lower_lid_lift, cfg.lid_skin_bias)
         for name, upper, lower, brow in (
             ("blink_right", EYE_R_UPPER, EYE_R_LOWER, BROW_R),
             ("blink_left", EYE_L_UPPER, EYE_L_LOWER, BROW_L),
