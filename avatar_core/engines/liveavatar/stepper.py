@@ -28,6 +28,8 @@ State (bounded: allocated once in ``__init__``, never grown)
       produced by the t=0 sink call (their V is copied into each ring's buffer, next to the ring). Every denoising call re-rotates it, with the reference at
       temporal position ``max(base, F + Delta)`` (Delta drawn per call: the rolling sink frame) and the
       motion tokens at fixed negative positions.
+    * a stepper may hold only some steps (``steps=[s]``): a TPP rank runs ``denoise_step(s, ...)`` then
+      ``advance()`` per block, and passes the latents on to the rank holding step s+1.
     * the text cross-attention K/V per layer (constant per session).
 
 Sink refresh: :meth:`refresh_sink` re-runs the sink call (ring and block counter kept). With
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -147,6 +149,7 @@ class CausalStepper:
         geometry: LatentGeometry,
         *,
         rope_rng: random.Random | None = None,
+        steps: Sequence[int] | None = None,
     ) -> None:
         cfg = model.config
         self.model, self.streaming, self.geometry = model, streaming, geometry
@@ -162,9 +165,14 @@ class CausalStepper:
             raise ConfigError(f"sink capacity {capacity} < {self.sink_tokens} tokens needed at this size")
 
         layers, heads, hd = cfg.num_layers, cfg.num_heads, cfg.head_dim
-        self.rings = [
+        self.owned_steps = tuple(range(streaming.num_steps)) if steps is None else tuple(sorted(set(steps)))
+        if not self.owned_steps or any(not 0 <= s < streaming.num_steps for s in self.owned_steps):
+            raise ConfigError(f"steps {steps} must be a non-empty subset of 0..{streaming.num_steps - 1}")
+        # rings[s] is None for a step that another stepper (another GPU) holds.
+        self.rings: list[StepRing | None] = [
             StepRing(layers, capacity, self.ring_tokens, heads, hd, self.device, self.dtype)
-            for _ in range(streaming.num_steps)
+            if s in self.owned_steps else None
+            for s in range(streaming.num_steps)
         ]
         self.sink = SinkCache(layers, capacity, heads, hd, self.device, self.dtype)
         self.text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -277,7 +285,7 @@ class CausalStepper:
 
     def reset(self) -> None:
         """Forget the rings and the position (the sink and text are kept)."""
-        for ring in self.rings:  # the ring part only: the sink copies stay valid
+        for ring in self.held_rings:  # the ring part only: the sink copies stay valid
             ring.k[:, ring.sink_capacity:].zero_()
             ring.v[:, ring.sink_capacity:].zero_()
         self.block_index = 0
@@ -297,7 +305,7 @@ class CausalStepper:
         if trace is not None:
             trace["x_in_blocks"] = tokens
         e, e0 = self._sink_temb
-        cache = _SinkAttention(self.sink, self.rings,
+        cache = _SinkAttention(self.sink, self.held_rings,
                                rotation(self.sink_rope(self.streaming.ref_rope_base_frame), self.dtype))
         self.sink.length = 0
         # The last block's output is never used: its K/V are written by its self-attention.
@@ -330,6 +338,8 @@ class CausalStepper:
         """
         if self.text_kv is None or self.sink.length == 0:
             raise StepperInputError("prefill must run before denoising")
+        if not 0 <= step < len(self.rings) or self.rings[step] is None:
+            raise StepperInputError(f"step {step} is not held by this stepper (it holds {list(self.owned_steps)})")
         x = self._latents(x, "noise", self.streaming.latent_frames_per_block)
         frame = self.frame_index
         offset = self._draw_offset() if ref_offset is None else ref_offset
@@ -359,10 +369,9 @@ class CausalStepper:
         ``on_velocity(block_index, step, velocity)`` is called after every DiT call (debugging).
         """
         s = self.streaming
-        if s.sink_refresh == "clip1_first_latent" and self.block_index == s.blocks_per_clip \
-                and self._pending_refresh_ref is not None:
-            self.refresh_sink(self._pending_refresh_ref)
-            self._pending_refresh_ref = None
+        if len(self.owned_steps) != s.num_steps:
+            raise StepperInputError("step_block needs every step; a partial stepper uses denoise_step + advance")
+        self.refresh_sink_if_due()
         audio = self.encode_audio(audio_block)
         x = self._latents(noise, "noise", s.latent_frames_per_block)
         self.ref_offsets = []
@@ -372,20 +381,44 @@ class CausalStepper:
             if on_velocity is not None:
                 on_velocity(self.block_index, step, v)
             x = euler_update(x, v, sig[step], sig[step + 1])
-        if self.block_index == 0:
-            self._pending_refresh_ref = x[:, :1].clone()
-        self.block_index += 1
+        self.advance(x)
         return x
 
-    def sink_kv(self, layer: int, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sink's un-rotated K and its V (as held by ``step``'s buffer) at ``layer``: ``[Nc, H, dh]``."""
-        n, ring = self.sink.length, self.rings[step]
+    def advance(self, clean_latents: torch.Tensor | None = None) -> None:
+        """Finish the current block: the next calls belong to the next block (positions move on).
+
+        A partial stepper (TPP rank) calls this after its own denoise_step of each block; pass the
+        block's clean latents for block 0 so the automatic sink refresh can use them.
+        """
+        if self.block_index == 0 and clean_latents is not None:
+            self._pending_refresh_ref = clean_latents[:, :1].clone()
+        self.block_index += 1
+
+    def refresh_sink_if_due(self) -> bool:
+        """Apply the ``sink_refresh`` policy before the next block; True when the sink was re-run."""
+        s = self.streaming
+        if s.sink_refresh == "clip1_first_latent" and self.block_index == s.blocks_per_clip \
+                and self._pending_refresh_ref is not None:
+            self.refresh_sink(self._pending_refresh_ref)
+            self._pending_refresh_ref = None
+            return True
+        return False
+
+    @property
+    def held_rings(self) -> list[StepRing]:
+        return [ring for ring in self.rings if ring is not None]
+
+    def sink_kv(self, layer: int, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sink's un-rotated K and its V (as held by ``step``'s buffer, default the first held) at
+        ``layer``: ``[Nc, H, dh]``."""
+        n = self.sink.length
+        ring = self.held_rings[0] if step is None else self.rings[step]
         return self.sink.k[layer, :n], ring.v[layer, ring.sink_capacity - n:ring.sink_capacity]
 
     @property
     def state_nbytes(self) -> int:
         """Bytes held by the rings, the sink and the text K/V."""
-        total = sum(r.nbytes for r in self.rings) + self.sink.nbytes
+        total = sum(r.nbytes for r in self.held_rings) + self.sink.nbytes
         if self.text_kv is not None:
             total += sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.text_kv)
         return total

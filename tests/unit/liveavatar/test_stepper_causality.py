@@ -10,7 +10,7 @@ import torch
 
 from avatar_core.engines.liveavatar.config import LatentGeometry, load_model_config
 from avatar_core.engines.liveavatar.loader import build_random_model
-from avatar_core.engines.liveavatar.sampler import ClipNoise
+from avatar_core.engines.liveavatar.sampler import ClipNoise, euler_update
 from avatar_core.engines.liveavatar.stepper import CausalStepper, StepperInputError
 
 from .conftest import CONFIGS
@@ -126,3 +126,34 @@ def test_compiled_block_halves_trace_and_match():
     for b, (x, y) in enumerate(zip(expected, actual)):
         assert torch.equal(x, y), f"block {b}: compiled output differs"
     torch._dynamo.reset()
+
+
+def test_partial_steppers_chained_like_tpp_equal_full_stepper(model):
+    """One stepper per denoising step (as TPP puts each step on its own GPU), chained block by block,
+    reproduces the single stepper exactly; each holds one ring only."""
+    s = dataclasses.replace(TINY.streaming, ref_rope_offset_mode="fixed", ref_rope_fixed_offset=17)
+    ref, motion, text, audio = _inputs(0)
+    full = CausalStepper(model, s, GEOMETRY)
+    ranks = [CausalStepper(model, s, GEOMETRY, steps=[step]) for step in range(s.num_steps)]
+    for stepper in [full, *ranks]:
+        stepper.prefill(ref, motion, text)
+    assert all(sum(r is not None for r in rank.rings) == 1 for rank in ranks)
+    assert ranks[0].state_nbytes < full.state_nbytes
+    noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block)
+    v, sig = s.video_frames_per_block, full.schedule.sigmas
+    for b in range(NUM_BLOCKS):
+        block_audio = audio[..., b * v:(b + 1) * v]
+        expected = full.step_block(block_audio, noise.block(b))
+        x = noise.block(b)
+        for rank in ranks:
+            rank.refresh_sink_if_due()
+        for step, rank in enumerate(ranks):
+            velocity = rank.denoise_step(step, x, rank.encode_audio(block_audio))
+            x = euler_update(x, velocity, sig[step], sig[step + 1])
+        for rank in ranks:
+            rank.advance(x)
+        assert torch.equal(x, expected), f"block {b} differs between chained ranks and the full stepper"
+    with pytest.raises(StepperInputError, match="not held by this stepper"):
+        ranks[0].denoise_step(1, x, ranks[0].encode_audio(audio[..., :v]))
+    with pytest.raises(StepperInputError, match="needs every step"):
+        ranks[0].step_block(audio[..., :v], noise.block(0))
