@@ -22,7 +22,7 @@ class Renderer:
         y0, y1, x0, x1 = self.box
         gy, gx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
         self._grid = np.ascontiguousarray(np.stack([gx, gy], -1))  # region-relative pixel coordinates
-        self._offset = np.float32([x0, y0])
+        self._grid_abs = self._grid + np.float32([x0, y0])  # frame pixel coordinates
         # Lighting of the painted mouth follows the face's brightness.
         self._light = float(np.clip(rig.mouth.skin_luma / 170.0, 0.35, 1.3))
         self._teeth_light = float(np.clip(self._light, 0.92, 1.05))  # teeth stay light in dim photos
@@ -48,14 +48,18 @@ class Renderer:
     def render(self, pose: Pose) -> np.ndarray:
         cv2 = self._cv2
         forward = self._forward_field(pose)
-        # Backward map: output pixel q shows source s with s + F(s) = q, i.e. s = q - F(s).
-        back = -forward
+        # Backward map: output pixel q shows source s with s + F(s) = q, i.e. s = q - F(s), solved
+        # by fixed-point iteration. Maps are interleaved (x, y) float32: remap takes them as one
+        # 2-channel map without copies.
+        back = np.negative(forward)
+        at = np.empty_like(forward)
         for _ in range(self.cfg.fixed_point_iterations):
-            at = self._grid + back
-            back = -cv2.remap(forward, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        source = self._grid + back + self._offset
+            np.add(self._grid, back, out=at)
+            back = cv2.remap(forward, at, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            np.negative(back, out=back)
+        source = np.add(self._grid_abs, back, out=at)
         self._close_eyes(source, pose)
-        warped = cv2.remap(self.rig.frame, source[:, :, 0], source[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.remap(self.rig.frame, source, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         frame = self.rig.frame.copy()
         y0, y1, x0, x1 = self.box
         frame[y0:y1, x0:x1] = warped
