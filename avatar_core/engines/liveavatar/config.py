@@ -148,8 +148,6 @@ class StreamingConfig:
     ref_rope_seed: int | None = None
     ref_rope_fixed_offset: int = 30
     rope_theta: float = 10000.0
-    # The reference table length; positions past it are computed with the same formula (no wrap).
-    rope_table_length: int = 45000
     # Reference quirk: the RoPE cos/sin table is stored as complex fp16.
     rope_fp16_table: bool = True
     # Reference quirk: the text cross-attention pre-norm input is rounded to bf16 even in fp32 runs.

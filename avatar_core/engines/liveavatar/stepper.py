@@ -18,19 +18,35 @@ Inputs
                     25 wav2vec2 hidden states of the block's 12 video frames at 25 fps.
     noise           ``[C, latent_frames_per_block, h, w]``: the block's initial latents.
 
+Every input is moved to the model's device and dtype (bf16 on GPU, float32 on CPU); outputs are in
+that dtype. A wrong shape or call order raises :class:`StepperInputError` before any state changes.
+
+API
+    prefill(ref, motion, text)        text K/V + sink call; empties the rings; block_index = 0
+    set_text(text)                    new prompt only (text K/V), stream position kept
+    refresh_sink(ref, motion=None)    re-run the sink call (motion None: the prefill's); rings kept
+    step_block(audio, noise)          all steps of one block -> clean latents; advances block_index
+    encode_audio / denoise_step(step, x, audio) / advance(x0) / refresh_sink_if_due()
+                                      the pieces of step_block, for a partial stepper (TPP rank)
+    reset()                           empty the rings, block_index = 0 (sink and text kept)
+    block_index, frame_index, clip_noise_shape, state_nbytes, sink_kv(layer), ref_offsets
+
 State (bounded: allocated once in ``__init__``, never grown)
     * one :class:`StepRing` per denoising step (timestep forcing: step s of every block reads and writes
       ring s only; ring s holds RoPE'd K and V of the previous blocks' inputs at noise level t_s). The
       ring holds exactly one clip of latent frames and wraps; the current block is written before it
       attends. :meth:`denoise_step` touches only ``rings[step]`` plus the shared, read-only sink and
-      text K/V, so a step can live on its own GPU (TPP) by giving each GPU its own stepper.
-    * one :class:`SinkCache` shared by the steps: un-rotated K of [reference ; FramePack motion] tokens,
-      produced by the t=0 sink call (their V is copied into each ring's buffer, next to the ring). Every denoising call re-rotates it, with the reference at
-      temporal position ``max(base, F + Delta)`` (Delta drawn per call: the rolling sink frame) and the
-      motion tokens at fixed negative positions.
-    * a stepper may hold only some steps (``steps=[s]``): a TPP rank runs ``denoise_step(s, ...)`` then
-      ``advance()`` per block, and passes the latents on to the rank holding step s+1.
+      text K/V.
+    * one :class:`SinkCache` shared by the steps: un-rotated K of the [reference ; FramePack motion]
+      tokens from the t=0 sink call (their V is copied into each step's buffer, next to its ring).
+      Every denoising call re-rotates it: the reference to temporal position ``max(base, F + Delta)``
+      (Delta drawn per call: the rolling sink frame), the motion tokens to fixed negative positions.
     * the text cross-attention K/V per layer (constant per session).
+    * a stepper may hold only some steps (``steps=[s]``): a TPP rank runs ``denoise_step(s, ...)`` then
+      ``advance()`` per block and hands the latents to the rank holding step s+1.
+
+Temporal positions are absolute (``frame_index`` never wraps) and computed on demand, so a stream has
+no position limit (the reference's table stops at 45000 latent frames, about 2 h).
 
 Sink refresh: :meth:`refresh_sink` re-runs the sink call (ring and block counter kept). With
 ``streaming.sink_refresh == "clip1_first_latent"`` (TPP semantics) :meth:`step_block` does it by itself
