@@ -77,7 +77,7 @@ class LiteGenerator:
             )
         S = self.samples_per_frame
         expected = block.context + block.num_frames * S + block.lookahead
-        samples = np.asarray(block.samples, np.float32).reshape(-1)
+        samples = np.nan_to_num(np.asarray(block.samples, np.float32).reshape(-1), nan=0.0, posinf=1.0, neginf=-1.0)
         if len(samples) != expected:
             raise ValueError(f"audio block has {len(samples)} samples, expected {expected}")
         if self.motion.state.frame_index != block.first_frame:
@@ -145,7 +145,13 @@ class LiteEngine:
         landmarks = find_face(image, self.config.detection)
         framing = plan_framing(image.shape, landmarks.points, self.size, self.config.framing)
         frame = render_framing(image, framing)
-        rig = build_rig(frame, framing.apply(landmarks.points), self.config.rig)
+        points = framing.apply(landmarks.points)
+        if np.linalg.norm(points[291] - points[61]) < 8:
+            raise AvatarError(f"the face is too small to animate at {self.size[0]}x{self.size[1]}; use a larger output size or a closer photo")
+        try:
+            rig = build_rig(frame, points, self.config.rig)
+        except Exception as exc:  # degenerate landmark geometry (e.g. scipy's Qhull refusing it)
+            raise AvatarError(f"the face could not be rigged ({exc.__class__.__name__}); use a clearer, frontal photo") from exc
         avatar = LiteAvatar(rig, landmarks, key)
         with self._lock:
             self._avatars[key] = avatar
