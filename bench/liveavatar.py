@@ -7,13 +7,14 @@ and the sink, and the streaming Wan2.1 VAE decode to uint8 frames. With ``--devi
 and wav2vec2-large; a seeded random prompt context replaces umT5, which runs once per session).
 
 Per size and mode (eager, then ``torch.compile`` of the DiT blocks):
-  * time to first block: new session -> first block's frames (sink prefill + VAE priming + block 0);
+  * time to first block: new session -> first block's frames (sink prefill + VAE priming + block 0), for
+    the first session of the size (includes first-use and compile costs) and for a second one (warm);
   * ``--warmup`` blocks (clip 0, the sink refresh before clip 1, and compilation), then
     ``--blocks`` timed blocks: median per-block latency and its stages (audio, DiT, VAE), fps;
   * the sink refresh (VAE re-encode of the last 73 frames + sink call) of block 4;
   * peak GPU memory (allocated, over the whole run of that size);
   * the DiT FLOPs per block and the achieved rate;
-  * eager only: a torch.profiler summary of one block (GPU time by kernel family, top kernels).
+  * a torch.profiler summary of one block (GPU kernel time by family, top kernels).
 Every stage is timed with the device synchronised (``sync_timing``). Results are written after each
 (mode, size), so a run stopped early keeps what it measured.
 
@@ -106,36 +107,47 @@ def _kernel_family(name: str) -> str:
 
 
 def _profile_block(gen, block, device_type: str) -> dict:
+    """One block under torch.profiler. On CUDA only kernel time counts (CPU-side op entries carry their
+    children's device time too and would double-count); "Command Buffer Full" (the host waiting for a free
+    slot in the launch queue: the GPU is the bottleneck, not the launches) is reported apart."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    cuda = device_type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
     with profile(activities=activities) as prof:
         gen.generate(block)
-        if device_type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
-    events = prof.key_averages()
-    rows = []
-    for evt in events:
-        if device_type == "cuda":
-            t = getattr(evt, "self_device_time_total", None)
-            if t is None:
-                t = getattr(evt, "self_cuda_time_total", 0.0)
+    wall_ms = 1000.0 * (time.perf_counter() - t0)
+    rows, queue_full = [], 0
+    for evt in prof.key_averages():
+        if cuda:
+            if evt.key == "Command Buffer Full":
+                queue_full += int(evt.count)
+                continue
+            if evt.device_type != DeviceType.CUDA:
+                continue
+            t = evt.self_device_time_total
         else:
             t = evt.self_cpu_time_total
         if t > 0:
             rows.append((evt.key, float(t) / 1000.0, int(evt.count)))
-    # on CUDA, count kernels only (aten ops have no self device time; host-side entries are excluded)
     total = sum(r[1] for r in rows)
     families: dict[str, float] = {}
     for name, ms, _ in rows:
         families[_kernel_family(name)] = families.get(_kernel_family(name), 0.0) + ms
     rows.sort(key=lambda r: -r[1])
+    ordered = sorted(families.items(), key=lambda kv: -kv[1])
     return {
-        "clock": "gpu kernel time" if device_type == "cuda" else "cpu self time",
-        "total_ms": round(total, 2),
-        "by_family_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
-        "by_family_share": {k: round(v / total, 3) for k, v in sorted(families.items(), key=lambda kv: -kv[1])} if total else {},
+        "clock": "gpu kernel time" if cuda else "cpu self time",
+        "block_wall_ms": round(wall_ms, 1),
+        "total_ms": round(total, 1),
+        "launch_queue_full_events": queue_full if cuda else None,
+        "by_family_ms": {k: round(v, 1) for k, v in ordered},
+        "by_family_share": {k: round(v / total, 3) for k, v in ordered} if total else {},
         "top": [{"name": n[:120], "ms": round(ms, 2), "calls": c} for n, ms, c in rows[:15]],
     }
 
@@ -214,6 +226,18 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
             result["profile"] = _profile_block(gen, _synthetic_block(total_blocks, context, lookahead), engine.device.type)
     finally:
         gen.close()
+    # a second session on the warm engine: what a new viewer waits for (no first-use or compile cost)
+    t0 = sync()
+    gen = engine.new_generator(avatar, "a person talking", sync_timing=True)
+    try:
+        gen.generate(_synthetic_block(0, context, lookahead))
+        result["time_to_first_block_warm_s"] = round(sync() - t0, 3)
+        result["first_block_warm_stages_s"] = {
+            "prefill_text_sink_vae_prime": round(gen.timings.prefill_s, 3), "audio": round(gen.timings.audio_s, 3),
+            "dit": round(gen.timings.dit_s, 3), "vae": round(gen.timings.vae_s, 3),
+        }
+    finally:
+        gen.close()
     if cuda:
         result["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(engine.device) / 2**30, 2)
         result["peak_gpu_reserved_gb"] = round(torch.cuda.max_memory_reserved(engine.device) / 2**30, 2)
@@ -290,14 +314,15 @@ def run(args: argparse.Namespace) -> int:
             compile_dit(engine.parts.dit)
         for size in sizes:
             t1 = time.perf_counter()
-            result = _bench_size(engine, size, args.aspect, mode, args, profile=(mode == "eager" and not args.no_profile))
+            result = _bench_size(engine, size, args.aspect, mode, args, profile=not args.no_profile)
             result["wall_s"] = round(time.perf_counter() - t1, 1)
             data["results"].setdefault(mode, {})[size] = result
             _write(output, data)
             print(
                 f"{mode:8s} {size:>8s} ({result['width']}x{result['height']}): block {result['block_ms_median']} ms "
                 f"(dit {result['dit_ms_median']}, vae {result['vae_decode_ms_median']}, audio "
-                f"{result['audio_features_ms_median']}) = {result['fps']} fps; first block {result['time_to_first_block_s']} s; "
+                f"{result['audio_features_ms_median']}) = {result['fps']} fps; first block {result['time_to_first_block_s']} s "
+                f"(warm {result['time_to_first_block_warm_s']} s); "
                 f"peak {result.get('peak_gpu_memory_gb', '-')} GB; {result['dit_tflops_achieved']} TFLOP/s",
                 flush=True,
             )

@@ -531,7 +531,7 @@ class LiveAvatarEngine:
         rw, rh = max(w, round(iw * scale)), max(h, round(ih * scale))
         resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
         top, left = (rh - h) // 2, (rw - w) // 2
-        return np.ascontiguousarray(resized[top : top + h, left : left + w])
+        return np.array(resized[top : top + h, left : left + w])  # a writable copy
 
     def prepare_avatar(self, image: np.ndarray) -> LiveAvatar:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
