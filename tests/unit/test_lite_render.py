@@ -98,3 +98,24 @@ def test_mouth_gap_follows_the_head(avatar, renderer):
         return xs.mean()
 
     assert 4.0 < dark_center_x(moved) - dark_center_x(still) < 8.0
+
+
+def test_gaze_moves_the_irises_and_nothing_else(avatar, renderer):
+    pts = avatar.rig.landmarks
+    rest = renderer.render(Pose())
+    right = renderer.render(Pose(gaze_x=2.0))
+    left = renderer.render(Pose(gaze_x=-2.0))
+
+    def iris_x(img, outer, inner, upper, lower):
+        x0, x1 = sorted((int(pts[outer, 0]), int(pts[inner, 0])))
+        y0, y1 = int(pts[upper, 1]) + 1, int(pts[lower, 1])  # inside the opening: iris, not lashes
+        luma = img[y0:y1, x0:x1].astype(float).mean(axis=2)
+        weight = np.clip(120 - luma, 0, None)  # the dark iris
+        return (weight.sum(axis=0) * np.arange(x1 - x0)).sum() / weight.sum()
+
+    for eye in ((33, 133, 159, 145), (263, 362, 386, 374)):
+        assert iris_x(right, *eye) > iris_x(rest, *eye) + 0.4
+        assert iris_x(left, *eye) < iris_x(rest, *eye) - 0.4
+    d = _diff(right, rest)
+    d[int(pts[159, 1]) - 8 : int(pts[145, 1]) + 8] = 0  # the eye band may change; nothing else
+    assert d.max() == 0

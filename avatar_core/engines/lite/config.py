@@ -67,6 +67,9 @@ class MotionConfig:
     blink_hold_s: float = 0.04
     blink_open_s: float = 0.16
     double_blink_probability: float = 0.15
+    gaze_fraction: float = 0.012  # largest eye movement, in face heights (a couple of pixels)
+    gaze_interval_s: tuple[float, float] = (0.8, 3.0)  # time between saccades
+    saccade_s: float = 0.03  # a saccade takes a frame or two
     head_shift_fraction: float = 0.018  # head translation amplitude, in face heights
     head_roll_deg: float = 1.6
     head_time_s: float = 1.4  # time constant of the head's random walk

@@ -29,9 +29,10 @@ class EyeLid:
     skin_bias: float  # 0: stretch the lid evenly; towards 1: stretch the skin under the brow, not the lashes
     box: tuple[int, int, int, int]  # y0, y1, x0, x1: where the map differs from identity (source pixels)
 
-    def apply(self, xs: np.ndarray, ys: np.ndarray, closure: float) -> tuple[np.ndarray, np.ndarray]:
+    def apply(self, xs: np.ndarray, ys: np.ndarray, closure: float, gaze: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
         """Source coordinates (xs, ys) as seen with the eye open -> where to sample with the eye
-        ``closure`` (0 open .. 1 closed) closed."""
+        ``closure`` (0 open .. 1 closed) closed and the eyeball turned by ``gaze`` pixels
+        (across, down the face)."""
         dx, dy = xs - self.origin[0], ys - self.origin[1]
         a = dx * self.u[0] + dy * self.u[1]
         b = dx * self.v[0] + dy * self.v[1]
@@ -54,12 +55,20 @@ class EyeLid:
         out[skin] = brow[skin] + (t - k * t * (1 - t)) * (upper[skin] - brow[skin])
         eyeball = inside & (b >= lash) & (b < lower_now)
         out[eyeball] = b[eyeball] + lift[eyeball]
+        shift_a = np.zeros_like(a)
+        if gaze[0] or gaze[1]:
+            # The eyeball content slides under the lids: fully in the middle of the opening,
+            # not at all at the lids and corners, so nothing tears.
+            height = np.maximum(lower_now - lash, 1e-6)[eyeball]
+            taper = bump[eyeball] * np.sin(np.pi * np.clip((b[eyeball] - lash[eyeball]) / height, 0, 1))
+            shift_a[eyeball] = -gaze[0] * taper
+            out[eyeball] -= gaze[1] * taper
         band = 0.6 * max(float(np.max(self.lower[1] - np.interp(self.lower[0], *self.upper))), 2.0)
         below = inside & (b >= lower_now)
         fade = np.clip(1 - (b[below] - lower_now[below]) / band, 0, 1)
         out[below] = b[below] + lift[below] * fade
         new_b = out - b
-        return xs + new_b * self.v[0], ys + new_b * self.v[1]
+        return xs + new_b * self.v[0] + shift_a * self.u[0], ys + new_b * self.v[1] + shift_a * self.u[1]
 
 
 def build_eyelid(pts: np.ndarray, upper_ids: list[int], lower_ids: list[int], brow_ids: list[int],

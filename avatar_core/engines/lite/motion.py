@@ -38,6 +38,9 @@ class MotionState:
     head_walk: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # x, y, roll: random walk
     head_smooth: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # low-passed walk
     breath_phase: float = 0.0
+    gaze: list[float] = field(default_factory=lambda: [0.0, 0.0])  # current eye direction, -1..1
+    gaze_target: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    next_gaze_s: float = 1.0
     rng: dict[str, Any] = field(default_factory=dict)  # numpy PCG64 state
 
 
@@ -105,6 +108,8 @@ class MotionModel:
         self.state.head_walk = list(self.state.head_walk)
         self.state.recent_levels_db = [float(x) for x in self.state.recent_levels_db]
         self.state.head_smooth = list(self.state.head_smooth)
+        self.state.gaze = list(self.state.gaze)
+        self.state.gaze_target = list(self.state.gaze_target)
         self._rng = np.random.Generator(np.random.PCG64())
         if self.state.rng:
             self._rng.bit_generator.state = self.state.rng
@@ -153,6 +158,7 @@ class MotionModel:
         s.brow += (cfg.brow_speech_gain * max(0.0, target_open - 0.6) * 2 - s.brow) * (1 - np.exp(-dt / 0.25))
 
         blink = self._blink(t)
+        gaze_x, gaze_y = self._gaze(t, dt)
         head_x, head_y, roll = self._head(dt)
         s.breath_phase = (s.breath_phase + 2 * np.pi * dt / cfg.breath_period_s) % (2 * np.pi)
         breath = float(np.sin(s.breath_phase))
@@ -164,6 +170,8 @@ class MotionModel:
             mouth_spread=float(np.clip(s.mouth_spread, 0, 1)),
             blink_right=blink,
             blink_left=blink,
+            gaze_x=float(gaze_x * cfg.gaze_fraction * self.face_height),
+            gaze_y=float(gaze_y * cfg.gaze_fraction * self.face_height * 0.5),
             brow_raise=float(np.clip(s.brow, 0, 1)),
             head_x=float(head_x * shift),
             head_y=float(head_y * shift * 0.7 - 0.35 * cfg.breath_px * self.frame_scale * breath),
@@ -192,6 +200,21 @@ class MotionModel:
         if u < close + hold:
             return 1.0
         return 1.0 - _ease((u - close - hold) / opening)
+
+    def _gaze(self, t: float, dt: float) -> tuple[float, float]:
+        """Saccades: now and then the eyes jump to a new point near the camera and rest there."""
+        cfg, s = self.cfg, self.state
+        if t >= s.next_gaze_s:
+            lo, hi = cfg.gaze_interval_s
+            s.next_gaze_s = t + float(self._rng.uniform(lo, hi))
+            # Mostly back to the camera, sometimes a glance aside.
+            if self._rng.random() < 0.5:
+                s.gaze_target = [0.0, 0.0]
+            else:
+                s.gaze_target = [float(np.clip(x, -1, 1)) for x in self._rng.normal(0.0, 0.6, 2)]
+        follow = 1 - np.exp(-dt / cfg.saccade_s)
+        s.gaze = [g + (target - g) * follow for g, target in zip(s.gaze, s.gaze_target)]
+        return s.gaze[0], s.gaze[1]
 
     def _head(self, dt: float) -> tuple[float, float, float]:
         """A random walk pulled back to rest (unit variance), low-passed twice for smooth motion."""

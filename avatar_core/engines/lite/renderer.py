@@ -58,7 +58,7 @@ class Renderer:
             back = cv2.remap(forward, at, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             np.negative(back, out=back)
         source = np.add(self._grid_abs, back, out=at)
-        self._close_eyes(source, pose)
+        self._move_eyes(source, pose)
         warped = cv2.remap(self.rig.frame, source, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         frame = self.rig.frame.copy()
         y0, y1, x0, x1 = self.box
@@ -66,14 +66,16 @@ class Renderer:
         self._paint_mouth(frame, pose)
         return frame
 
-    def _close_eyes(self, source: np.ndarray, pose: Pose) -> None:
-        """Apply the eyelid maps to the source coordinates (after head motion, which moves the eye)."""
+    def _move_eyes(self, source: np.ndarray, pose: Pose) -> None:
+        """Apply the eyelid maps (blink, gaze) to the source coordinates, after head motion, which
+        moves the eyes."""
         y0, y1, x0, x1 = self.box
         slack = int(np.ceil(abs(pose.head_x) + abs(pose.head_y) + abs(pose.head_roll) * 0.02 * self.rig.face_height
                             + abs(pose.head_scale) * self.rig.face_height + 2))
         for name, lid in self.rig.eyes.items():
             closure = float(getattr(pose, name))
-            if closure <= 1e-3:
+            gaze = (float(pose.gaze_x), float(pose.gaze_y))
+            if closure <= 1e-3 and not any(gaze):
                 continue
             ey0, ey1, ex0, ex1 = lid.box
             sy0, sy1 = max(y0, ey0 - slack) - y0, min(y1, ey1 + slack) - y0
@@ -81,7 +83,7 @@ class Renderer:
             if sy1 <= sy0 or sx1 <= sx0:
                 continue
             view = source[sy0:sy1, sx0:sx1]
-            xs, ys = lid.apply(view[:, :, 0], view[:, :, 1], min(closure, 1.0))
+            xs, ys = lid.apply(view[:, :, 0], view[:, :, 1], min(max(closure, 0.0), 1.0), gaze)
             view[:, :, 0], view[:, :, 1] = xs, ys
 
     def _tear_edges(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,8 @@ class Pose:
     mouth_spread: float = 0.0
     blink_right: float = 0.0  # the subject's right eye (image left)
     blink_left: float = 0.0
+    gaze_x: float = 0.0  # px, eyeballs turn across the face (to image right)
+    gaze_y: float = 0.0  # px, down the face
     brow_raise: float = 0.0
     head_x: float = 0.0  # px
     head_y: float = 0.0  # px
@@ -59,7 +61,7 @@ class Pose:
 
 
 FACE_CONTROLS = ("mouth_open", "mouth_round", "mouth_spread", "brow_raise")  # displacement-field controls
-EYE_CONTROLS = ("blink_right", "blink_left")  # closed-form eyelid maps (eyelids.py)
+EYE_CONTROLS = ("blink_right", "blink_left")  # closed-form eyelid maps (eyelids.py), with gaze_x/gaze_y
 
 
 @dataclass
