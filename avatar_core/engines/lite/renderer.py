@@ -58,33 +58,50 @@ class Renderer:
             back = cv2.remap(forward, at, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             np.negative(back, out=back)
         source = np.add(self._grid_abs, back, out=at)
-        self._move_eyes(source, pose)
         warped = cv2.remap(self.rig.frame, source, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self._move_eyes(warped, source, pose)
         frame = self.rig.frame.copy()
         y0, y1, x0, x1 = self.box
         frame[y0:y1, x0:x1] = warped
         self._paint_mouth(frame, pose)
         return frame
 
-    def _move_eyes(self, source: np.ndarray, pose: Pose) -> None:
-        """Apply the eyelid maps (blink, gaze) to the source coordinates, after head motion, which
-        moves the eyes."""
+    def _move_eyes(self, warped: np.ndarray, source: np.ndarray, pose: Pose) -> None:
+        """Blink and gaze: the eyelid maps act on the source coordinates (after head motion, which
+        moves the eyes). The lash line is an occluding edge, so each eye box is re-sampled 2x2
+        per pixel and averaged (no stair-steps)."""
+        cv2 = self._cv2
         y0, y1, x0, x1 = self.box
+        gaze = (float(pose.gaze_x), float(pose.gaze_y))
+        active = [
+            (lid, min(max(float(getattr(pose, name)), 0.0), 1.0))
+            for name, lid in self.rig.eyes.items()
+            if float(getattr(pose, name)) > 1e-3 or any(gaze)
+        ]
+        if not active:
+            return
         slack = int(np.ceil(abs(pose.head_x) + abs(pose.head_y) + abs(pose.head_roll) * 0.02 * self.rig.face_height
                             + abs(pose.head_scale) * self.rig.face_height + 2))
-        for name, lid in self.rig.eyes.items():
-            closure = float(getattr(pose, name))
-            gaze = (float(pose.gaze_x), float(pose.gaze_y))
-            if closure <= 1e-3 and not any(gaze):
-                continue
+        for lid, _ in active:
             ey0, ey1, ex0, ex1 = lid.box
             sy0, sy1 = max(y0, ey0 - slack) - y0, min(y1, ey1 + slack) - y0
             sx0, sx1 = max(x0, ex0 - slack) - x0, min(x1, ex1 + slack) - x0
             if sy1 <= sy0 or sx1 <= sx0:
                 continue
-            view = source[sy0:sy1, sx0:sx1]
-            xs, ys = lid.apply(view[:, :, 0], view[:, :, 1], min(max(closure, 0.0), 1.0), gaze)
-            view[:, :, 0], view[:, :, 1] = xs, ys
+            h, w = sy1 - sy0, sx1 - sx0
+            # Sample positions at +-1/4 pixel around each pixel centre.
+            fine = cv2.resize(source[sy0:sy1, sx0:sx1], (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+            xs, ys = fine[:, :, 0], fine[:, :, 1]
+            for other, closure in active:  # each map is the identity outside its own eye
+                xs, ys = other.apply(xs, ys, closure, gaze)
+            moved = np.abs(xs - fine[:, :, 0]) + np.abs(ys - fine[:, :, 1])
+            fine[:, :, 0], fine[:, :, 1] = xs, ys
+            sampled = cv2.remap(self.rig.frame, fine, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            resampled = cv2.resize(sampled, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+            # Only where the eye map moved anything; elsewhere the plain sampling stays (no box edge).
+            weight = cv2.resize(np.clip(moved * 4.0, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)[:, :, None]
+            box = warped[sy0:sy1, sx0:sx1].astype(np.float32)
+            warped[sy0:sy1, sx0:sx1] = np.clip(box + weight * (resampled - box) + 0.5, 0, 255).astype(np.uint8)
 
     def _tear_edges(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
         """Where the top and bottom of the mouth gap are in this frame (frame pixels)."""
