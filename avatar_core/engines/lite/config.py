@@ -101,7 +101,7 @@ class LiteConfig:
     sample_rate: int = 16000
     block_frames: int = 2
     capacity: int | None = None  # None: measured from the render cost on this machine
-    cpu_budget: float = 0.8  # share of the machine's cores the capacity estimate may plan for
+    cpu_budget: float = 0.5  # share of the cores generation may plan for (video encoding and networking need the rest)
     cv2_threads: int | None = 1  # OpenCV threads per process (sessions scale by processes/cores)
     avatar_cache_size: int = 8
     seed: int = 0
