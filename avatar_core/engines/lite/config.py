@@ -34,7 +34,7 @@ class RigConfig:
     mouth_open_max: float = 0.26  # lower-lip drop at full opening, in mouth widths
     chin_follow: float = 0.75  # chin drop / lower-lip drop (lips open by themselves too)
     upper_lip_lift: float = 0.12  # upper-lip rise / lower-lip drop
-    round_inward: float = 0.11  # mouth-corner travel towards the centre when rounded, mouth widths
+    round_inward: float = 0.09  # mouth-corner travel towards the centre when rounded, mouth widths
     spread_outward: float = 0.06
     lower_lid_lift: float = 0.12  # the lower lid rises this share of the eye opening in a blink
     lid_skin_bias: float = 0.6  # a closing lid stretches the skin under the brow more than the lashes (0..0.9)

@@ -161,9 +161,13 @@ class Renderer:
         below_top = ys - col_top[None, :]
         above_bottom = col_bot[None, :] - ys
         depth = np.clip(below_top / gap[None, :], 0, 1)
-        # Across the mouth: 1 at the centre, 0 at the corners (darker, less teeth there).
-        center_x = float(mouth.edge[:, 0].mean())
-        across = np.clip(1 - ((xs - center_x) / (0.5 * mouth.width)) ** 2, 0, 1)[None, :]
+        # Across the mouth as it is now (corners move with round/spread): 1 at the centre, 0 at
+        # the corners (darker, teeth fading out there).
+        left_x, right_x = float(min(top[0, 0], top[-1, 0])), float(max(top[0, 0], top[-1, 0]))
+        center_x = 0.5 * (left_x + right_x)
+        half_width = max(0.5 * (right_x - left_x), 1.0)
+        across = np.clip(1 - ((xs - center_x) / half_width) ** 2, 0, 1)[None, :]
+        fade_in = np.clip(across / 0.2, 0, 1) ** 2  # teeth fade out towards the corners, no hard end
 
         M = mouth.width
         light = self._light
@@ -178,7 +182,7 @@ class Renderer:
         # darker band above the bottom edge.
         if not mouth.photo_mouth_open:
             teeth_h = self.cfg.teeth_height * M * np.sqrt(across)
-            upper_teeth = np.clip((teeth_h - below_top) / 1.2, 0, 1) * np.clip(below_top + 0.5, 0, 1) * (across > 0.05)
+            upper_teeth = np.clip((teeth_h - below_top) / 1.2, 0, 1) * np.clip(below_top + 0.5, 0, 1) * fade_in
             # Gaps between teeth (incisors), the lip's shadow at the gum line, and
             # darker towards the corners where the teeth turn away.
             tooth_phase = ((xs - center_x) / (self.cfg.tooth_width * M)) % 1.0
@@ -187,7 +191,7 @@ class Renderer:
             tooth_shade = (0.55 + 0.45 * across) * gaps[None, :] * gum_shadow
             color += (upper_teeth[:, :, None] * 0.92) * (self._teeth_rgb * self._teeth_light * tooth_shade[:, :, None] - color)
         lower_h = self.cfg.lower_teeth_height * M * np.sqrt(across) * np.clip((gap[None, :] - 0.15 * M) / (0.1 * M), 0, 1)
-        lower_teeth = np.clip((lower_h - above_bottom) / 1.2, 0, 1) * (across > 0.05)
+        lower_teeth = np.clip((lower_h - above_bottom) / 1.2, 0, 1) * fade_in
         color += (lower_teeth[:, :, None] * 0.6) * (self._teeth_rgb * self._teeth_light * 0.8 * shade - color)
 
         region = frame[y0:y1, x0:x1].astype(np.float32)
