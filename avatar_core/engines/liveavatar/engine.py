@@ -322,25 +322,6 @@ def random_full_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torc
     return LiveAvatarParts(dit, model_config, codec, audio, text, description="14B architecture, random weights")
 
 
-def compile_dit(dit) -> None:
-    """torch.compile the DiT blocks, with the KV-cache attention callbacks kept out of the graphs.
-
-    The stepper's attention callbacks read the layer index and the ring slot as Python ints; traced by
-    dynamo they specialise every block graph per layer (40 layers > the recompile limit of 8, after
-    which dynamo silently runs the blocks eager). Excluding them (``torch.compiler.disable``) splits
-    each block into a pre-attention and a post-attention graph shared by all layers. Idempotent; to
-    be dropped once ``stepper.py`` marks its callbacks itself.
-    """
-    from . import stepper
-
-    for cls in (stepper._InferenceAttention, stepper._SinkAttention):
-        if not getattr(cls.attend, "_kept_eager", False):
-            eager = torch.compiler.disable(cls.attend)
-            eager._kept_eager = True
-            cls.attend = eager
-    dit.compile_blocks()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Avatar and generator
 
@@ -511,7 +492,7 @@ class LiveAvatarEngine:
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         if opts.compile:
-            compile_dit(self.parts.dit)
+            self.parts.dit.compile_blocks()  # the dense block halves; attention and caches stay eager
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
                     self.dtype, *self.size, time.perf_counter() - t0)
 
