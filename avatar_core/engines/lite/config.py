@@ -79,6 +79,7 @@ class MotionConfig:
     breath_period_s: float = 4.2
     breath_px: float = 1.2  # chest rise at 512 px frame height
     brow_speech_gain: float = 0.6
+    nod_fraction: float = 0.025  # head dip on a stressed syllable, in face heights
 
 
 @dataclass

@@ -32,6 +32,8 @@ class MotionState:
     speech_activity: float = 0.0  # slow envelope of speaking, 0..1
     centroid_mean_hz: float = 1300.0  # the speaker's typical spectral centroid (running mean)
     brow: float = 0.0
+    open_slow: float = 0.0  # slow average of the mouth target (what counts as an emphasis)
+    nod: float = 0.0
     next_blink_s: float = 0.0
     blink_start_s: float = -10.0
     blink_repeat: bool = False  # the current blink is the second of a double blink
@@ -154,8 +156,12 @@ class MotionModel:
         s.mouth_round += (target_round - s.mouth_round) * a_shape
         s.mouth_spread += (target_spread - s.mouth_spread) * a_shape
         s.speech_activity += ((1.0 if target_open > 0.15 else 0.0) - s.speech_activity) * (1 - np.exp(-dt / cfg.activity_s))
-        # Brows lift a little on loud syllables.
+        # Brows lift a little on loud syllables; stressed syllables (well above the recent average)
+        # get a small nod.
         s.brow += (cfg.brow_speech_gain * max(0.0, target_open - 0.6) * 2 - s.brow) * (1 - np.exp(-dt / 0.25))
+        s.open_slow += (target_open - s.open_slow) * (1 - np.exp(-dt / 0.5))
+        emphasis = max(0.0, target_open - s.open_slow - 0.15)
+        s.nod += (emphasis - s.nod) * (1 - np.exp(-dt / 0.12))
 
         blink = self._blink(t)
         gaze_x, gaze_y = self._gaze(t, dt)
@@ -174,7 +180,8 @@ class MotionModel:
             gaze_y=float(gaze_y * cfg.gaze_fraction * self.face_height * 0.5),
             brow_raise=float(np.clip(s.brow, 0, 1)),
             head_x=float(head_x * shift),
-            head_y=float(head_y * shift * 0.7 - 0.35 * cfg.breath_px * self.frame_scale * breath),
+            head_y=float(head_y * shift * 0.7 + s.nod * cfg.nod_fraction * self.face_height
+                         - 0.35 * cfg.breath_px * self.frame_scale * breath),
             head_roll=float(roll * cfg.head_roll_deg),
             head_scale=0.0,
             chest_y=float(cfg.breath_px * self.frame_scale * breath),
