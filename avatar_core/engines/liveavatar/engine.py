@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import tempfile
 import threading
 import time
@@ -368,7 +369,11 @@ class LiveAvatarGenerator:
         self.timings = BlockStageTimes()
         self._closed = False
         w, h = engine.size
-        self.stepper = CausalStepper(parts.dit, streaming, LatentGeometry.from_pixels(h, w))
+        # the rolling-reference RoPE offset is random per DiT call (as the reference); seeding it from the
+        # session seed makes a session reproducible (the reference leaves it unseeded)
+        self.stepper = CausalStepper(
+            parts.dit, streaming, LatentGeometry.from_pixels(h, w), rope_rng=random.Random(engine.options.seed)
+        )
         self.noise = ClipNoise(
             engine.options.seed, self.stepper.clip_noise_shape, streaming.latent_frames_per_block,
             device=engine.device, dtype=engine.dtype,
