@@ -15,6 +15,8 @@ Per size and mode (eager, then ``torch.compile`` of the DiT blocks):
   * peak GPU memory (allocated, over the whole run of that size);
   * the DiT FLOPs per block and the achieved rate;
   * a torch.profiler summary of one block (GPU kernel time by family, top kernels).
+Modes: ``eager`` and ``compiled`` in bf16, ``fp8-eager`` and ``fp8-compiled`` with the DiT's FP8 Linears
+(a second engine, built after the bf16 one is freed).
 Every stage is timed with the device synchronised (``sync_timing``). Results are written after each
 (mode, size), so a run stopped early keeps what it measured.
 
@@ -25,6 +27,7 @@ Sizes follow the reference's ``--size`` rule on a 9:16 portrait: "688*368" -> 38
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -37,6 +40,8 @@ import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = ("688*368", "720*400")
+# mode -> (FP8 Linears, torch.compile)
+MODES = {"eager": (False, False), "compiled": (False, True), "fp8-eager": (True, False), "fp8-compiled": (True, True)}
 SPF = 640  # samples per frame at 16 kHz / 25 fps
 
 
@@ -47,8 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aspect", default="9:16", help="frame aspect W:H (default 9:16 portrait)")
     p.add_argument("--blocks", type=int, default=8, help="timed blocks after warm-up (default 8)")
     p.add_argument("--warmup", type=int, default=6, help="untimed blocks first (default 6: clip 0, the sink refresh, recompiles)")
-    p.add_argument("--compile", choices=["off", "on", "both"], default="both", help="torch.compile the DiT blocks")
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=list(MODES),
+                   help="eager / compiled (torch.compile of the DiT blocks), each in bf16 or with FP8 Linears "
+                        "(fp8-eager, fp8-compiled); default: eager compiled")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler block")
+    p.add_argument("--vae-cudnn-benchmark", action="store_true",
+                   help="also time the VAE block decode alone with torch.backends.cudnn.benchmark off and on")
     p.add_argument("--output", type=Path, default=None, help="JSON file (default bench/results/liveavatar_<device>.json)")
     p.add_argument("--merge", action="store_true", help="keep the other modes/sizes already in --output")
     p.add_argument("--seed", type=int, default=420)
@@ -244,6 +253,39 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
     return result
 
 
+def _vae_cudnn_benchmark(engine, size: str, aspect: str, blocks: int = 6) -> dict:
+    """Median VAE decode of one block (3 latents -> 12 frames, uint8 on the host), cudnn autotuning off vs on."""
+    import torch
+
+    from avatar_core.engines.liveavatar.vae_stream import to_uint8_frames
+
+    width, height = engine.set_size(size, aspect)
+    codec = engine.parts.codec
+    gen = torch.Generator(device=engine.device).manual_seed(0)
+    shape = (codec.z_dim, 3, height // 8, width // 8)
+    motion = torch.randn(codec.z_dim, 19, height // 8, width // 8, generator=gen, device=engine.device)
+    out = {"size": f"{width}x{height}"}
+    previous = torch.backends.cudnn.benchmark
+    try:
+        for flag in (False, True):
+            torch.backends.cudnn.benchmark = flag
+            stream = codec.stream()
+            stream.start(motion)
+            times = []
+            for k in range(blocks + 2):
+                z = torch.randn(shape, generator=gen, device=engine.device)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                to_uint8_frames(stream.decode_block(z))
+                torch.cuda.synchronize()
+                if k >= 2:
+                    times.append(time.perf_counter() - t0)
+            out["on" if flag else "off"] = _median_ms(times)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    return out
+
+
 def _environment(engine) -> dict:
     import torch
 
@@ -282,48 +324,66 @@ def run(args: argparse.Namespace) -> int:
     if args.blocks < 1 or args.warmup < 1:
         print("--blocks and --warmup must be >= 1", file=sys.stderr)
         return 2
-    options = {"device": args.device, "seed": args.seed, "aspect": args.aspect}
-    options["tiny" if args.tiny else "random_weights"] = True
     sizes = args.sizes or (["128*64"] if args.tiny else list(DEFAULT_SIZES))
     if args.device == "auto" and not torch.cuda.is_available() and not args.tiny:
         print("no GPU: the 14B benchmark needs CUDA (use --tiny --device cpu to check the code path)", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    engine = load_engine("liveavatar", **options)
-    build_s = time.perf_counter() - t0
-    tag = "cpu_tiny" if engine.device.type == "cpu" else torch.cuda.get_device_name(engine.device).split()[-1].lower()
-    output = args.output or RESULTS_DIR / f"liveavatar_{tag}.json"
-    data = json.loads(output.read_text()) if args.merge and output.is_file() else {}
-    data.update({
-        "benchmark": "liveavatar",
-        "method": "engine session path, device-synchronised stage timers; median of the timed blocks after warm-up",
-        "environment": _environment(engine),
-        "engine_build_s": round(build_s, 1),
-        "warmup_blocks": args.warmup,
-        "blocks": args.blocks,
-    })
-    data.setdefault("results", {})
-    modes = {"off": ["eager"], "on": ["compiled"], "both": ["eager", "compiled"]}[args.compile]
-    print(f"liveavatar bench: {engine.parts.description} on {engine.device} ({build_s:.1f} s to build)", flush=True)
-    for mode in modes:
-        if mode == "compiled":
-            # static shapes per geometry: each size compiles its own graphs (cached by inductor)
-            torch._dynamo.reset()
-            engine.parts.dit.compile_blocks()
-        for size in sizes:
-            t1 = time.perf_counter()
-            result = _bench_size(engine, size, args.aspect, mode, args, profile=not args.no_profile)
-            result["wall_s"] = round(time.perf_counter() - t1, 1)
-            data["results"].setdefault(mode, {})[size] = result
+    modes = [m for m in MODES if m in args.modes]  # bf16 first, then FP8 (a fresh engine)
+    output, data = args.output, {}
+    for fp8 in sorted({MODES[m][0] for m in modes}):
+        options = {"device": args.device, "seed": args.seed, "aspect": args.aspect, "fp8": fp8}
+        options["tiny" if args.tiny else "random_weights"] = True
+        t0 = time.perf_counter()
+        engine = load_engine("liveavatar", **options)
+        build_s = time.perf_counter() - t0
+        if output is None:
+            tag = "cpu_tiny" if engine.device.type == "cpu" else torch.cuda.get_device_name(engine.device).split()[-1].lower()
+            output = RESULTS_DIR / f"liveavatar_{tag}.json"
+        if not data:
+            data = json.loads(output.read_text()) if args.merge and output.is_file() else {}
+            data.update({
+                "benchmark": "liveavatar",
+                "method": "engine session path, device-synchronised stage timers; median of the timed blocks after warm-up",
+                "environment": _environment(engine),
+                "warmup_blocks": args.warmup,
+                "blocks": args.blocks,
+            })
+            data.setdefault("results", {})
+        data.setdefault("engine_build_s", {})["fp8" if fp8 else "bf16"] = round(build_s, 1)
+        print(f"liveavatar bench: {engine.parts.description} on {engine.device} ({build_s:.1f} s to build)", flush=True)
+        for mode in (m for m in modes if MODES[m][0] == fp8):
+            if MODES[mode][1]:
+                torch._dynamo.reset()
+                engine.parts.dit.compile_blocks()  # static shapes: each size compiles its own graphs
+            for size in sizes:
+                t1 = time.perf_counter()
+                try:
+                    result = _bench_size(engine, size, args.aspect, mode, args, profile=not args.no_profile)
+                except Exception as exc:  # keep the other modes' results; record what failed
+                    result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    print(f"{mode:12s} {size:>8s}: FAILED {result['error'][:300]}", flush=True)
+                result["wall_s"] = round(time.perf_counter() - t1, 1)
+                data["results"].setdefault(mode, {})[size] = result
+                _write(output, data)
+                if "error" not in result:
+                    print(
+                        f"{mode:12s} {size:>8s} ({result['width']}x{result['height']}): block {result['block_ms_median']} ms "
+                        f"(dit {result['dit_ms_median']}, vae {result['vae_decode_ms_median']}, audio "
+                        f"{result['audio_features_ms_median']}) = {result['fps']} fps; first block {result['time_to_first_block_s']} s "
+                        f"(warm {result['time_to_first_block_warm_s']} s); "
+                        f"peak {result.get('peak_gpu_memory_gb', '-')} GB; {result['dit_tflops_achieved']} TFLOP/s",
+                        flush=True,
+                    )
+        if args.vae_cudnn_benchmark and engine.device.type == "cuda":
+            data["vae_decode_cudnn_benchmark"] = _vae_cudnn_benchmark(engine, sizes[-1], args.aspect)
             _write(output, data)
-            print(
-                f"{mode:8s} {size:>8s} ({result['width']}x{result['height']}): block {result['block_ms_median']} ms "
-                f"(dit {result['dit_ms_median']}, vae {result['vae_decode_ms_median']}, audio "
-                f"{result['audio_features_ms_median']}) = {result['fps']} fps; first block {result['time_to_first_block_s']} s "
-                f"(warm {result['time_to_first_block_warm_s']} s); "
-                f"peak {result.get('peak_gpu_memory_gb', '-')} GB; {result['dit_tflops_achieved']} TFLOP/s",
-                flush=True,
-            )
+            print(f"vae decode per block, cudnn.benchmark off/on: {data['vae_decode_cudnn_benchmark']}", flush=True)
+        engine.close()
+        del engine
+        torch._dynamo.reset()  # compiled graphs hold the blocks: free the weights before the next engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     print(f"wrote {output}")
     return 0
 

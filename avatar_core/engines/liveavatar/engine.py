@@ -14,6 +14,7 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``device``         "auto" (cuda if available), "cuda", "cuda:1", "cpu"
 ``dtype``          "auto" (bf16 on GPU, float32 on CPU), "bfloat16", "float32"
 ``compile``        torch.compile the DiT blocks (GPU; the first blocks are slow)
+``fp8``            FP8 (e4m3) Linears in the DiT (spec §9; Hopper/Ada GPUs), quantised after the LoRA merge
 ``size``           area cap "W*H" (reference ``--size`` rule, spec §7), applied to a frame of ``aspect``
 ``aspect``         "9:16" (portrait, default), "16:9", "1:1", ... : the output frame's aspect ratio
 ``prompt``         default prompt; ``seed`` noise seed (clip r uses seed + r)
@@ -91,6 +92,7 @@ class LiveAvatarOptions:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    fp8: bool = False
     size: str | None = None  # None: "704*384" (real), "128*64" (tiny)
     aspect: str = "9:16"
     prompt: str = DEFAULT_PROMPT
@@ -263,7 +265,10 @@ def load_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.dtype
     wav2vec = wan / WAV2VEC_DIR
     if not (wav2vec / "config.json").is_file():
         raise EngineConfigError(f"no wav2vec2 folder in {wan}: expected {WAV2VEC_DIR}/config.json")
-    dit = load_dit(wan, config=model_config.dit, streaming=model_config.streaming, lora_path=lora, device=device, dtype=dtype)
+    dit = load_dit(
+        wan, config=model_config.dit, streaming=model_config.streaming, lora_path=lora, device=device, dtype=dtype,
+        fp8=opts.fp8,
+    )
     codec = WanVaeCodec(load_wan_vae(wan, device, dtype))
     audio = Wav2VecFeatures.from_folder(wav2vec, device=device, dtype=dtype, config=_audio_config(opts))
     text = PromptEncoder.from_folder(wan, device=device, dtype=dtype, config=TextEncoderConfig(text_len=model_config.dit.text_len))
@@ -493,6 +498,11 @@ class LiveAvatarEngine:
         self.fps = streaming.fps
         self.block_frames = streaming.video_frames_per_block
         self.capacity = opts.capacity
+        if opts.fp8 and not opts.weights_dir:  # load_dit quantises checkpoints itself
+            from .loader import quantize_fp8_
+
+            quantize_fp8_(self.parts.dit)
+            self.parts.description += ", FP8 Linears"
         self.compute_lock = threading.RLock()  # one model, several threads (sessions, avatar preparation)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
