@@ -181,7 +181,10 @@ class _RandomPromptContext:
         self.encode_calls = 0
 
     def encode(self, prompt: str | None) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(abs(hash(prompt or "")) % (2**31))
+        import hashlib
+
+        seed = int(hashlib.sha256((prompt or "").encode()).hexdigest()[:8], 16)  # stable across processes
+        gen = torch.Generator().manual_seed(seed)
         self.encode_calls += 1
         return torch.randn(self.tokens, self.dim, generator=gen).to(self.device, self.dtype)
 
