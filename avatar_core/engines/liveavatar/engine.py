@@ -69,7 +69,7 @@ from avatar_core.contract import AudioBlock, AvatarError, EngineBusyError
 
 from .audio_features import AudioFeatureConfig, Wav2VecFeatures
 from .text_encoder import PromptEncoder, TextEncoderConfig
-from .vae_stream import LatentVideoStream, VaeStreamConfig, WanVaeCodec, to_uint8_frames
+from .vae_stream import WanVaeCodec, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,10 @@ class LiveAvatarOptions:
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise EngineConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EngineConfigError(f"device {name!r} requested but CUDA is not available (use device='cpu' with tiny=True)")
     return device
