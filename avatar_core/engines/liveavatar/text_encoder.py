@@ -99,7 +99,9 @@ class PromptEncoder:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         config: TextEncoderConfig | None = None,
+        wan_t5_config: dict | None = None,
     ) -> "PromptEncoder":
+        """``wan_t5_config``: the UMT5Config fields of a Wan-layout .pth (default: umT5-XXL)."""
         from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
         folder = Path(folder)
@@ -115,7 +117,7 @@ class PromptEncoder:
         elif (folder / WAN_T5_FILE).is_file():
             state = torch.load(folder / WAN_T5_FILE, map_location="cpu", weights_only=True, mmap=True)
             with torch.device("meta"):
-                model = UMT5EncoderModel(UMT5Config(**UMT5_XXL_CONFIG))
+                model = UMT5EncoderModel(UMT5Config(**(wan_t5_config or UMT5_XXL_CONFIG)))
             missing, unexpected = model.load_state_dict(rename_wan_t5_keys(state), strict=False, assign=True)
             if missing or unexpected:
                 raise KeyError(f"Wan T5 checkpoint does not fit umT5-XXL: missing {missing[:5]}, unexpected {unexpected[:5]}")

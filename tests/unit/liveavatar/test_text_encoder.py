@@ -83,6 +83,16 @@ def test_wan_checkpoint_layout_loads_the_same_weights(folder, tmp_path):
     assert set(renamed) == set(state)
     for key in state:
         assert torch.equal(renamed[key], state[key]), key
+
+    # the whole Wan-layout folder: models_t5_umt5-xxl-enc-bf16.pth + google/umt5-xxl/ tokenizer
+    torch.save(wan, tmp_path / WAN_T5_FILE)
+    (tmp_path / "google").mkdir()
+    (tmp_path / "google" / "umt5-xxl").symlink_to(folder / "tokenizer")
+    cfg = {k: getattr(model.config, k) for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                                                  "relative_attention_num_buckets", "feed_forward_proj")}
+    from_wan = PromptEncoder.from_folder(tmp_path, wan_t5_config=cfg)
+    from_hf = PromptEncoder.from_folder(folder)
+    torch.testing.assert_close(from_wan.encode("a man talks"), from_hf.encode("a man talks"))
     with pytest.raises(KeyError, match="unexpected key"):
         rename_wan_t5_keys({"blocks.0.bogus.weight": torch.zeros(1)})
 
