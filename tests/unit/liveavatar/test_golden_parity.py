@@ -4,12 +4,16 @@ Everything about the golden set (model config, geometry, clip count, seeds, outp
 read from the folder (``AVATAR_GOLDEN_DIR``, default ../shared/golden); nothing of it is hard-coded.
 The weights follow the folder's recipe, are split into base + LoRA, written as a sharded checkpoint with
 an index and loaded through the real loader, so loading and the LoRA merge are under test too.
+
+On a GPU machine the same test checks the CUDA path in float32: ``AVATAR_TEST_DEVICE=cuda``, plus
+``AVATAR_TEST_COMPILE=1`` for the torch.compile'd blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 
@@ -29,6 +33,8 @@ STRICT_ATOL = 1e-4  # fp32clean_ set (README section 9)
 REF_REL_L2, REF_ATOL = 2e-3, 3e-2  # reference set: rel-L2 <= 2e-3 or max abs <= 3e-2
 LORA_RANK, LORA_ALPHA = 8, 4.0
 REPLACED_KEY = "head.modulation"  # carried by the LoRA file as a full replacement tensor
+DEVICE = os.environ.get("AVATAR_TEST_DEVICE", "cpu")
+COMPILE = os.environ.get("AVATAR_TEST_COMPILE") == "1"
 
 
 def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, strict: bool) -> None:
@@ -94,7 +100,14 @@ def checkpoint(tmp_path_factory, meta, recipe_state, streaming):
 @pytest.fixture(scope="module")
 def model(checkpoint, streaming):
     folder, lora_path = checkpoint
-    return load_dit(folder, streaming=streaming, lora_path=lora_path, device="cpu")
+    if DEVICE.startswith("cuda"):
+        # float32 parity needs true fp32 convs/matmuls (cuDNN convs default to TF32).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model = load_dit(folder, streaming=streaming, lora_path=lora_path, device=DEVICE, dtype=torch.float32)
+    if COMPILE:
+        model.compile_blocks()
+    return model
 
 
 def test_recipe_matches_manifest(recipe_state):
@@ -111,7 +124,7 @@ def test_sharded_checkpoint_with_lora_loads_recipe_weights(checkpoint, model, re
     folder, _ = checkpoint
     assert len(list(folder.glob("diffusion_pytorch_model-*.safetensors"))) > 1
     _, state = recipe_state
-    loaded = model.state_dict()
+    loaded = {k: v.cpu() for k, v in model.state_dict().items()}
     assert set(loaded) == set(state)
     for key, expected in state.items():
         # Merged LoRA weights equal the recipe up to float32 rounding of base + delta.
