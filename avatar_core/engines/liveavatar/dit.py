@@ -266,8 +266,8 @@ class CausalS2VDiT(nn.Module):
             if audio is not None and i in self.injector_of_layer:
                 tokens, glob = audio
                 x = self.audio_injector.inject(self.injector_of_layer[i], x, tokens, glob)
-                if trace is not None:
-                    trace[f"block{i}_out_after_audio"] = x
+            if trace is not None:
+                trace[f"block{i}_out_after_audio"] = x  # equals block{i}_out where no injector follows
         return x
 
     def unpatchify(self, out: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:

@@ -188,7 +188,7 @@ def test_first_call_intermediates(model, streaming, meta, tensors):
     checks["dbg_c0b0s0_rope_cond_freqs"] = trace["sink_rope"]
     checks["dbg_c0b0s0_x_in_blocks"] = trace["x_in_blocks"]
     checks["dbg_c0b0s0_block0_out"] = trace["block0_out"]
-    checks["dbg_c0b0s0_block0_out_after_audio"] = trace[f"block{cfg.audio_inject_layers[0]}_out_after_audio"]
+    checks["dbg_c0b0s0_block0_out_after_audio"] = trace["block0_out_after_audio"]
     checks["dbg_c0b0s0_last_block_out_after_audio"] = trace[f"block{cfg.num_layers - 1}_out_after_audio"]
     checks[meta["outputs"]["velocity_clip0_block0_step1"][0]] = velocity
     torch.testing.assert_close(tensors["dbg_c0b0s0_x_in"], tensors[meta["outputs"]["noise_inputs"][0]][:, :frames])

@@ -157,3 +157,17 @@ def test_partial_steppers_chained_like_tpp_equal_full_stepper(model):
         ranks[0].denoise_step(1, x, ranks[0].encode_audio(audio[..., :v]))
     with pytest.raises(StepperInputError, match="needs every step"):
         ranks[0].step_block(audio[..., :v], noise.block(0))
+
+
+def test_sink_capacity_larger_than_needed_gives_same_output(model, baseline):
+    """The reference allocates a fixed 2800-token sink; spare capacity must not change anything."""
+    s = dataclasses.replace(TINY.streaming, sink_capacity_tokens=GEOMETRY.sink_tokens(TINY.streaming) + 7)
+    ref, motion, text, audio = _inputs(0)
+    stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(5))
+    stepper.prefill(ref, motion, text)
+    assert stepper.sink.capacity > stepper.sink.length
+    noise = ClipNoise(42, stepper.clip_noise_shape, s.latent_frames_per_block)
+    v = s.video_frames_per_block
+    for b in range(NUM_BLOCKS):
+        out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
+        assert torch.equal(out, baseline[b]), f"block {b}"
