@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio_encoder import CausalAudioEncoder
-from .config import DiTConfig, StreamingConfig
+from .config import DiTConfig
 from .framepack import FramePackMotioner
 from .injector import AttentionProjections, AudioInjector, attend
 
@@ -174,14 +174,12 @@ class CausalS2VDiT(nn.Module):
         import torch._dynamo
 
         # One graph per (block, call kind) and half; the default recompile limit (8) is far too low.
-        limit = 8 * len(self.blocks) + 8
-        for name in ("cache_size_limit", "recompile_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
-        if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
-            torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4 * limit)
-        if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-            torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+        # The option names changed across torch versions: raise whichever exist.
+        limit, dynamo_config = 8 * len(self.blocks) + 8, torch._dynamo.config
+        for name, value in (("cache_size_limit", limit), ("recompile_limit", limit),
+                            ("accumulated_cache_size_limit", 4 * limit), ("accumulated_recompile_limit", 4 * limit)):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), value))
         if compile_kwargs.get("backend", "inductor") == "inductor":
             import torch._inductor.config as inductor_config
 
