@@ -6,7 +6,7 @@ and the sink, and the streaming Wan2.1 VAE decode to uint8 frames. With ``--devi
 14B architecture is built with random bf16 weights (``random_weights=True``: the DiT, the Wan2.1 VAE
 and wav2vec2-large; a seeded random prompt context replaces umT5, which runs once per session).
 
-Per size and mode (eager, then ``torch.compile`` of the DiT blocks):
+Per size and mode (eager, then ``torch.compile`` of the DiT blocks and the VAE decoder):
   * time to first block: new session -> first block's frames (sink prefill + VAE priming + block 0), for
     the first session of the size (includes first-use and compile costs) and for a second one (warm);
   * ``--warmup`` blocks (clip 0, the sink refresh before clip 1, and compilation), then
@@ -355,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
             if MODES[mode][1]:
                 torch._dynamo.reset()
                 engine.parts.dit.compile_blocks()  # static shapes: each size compiles its own graphs
+                engine.parts.codec.compile_decoder()
             for size in sizes:
                 t1 = time.perf_counter()
                 try:

@@ -68,6 +68,7 @@ class WanVaeCodec:
         inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32)
         self._inv_std = inv_std.view(shape).to(self.device, self.dtype)
         self.decoder_conv_count = count_causal_convs(vae.decoder)
+        self._decoder = vae.decoder  # or its torch.compile'd wrapper (compile_decoder)
         self.temporal_ratio = 2 ** sum(vae.config.temperal_downsample)
         self.spatial_ratio = 2 ** (len(vae.config.dim_mult) - 1)
 
@@ -114,6 +115,11 @@ class WanVaeCodec:
     def stream(self) -> "LatentVideoStream":
         return LatentVideoStream(self)
 
+    def compile_decoder(self, **compile_kwargs) -> None:
+        """torch.compile the per-latent decoder call (GPU). Three graphs: a fresh cache, the second latent
+        (one cached frame), and the steady state; the cache list is mutated in place as in eager."""
+        self._decoder = torch.compile(self.vae.decoder, **compile_kwargs)
+
 
 class LatentVideoStream:
     """Streaming decoder for one session: one latent frame per decoder call, causal caches kept."""
@@ -145,7 +151,9 @@ class LatentVideoStream:
         x = vae.post_quant_conv(self.codec.denormalize(z.to(self.codec.device)).unsqueeze(0))  # 1x1x1: stateless
         outs = []
         for t in range(x.shape[2]):
-            outs.append(vae.decoder(x[:, :, t : t + 1], feat_cache=self._cache, feat_idx=[0]))
+            # contiguous: the same strides for every call (a compiled decoder would recompile per clip length)
+            frame = x[:, :, t : t + 1].contiguous()
+            outs.append(self.codec._decoder(frame, feat_cache=self._cache, feat_idx=[0]))
             self.latents_decoded += 1
         return torch.cat(outs, dim=2)[0].clamp_(-1.0, 1.0)
 
