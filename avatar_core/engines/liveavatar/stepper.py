@@ -233,6 +233,7 @@ class CausalStepper:
         gh, gw = g.grid_height, g.grid_width
         rows, cols = torch.arange(gh), torch.arange(gw)
         self._grid_rows, self._grid_cols = rows, cols
+        self._noisy_rope_cache: tuple[int, torch.Tensor] | None = None
         motion = [
             grid_positions([s.motion_rope_frames_1x], rows, cols),
             grid_positions([s.motion_rope_frames_2x], subsampled_indices(gh, g.latent_height // 4),
@@ -252,8 +253,12 @@ class CausalStepper:
         return torch.cat([ref, self._motion_rope])
 
     def noisy_rope(self, frame: int) -> torch.Tensor:
-        f = self.streaming.latent_frames_per_block
-        return self._cos_sin(grid_positions(list(range(frame, frame + f)), self._grid_rows, self._grid_cols))
+        """cos/sin of a block starting at latent ``frame`` (kept for the block's other steps)."""
+        if self._noisy_rope_cache is None or self._noisy_rope_cache[0] != frame:
+            f = self.streaming.latent_frames_per_block
+            positions = grid_positions(list(range(frame, frame + f)), self._grid_rows, self._grid_cols)
+            self._noisy_rope_cache = (frame, self._cos_sin(positions))
+        return self._noisy_rope_cache[1]
 
     def _draw_offset(self) -> int:
         s = self.streaming
