@@ -86,9 +86,10 @@ class StepRing:
     """KV buffer of one denoising step, ``[layers, sink_capacity + ring_tokens, heads, head_dim]`` for K and V.
 
     Rows ``[sink_capacity, ...)`` are the ring: RoPE'd K and V of the blocks at this step's noise level.
-    Rows ``[sink_capacity - sink_length, sink_capacity)`` hold this step's copy of the sink: V is copied at
-    every sink (re)fill, K is re-rotated into place by every call. Keys of a call are then one contiguous
-    slice ``[sink_capacity - sink_length, sink_capacity + valid)`` -- no concatenation per layer.
+    Layout "contiguous": rows ``[sink_capacity - sink_length, sink_capacity)`` hold this step's copy of the
+    sink: V is copied at every sink (re)fill, K is re-rotated into place by every call. Keys of a call are
+    then one contiguous slice ``[sink_capacity - sink_length, sink_capacity + valid)`` -- no concatenation
+    per layer. Layout "compact": ``sink_capacity`` is 0 and every call concatenates [sink ; ring].
     """
 
     def __init__(self, layers: int, sink_capacity: int, ring_tokens: int, heads: int, head_dim: int,
@@ -104,11 +105,13 @@ class StepRing:
 
 
 class SinkCache:
-    """Un-rotated K of the conditioning tokens, ``[layers, capacity, heads, head_dim]``, shared by steps
-    (their V is copied into every :class:`StepRing`)."""
+    """Un-rotated K of the conditioning tokens, ``[layers, capacity, heads, head_dim]``, shared by steps.
+    Their V lives here too in the "compact" layout, else it is copied into every :class:`StepRing`."""
 
-    def __init__(self, layers: int, capacity: int, heads: int, head_dim: int, device, dtype) -> None:
+    def __init__(self, layers: int, capacity: int, heads: int, head_dim: int, device, dtype,
+                 with_values: bool) -> None:
         self.k = torch.zeros(layers, capacity, heads, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k) if with_values else None
         self.length = 0
 
     @property
@@ -117,7 +120,7 @@ class SinkCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size()
+        return self.k.numel() * self.k.element_size() * (1 if self.v is None else 2)
 
 
 class _InferenceAttention:
@@ -134,10 +137,16 @@ class _InferenceAttention:
         start = cap + self.slot
         buf_k[start:start + n] = apply_rope(k, self.noisy_rot)
         buf_v[start:start + n] = v
-        buf_k[cap - ns:cap] = apply_rope(self.sink.k[layer, :ns], self.sink_rot)
-        # Attention is order-free and positions live inside K, so [sink ; ring] needs no mask.
+        sink_k = apply_rope(self.sink.k[layer, :ns], self.sink_rot)
         end = cap + self.valid
-        return attend(apply_rope(q, self.noisy_rot), buf_k[cap - ns:end], buf_v[cap - ns:end])
+        # Attention is order-free and positions live inside K, so [sink ; ring] needs no mask.
+        if cap:
+            buf_k[cap - ns:cap] = sink_k
+            keys, values = buf_k[cap - ns:end], buf_v[cap - ns:end]
+        else:
+            keys = torch.cat([sink_k, buf_k[:end]])
+            values = torch.cat([self.sink.v[layer, :ns], buf_v[:end]])
+        return attend(apply_rope(q, self.noisy_rot), keys, values)
 
 
 class _SinkAttention:
@@ -150,8 +159,11 @@ class _SinkAttention:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = k.shape[0]
         self.sink.k[layer, :n] = k
+        if self.sink.v is not None:
+            self.sink.v[layer, :n] = v
         for ring in self.rings:
-            ring.v[layer, ring.sink_capacity - n:ring.sink_capacity] = v
+            if ring.sink_capacity:
+                ring.v[layer, ring.sink_capacity - n:ring.sink_capacity] = v
         return attend(apply_rope(q, self.rot), apply_rope(k, self.rot), v)
 
 
@@ -185,12 +197,13 @@ class CausalStepper:
         if not self.owned_steps or any(not 0 <= s < streaming.num_steps for s in self.owned_steps):
             raise ConfigError(f"steps {steps} must be a non-empty subset of 0..{streaming.num_steps - 1}")
         # rings[s] is None for a step that another stepper (another GPU) holds.
+        compact = streaming.kv_layout == "compact"
         self.rings: list[StepRing | None] = [
-            StepRing(layers, capacity, self.ring_tokens, heads, hd, self.device, self.dtype)
+            StepRing(layers, 0 if compact else capacity, self.ring_tokens, heads, hd, self.device, self.dtype)
             if s in self.owned_steps else None
             for s in range(streaming.num_steps)
         ]
-        self.sink = SinkCache(layers, capacity, heads, hd, self.device, self.dtype)
+        self.sink = SinkCache(layers, capacity, heads, hd, self.device, self.dtype, with_values=compact)
         self.text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
         self.schedule = flow_match_schedule(streaming.num_steps, streaming.shift, streaming.num_train_timesteps)
@@ -433,6 +446,8 @@ class CausalStepper:
         """The sink's un-rotated K and its V (as held by ``step``'s buffer, default the first held) at
         ``layer``: ``[Nc, H, dh]``."""
         n = self.sink.length
+        if self.sink.v is not None:
+            return self.sink.k[layer, :n], self.sink.v[layer, :n]
         ring = self.held_rings[0] if step is None else self.rings[step]
         return self.sink.k[layer, :n], ring.v[layer, ring.sink_capacity - n:ring.sink_capacity]
 

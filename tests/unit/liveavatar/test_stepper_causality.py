@@ -171,3 +171,18 @@ def test_sink_capacity_larger_than_needed_gives_same_output(model, baseline):
     for b in range(NUM_BLOCKS):
         out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
         assert torch.equal(out, baseline[b]), f"block {b}"
+
+
+def test_compact_kv_layout_gives_same_output_with_less_memory(model, baseline):
+    """kv_layout "compact" concatenates [sink ; ring] per layer instead of keeping a sink copy per step."""
+    s = dataclasses.replace(TINY.streaming, kv_layout="compact")
+    ref, motion, text, audio = _inputs(0)
+    stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(5))
+    contiguous = CausalStepper(model, TINY.streaming, GEOMETRY)
+    assert stepper.state_nbytes < contiguous.state_nbytes
+    stepper.prefill(ref, motion, text)
+    noise = ClipNoise(42, stepper.clip_noise_shape, s.latent_frames_per_block)
+    v = s.video_frames_per_block
+    for b in range(NUM_BLOCKS):
+        out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
+        assert torch.equal(out, baseline[b]), f"block {b}"
