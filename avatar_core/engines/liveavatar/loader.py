@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from safetensors import safe_open
 
 from .config import DiTConfig, StreamingConfig
 from .dit import FP32_MODULES, CausalS2VDiT
+
+log = logging.getLogger(__name__)
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 SINGLE_NAME = "diffusion_pytorch_model.safetensors"
@@ -218,6 +221,8 @@ def load_dit(
     still_meta = [k for k, p in model.named_parameters() if p.is_meta]
     if still_meta:  # defensive: the key checks above should make this impossible
         raise WeightLoadError(f"parameter {still_meta[0]!r} was not loaded")
+    log.info("loaded %d tensors from %d shard(s) of %s; LoRA: %d merged Linears, %d replaced tensors%s",
+             len(weight_map), len(by_shard), folder, len(lora), len(replacements), "; FP8" if fp8 else "")
     if fp8:
         quantize_fp8_(model)
     return model.eval()

@@ -68,6 +68,14 @@ def test_loads_sharded_checkpoint_and_reads_config(ckpt, tiny_state):
         assert torch.equal(value, tiny_state[key]), key
 
 
+def test_engine_yaml_without_dit_section_reads_checkpoint_config(ckpt, tmp_path):
+    yaml_path = tmp_path / "engine.yaml"
+    yaml_path.write_text(f"weights:\n  checkpoint_dir: {ckpt}\nstreaming:\n  num_steps: 2\n")
+    config = load_model_config(yaml_path)
+    assert config.dit == TINY.dit and config.checkpoint_dir == str(ckpt)
+    assert config.streaming.num_steps == 2
+
+
 def test_bf16_keeps_fp32_regions(ckpt):
     model = load_dit(ckpt, dtype=torch.bfloat16)
     assert model.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
