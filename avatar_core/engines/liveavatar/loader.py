@@ -68,6 +68,13 @@ def materialize_empty_(model: torch.nn.Module, device, dtype: torch.dtype) -> Ca
     return model
 
 
+def _open_safetensors(path: Path, what: str = "shard"):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # safetensors raises its own error types
+        raise WeightLoadError(f"cannot read {what} {path}: {exc}") from None
+
+
 # ---- LoRA ---------------------------------------------------------------------------------------
 
 def _lora_base_key(key: str) -> tuple[str, str] | None:
@@ -88,11 +95,7 @@ def read_lora(path: str | Path, model_shapes: dict[str, torch.Size], rank: int, 
         raise WeightLoadError(f"LoRA file not found: {path}")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     replacements: dict[str, torch.Tensor] = {}
-    try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:  # safetensors raises its own error types
-        raise WeightLoadError(f"cannot read LoRA file {path}: {exc}") from None
-    with handle as f:
+    with _open_safetensors(path, "LoRA file") as f:
         for key in f.keys():
             parsed = _lora_base_key(key)
             if parsed is None:
@@ -135,11 +138,11 @@ def read_weight_map(checkpoint_dir: str | Path) -> dict[str, Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise WeightLoadError(f"{index} is not a safetensors index with a 'weight_map': {exc}") from None
-        result = {key: folder / shard for key, shard in weight_map.items()}
+            result = {str(key): folder / shard for key, shard in weight_map.items()}
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise WeightLoadError(f"{index} is not a safetensors index with a 'weight_map': {exc!r}") from None
     elif (folder / SINGLE_NAME).is_file():
-        with safe_open(str(folder / SINGLE_NAME), framework="pt", device="cpu") as f:
+        with _open_safetensors(folder / SINGLE_NAME) as f:
             result = {key: folder / SINGLE_NAME for key in f.keys()}
     else:
         raise WeightLoadError(f"{folder} has neither {INDEX_NAME} nor {SINGLE_NAME}")
@@ -194,11 +197,7 @@ def load_dit(
     for key, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(key)
     for shard, keys in sorted(by_shard.items()):
-        try:
-            handle = safe_open(str(shard), framework="pt", device="cpu")
-        except Exception as exc:
-            raise WeightLoadError(f"cannot read shard {shard}: {exc}") from None
-        with handle as f:
+        with _open_safetensors(shard) as f:
             present = set(f.keys())
             for key in sorted(keys):
                 if key not in present:

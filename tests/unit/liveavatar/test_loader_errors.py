@@ -110,6 +110,20 @@ def test_no_index_no_single_file(ckpt):
         load_dit(ckpt)
 
 
+@pytest.mark.parametrize("text", ["{not json", '{"metadata": {}}', '{"weight_map": [1, 2]}'])
+def test_broken_index(ckpt, text):
+    (ckpt / INDEX_NAME).write_text(text)
+    with pytest.raises(WeightLoadError, match="is not a safetensors index with a 'weight_map'"):
+        load_dit(ckpt)
+
+
+def test_corrupt_lora_file(ckpt, tmp_path):
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(b"\x00" * 16)
+    with pytest.raises(WeightLoadError, match="cannot read LoRA file"):
+        load_dit(ckpt, streaming=LORA, lora_path=path)
+
+
 def test_missing_shard(ckpt):
     shard = sorted(set(_index(ckpt)["weight_map"].values()))[1]
     (ckpt / shard).unlink()
