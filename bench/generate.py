@@ -49,12 +49,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _speech(sample_rate: int = 16000) -> np.ndarray:
-    from tests.conftest import read_wav_16k
+    import av
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speech.wav"
         subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), SPEECH_TEXT], check=True, capture_output=True)
-        return read_wav_16k(path)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        pieces = []
+        with av.open(str(path)) as container:
+            for frame in container.decode(audio=0):
+                pieces += [p.to_ndarray().reshape(-1) for p in resampler.resample(frame)]
+            pieces += [p.to_ndarray().reshape(-1) for p in resampler.resample(None)]
+        return np.concatenate(pieces).astype(np.float32)
 
 
 def write_looped_speech(path: Path, seconds: float, sample_rate: int = 16000) -> Path:
