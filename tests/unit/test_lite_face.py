@@ -74,3 +74,23 @@ def test_no_face_is_refused(image):
 def test_bad_arrays_are_refused_before_detection():
     with pytest.raises(AvatarError, match="too small"):
         LiteEngine().prepare_avatar(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_native_log_noise_is_dropped_and_other_stderr_kept(capfd):
+    import os
+
+    from avatar_core.engines.lite.native_logs import quiet_native_logs
+
+    with quiet_native_logs():
+        os.write(2, b"W0000 00:00:1795263502.815372   27552 inference_feedback_manager.cc:114] Feedback manager\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"another thread's log line\n")
+        os.write(2, b"E0000 00:00:1795263502.815372   27552 graph.cc:1] a real error\n")
+    err = capfd.readouterr().err
+    assert err == "another thread's log line\nE0000 00:00:1795263502.815372   27552 graph.cc:1] a real error\n"
+
+
+def test_preparing_a_face_prints_no_mediapipe_log_lines(capfd):
+    find_face(data.astronaut())
+    err = capfd.readouterr().err
+    assert "inference_feedback_manager" not in err and "TensorFlow Lite" not in err, err

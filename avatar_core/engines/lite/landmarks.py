@@ -14,6 +14,7 @@ import numpy as np
 
 from avatar_core.contract import AvatarError
 from avatar_core.engines.lite.config import DetectionConfig
+from avatar_core.engines.lite.native_logs import quiet_native_logs
 
 # MediaPipe graphs are not re-entrant; one lock serialises avatar preparation in a process.
 _MEDIAPIPE_LOCK = threading.Lock()
@@ -122,7 +123,7 @@ def _mesh_on_crop(image: np.ndarray, box: FaceBox, cfg: DetectionConfig) -> np.n
 
 def find_face(image: np.ndarray, cfg: DetectionConfig = DetectionConfig()) -> FaceLandmarks:
     """The most prominent face of an RGB uint8 image with its landmarks; AvatarError if there is none."""
-    with _MEDIAPIPE_LOCK:
+    with _MEDIAPIPE_LOCK, quiet_native_logs():
         boxes = _detect_mediapipe(image, cfg) or _detect_haar(image, cfg)
         boxes = [b for b in boxes if min(b.width, b.height) >= cfg.min_face_pixels]
         if not boxes:
