@@ -66,13 +66,24 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
     kwargs = {}
+    defaults = cls()
     for name, value in values.items():
-        default = getattr(cls(), name)
+        default = getattr(defaults, name)
         if is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
         else:
+            _check_type(value, default, f"{where}.{name}")
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_type(value: Any, default: Any, where: str) -> None:
+    """A value must have its default's type (an int may stand for a float); None defaults take anything."""
+    if default is None:
+        return
+    expected = (int, float) if type(default) is float else type(default)
+    if isinstance(value, bool) is not isinstance(default, bool) or not isinstance(value, expected):
+        raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}")
 
 
 def load_server_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -80,7 +91,10 @@ def load_server_config(path: str | Path | None = None, **overrides: Any) -> Serv
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     values: dict[str, Any] = {}
     if path.exists():
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
     elif path != DEFAULT_CONFIG_PATH:
         raise FileNotFoundError(f"config file not found: {path}")
     config = _build(ServerConfig, values, str(path.name))
@@ -90,4 +104,8 @@ def load_server_config(path: str | Path | None = None, **overrides: Any) -> Serv
         if not hasattr(config, name):
             raise ValueError(f"unknown server option {name!r}")
         setattr(config, name, value)
+    if not 0 <= config.port <= 65535:
+        raise ValueError(f"port {config.port} is out of range (0..65535)")
+    if config.sessions.max_sessions < 1:
+        raise ValueError(f"max_sessions must be at least 1, got {config.sessions.max_sessions}")
     return config

@@ -47,3 +47,26 @@ def test_serve_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys
     args = build_parser("serve").parse_args(["serve", "--config", str(tmp_path / "missing.yaml")])
     assert args._module.run(args) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("port: [1\n", "not valid YAML"),
+        ("port: abc\n", "port: expected int"),
+        ("port: 99999\n", "out of range"),
+        ("sessions: {max_sessions: 0}\n", "max_sessions must be at least 1"),
+        ("webrtc: {ice_servers: stun}\n", "ice_servers: expected list"),
+    ],
+)
+def test_malformed_values_are_clear_errors(tmp_path, text, message) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_server_config(path)
+
+
+def test_an_int_may_stand_for_a_float(tmp_path) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("sessions: {playout_delay_ms: 60}\n")
+    assert load_server_config(path).sessions.playout_delay_ms == 60
