@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
+from pathlib import Path
 
 DESCRIPTION = """Run the live avatar server.
 
@@ -50,6 +52,28 @@ def _engine_options(args: argparse.Namespace) -> dict:
     return options
 
 
+class AddressInUse(OSError):
+    """The HTTP address cannot be bound (exit status 1, like a failure at run time)."""
+
+
+def _check_before_loading(config) -> None:
+    """Fail at once on what would otherwise only surface after the engine has loaded (minutes for
+    liveavatar). Raises ValueError for a missing portrait or host, AddressInUse for an address that cannot be bound."""
+    if config.avatar and not Path(config.avatar).is_file():
+        raise ValueError(f"--avatar: no image file at {config.avatar!r}")
+    try:
+        addresses = socket.getaddrinfo(config.host or None, config.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {config.host!r} cannot be resolved: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise AddressInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
@@ -68,9 +92,13 @@ def run(args: argparse.Namespace) -> int:
             config.webrtc.ice_host_addresses = list(args.ice_host)
         if args.stun:
             config.webrtc.ice_servers = [{"urls": url} for url in args.stun]
-    except (OSError, ValueError) as exc:
+        _check_before_loading(config)
+    except ValueError as exc:
         print(f"avatar serve: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, AddressInUse) else 2
     try:
         import uvloop
 

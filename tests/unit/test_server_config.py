@@ -70,3 +70,26 @@ def test_an_int_may_stand_for_a_float(tmp_path) -> None:
     path = tmp_path / "server.yaml"
     path.write_text("sessions: {playout_delay_ms: 60}\n")
     assert load_server_config(path).sessions.playout_delay_ms == 60
+
+
+def test_serve_command_refuses_a_taken_port_and_a_missing_portrait_before_loading_the_engine(tmp_path, capsys, monkeypatch) -> None:
+    import socket
+
+    import avatar_core.engines
+    from server.cli import build_parser
+
+    def no_engine(*_args, **_kwargs):
+        raise AssertionError("the engine must not be loaded")
+
+    monkeypatch.setattr(avatar_core.engines, "load_engine", no_engine)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = build_parser("serve").parse_args(["serve", "--port", str(port)])
+        assert args._module.run(args) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+    args = build_parser("serve").parse_args(["serve", "--avatar", str(tmp_path / "missing.png")])
+    assert args._module.run(args) == 2
+    assert "no image file" in capsys.readouterr().err
