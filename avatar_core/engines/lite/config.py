@@ -114,12 +114,11 @@ class LiteConfig:
 
 
 def parse_size(value: Any) -> tuple[int, int]:
-    """'512*512' | '512x512' | (512, 512) -> (width, height)."""
+    """'512*512' | '512x512' | (512, 512) -> (width, height), each side 64..4096."""
     if isinstance(value, str):
-        parts = value.lower().replace("x", "*").split("*")
-        if len(parts) != 2:
-            raise ValueError(f"size must look like 'W*H', got {value!r}")
-        value = parts
+        from avatar_core.offline.plan import parse_size as parse_size_text  # the one "W*H" parser
+
+        value = parse_size_text(value)
     try:
         width, height = (int(v) for v in value)
     except (TypeError, ValueError):
