@@ -46,7 +46,33 @@ class SendTimes:
         return list(self._times)
 
 
-class AvatarVideoTrack(MediaStreamTrack):
+class _SlotTrack(MediaStreamTrack):
+    """A track that sends one consumer's playout slots (a subscription of the session's fan-out)."""
+
+    def __init__(self, subscription: Subscription[OutputSlot], clock: MediaClock) -> None:
+        super().__init__()
+        self._sub = subscription
+        self._clock = clock
+        self.frames_sent = 0
+        self.send_times = SendTimes()
+
+    async def _next_slot(self) -> OutputSlot:
+        """The next slot to send, skipping stale ones; MediaStreamError once the session ended."""
+        slot = await self._sub.get_fresh(self._is_stale)
+        if slot is None:
+            self.stop()
+            raise MediaStreamError("session ended")
+        return slot
+
+    def _is_stale(self, slot: OutputSlot) -> bool:
+        return self._clock.now() - slot.due > STALE_SLOTS / self._clock.fps
+
+    def stop(self) -> None:
+        self._sub.close()
+        super().stop()
+
+
+class AvatarVideoTrack(_SlotTrack):
     """25 fps avatar video; one frame per playout slot."""
 
     kind = "video"
@@ -57,20 +83,13 @@ class AvatarVideoTrack(MediaStreamTrack):
         clock: MediaClock,
         on_sent: Callable[[OutputSlot], None] | None = None,
     ) -> None:
-        super().__init__()
-        self._sub = subscription
-        self._clock = clock
+        super().__init__(subscription, clock)
         self._on_sent = on_sent
-        self.frames_sent = 0
         self.last_slot: OutputSlot | None = None
-        self.send_times = SendTimes()
 
     async def recv(self) -> av.VideoFrame:
         try:
-            slot = await self._sub.get_fresh(self._is_stale)
-            if slot is None:
-                self.stop()
-                raise MediaStreamError("session ended")
+            slot = await self._next_slot()
             frame = av.VideoFrame.from_ndarray(slot.frame, format="rgb24")
             frame.pts = self._clock.video_pts(slot.slot)
             frame.time_base = self._clock.video_time_base
@@ -86,36 +105,22 @@ class AvatarVideoTrack(MediaStreamTrack):
             log.exception("video track recv failed")
             raise
 
-    def _is_stale(self, slot: OutputSlot) -> bool:
-        return self._clock.now() - slot.due > STALE_SLOTS / self._clock.fps
 
-    def stop(self) -> None:
-        self._sub.close()
-        super().stop()
-
-
-class SyncedAudioTrack(MediaStreamTrack):
+class SyncedAudioTrack(_SlotTrack):
     """48 kHz speech in 20 ms frames; the audio of playout slot s is audio frames 2s and 2s+1."""
 
     kind = "audio"
 
     def __init__(self, subscription: Subscription[OutputSlot], clock: MediaClock) -> None:
-        super().__init__()
-        self._sub = subscription
-        self._clock = clock
+        super().__init__(subscription, clock)  # send_times: slot -> when its first audio frame was handed over
         self._pending: list[tuple[int, np.ndarray]] = []  # (audio frame index, samples) of this slot
-        self.frames_sent = 0
         self.last_frame_index: int | None = None  # video frame whose audio was sent last
         self.last_pts: int | None = None
-        self.send_times = SendTimes()  # slot -> when its first audio frame was handed over
 
     async def recv(self) -> av.AudioFrame:
         try:
             if not self._pending:
-                slot = await self._sub.get_fresh(self._is_stale)
-                if slot is None:
-                    self.stop()
-                    raise MediaStreamError("session ended")
+                slot = await self._next_slot()
                 first = self._clock.first_audio_frame_of_slot(slot.slot)
                 n = self._clock.audio_frame_samples
                 parts = slot.audio.reshape(-1, n)
@@ -135,9 +140,6 @@ class SyncedAudioTrack(MediaStreamTrack):
             log.exception("audio track recv failed")
             raise
 
-    def _is_stale(self, slot: OutputSlot) -> bool:
-        return self._clock.now() - slot.due > STALE_SLOTS / self._clock.fps
-
     def _to_frame(self, index: int, samples: np.ndarray) -> av.AudioFrame:
         pcm = np.ascontiguousarray(samples, np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
@@ -147,7 +149,3 @@ class SyncedAudioTrack(MediaStreamTrack):
         self.frames_sent += 1
         self.last_pts = frame.pts
         return frame
-
-    def stop(self) -> None:
-        self._sub.close()
-        super().stop()
