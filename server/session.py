@@ -182,11 +182,12 @@ class AvatarSession:
         ingest = AudioIngest(self.stream.sample_rate)
         while self.state != "closed":
             try:
-                frame = await asyncio.wait_for(track.recv(), timeout=self.config.idle_timeout_s)
+                async with asyncio.timeout(self.config.idle_timeout_s):  # no task per packet, unlike wait_for
+                    frame = await track.recv()
             except MediaStreamError:
                 self.close_soon("peer audio track ended")
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.close_soon(f"no audio from the peer for {self.config.idle_timeout_s:g} s")
                 return
             t = time.monotonic()

@@ -3,6 +3,8 @@ open leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,37 @@ async def test_active_sessions_gauge_follows_the_sessions() -> None:
     assert metrics.active_sessions._value.get() == 1
     await sessions.close_all()
     assert metrics.active_sessions._value.get() == 0 and b.closed
+
+
+class _SilentTrack:
+    """An audio track that never delivers a packet (the peer went away without a BYE)."""
+
+    kind = "audio"
+
+    async def recv(self):
+        await asyncio.sleep(3600)
+
+
+class _EndedTrack:
+    kind = "audio"
+
+    async def recv(self):
+        from aiortc.mediastreams import MediaStreamError
+
+        raise MediaStreamError
+
+
+@pytest.mark.parametrize(
+    ("track", "reason"), [(_SilentTrack(), "no audio from the peer for 0.05 s"), (_EndedTrack(), "peer audio track ended")]
+)
+async def test_a_silent_or_ended_audio_track_closes_the_session(track, reason) -> None:
+    sessions, _ = manager(StubEngine(capacity=4))
+    sessions._config.idle_timeout_s = 0.05
+    session = await sessions.create(avatar=None, prompt=None)
+    session.attach_audio_track(track)
+    for _ in range(100):
+        if session.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert session.closed and session.close_reason == reason
+    assert len(sessions) == 0
