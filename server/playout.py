@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -81,7 +82,10 @@ class Playout:
         self.fanout = fanout
         self._upsample = upsample
         self._playout_delay_s = playout_delay_s
+        self._delay_frames = math.ceil(playout_delay_s * clock.fps)  # the delay, in frames
         self._max_buffered = max_buffered_frames
+        self._silence = np.zeros(clock.audio_samples_per_video_frame, np.int16)  # a repeated frame's audio (read-only)
+        self._silence.flags.writeable = False
         self._on_slot = on_slot
         self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
         self._audio_carry = np.zeros(0, np.int16)
@@ -148,8 +152,7 @@ class Playout:
         return pending[:need]
 
     def _ahead_limit(self) -> int:
-        delay_frames = int(np.ceil(self._playout_delay_s * self.clock.fps))
-        return min(self._max_buffered, 2 * self._largest_chunk + delay_frames + 2)
+        return min(self._max_buffered, 2 * self._largest_chunk + self._delay_frames + 2)
 
     def _bound_backlog(self) -> None:
         limit = self._ahead_limit()
@@ -164,8 +167,7 @@ class Playout:
         self._window_slots += 1
         if self._window_slots < TRIM_WINDOW_SLOTS:
             return
-        delay_frames = int(np.ceil(self._playout_delay_s * self.clock.fps))
-        surplus = min(self._min_depth - delay_frames, len(self._buffer))
+        surplus = min(self._min_depth - self._delay_frames, len(self._buffer))
         if surplus > 0:
             for _ in range(surplus):
                 self._drop_oldest()
@@ -242,7 +244,7 @@ class Playout:
             if self._last is None:
                 return
             index, item, repeated = self._last_index, self._last, True
-            audio = np.zeros(self.clock.audio_samples_per_video_frame, np.int16)
+            audio = self._silence
             self.counters.frames_repeated += 1
         else:
             index, item = choice
