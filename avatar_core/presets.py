@@ -1,4 +1,4 @@
-"""Named render presets (configs/presets/*.yaml), shared by ``avatar generate`` and ``avatar serve``.
+"""Named render presets (configs/presets/*.yaml) of ``avatar generate``.
 
 A preset is a set of defaults with the reference tool's option names; explicit command-line flags
 override it (``Preset.merged``).
@@ -53,6 +53,8 @@ def load_preset(name: str, directory: Path = PRESETS_DIR) -> Preset:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise PresetError(f"preset file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PresetError(f"preset file {path} must hold a mapping of option: value")
     known = {f.name for f in dataclasses.fields(Preset)} - {"name"}
     unknown = sorted(set(data) - known)
     if unknown:

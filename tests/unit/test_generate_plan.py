@@ -214,3 +214,9 @@ def test_preset_with_unknown_key_is_refused(tmp_path):
     with pytest.raises(PresetError, match="frames_per_second"):
         load_preset("odd", tmp_path)
     assert Preset(name="x").merged({}).size == "704*384"
+
+
+def test_preset_that_is_not_a_mapping_is_refused(tmp_path):
+    (tmp_path / "odd.yaml").write_text("- size\n- num_clip\n")
+    with pytest.raises(PresetError, match="mapping"):
+        load_preset("odd", tmp_path)
