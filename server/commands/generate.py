@@ -248,6 +248,10 @@ def _run(args: argparse.Namespace, files, created: list[Path]) -> int:
     if not files.work_dir.exists():
         created.append(files.work_dir)
     try:
+        files.work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or special folder, or a file in the way
+        raise _Refused(f"cannot create {files.work_dir}: {exc.strerror}") from None
+    try:
         prepared = prepare_audio(
             args.audio, files.work_dir, trim_silence=args.trim_silence, target_lufs=args.normalize_loudness
         )

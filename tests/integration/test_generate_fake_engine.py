@@ -291,10 +291,12 @@ def test_invalid_files_are_refused_without_leftovers(tmp_path, photo, speech_wav
         (["--image", photo, "--audio", tmp_path / "missing.wav"], "no such file"),
         (["--image", photo, "--audio", not_audio], "cannot decode"),
         (["--image", flat, "--audio", speech_wav], "no face"),
+        (["--image", photo, "--audio", speech_wav, "--output", tmp_path / "blocked.mp4"], "cannot create"),
     ]
+    (tmp_path / "blocked.mp4.work").write_text("a file where the work folder would go")
     before = sorted(p.name for p in tmp_path.iterdir())
     for args, message in cases:
-        res = run_cli([*args, "--output", tmp_path / "bad.mp4", *BASE])
+        res = run_cli(["--output", tmp_path / "bad.mp4", *args, *BASE])  # a case's own --output wins
         assert res.returncode == 2, (args, res.stderr)
         assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == before
