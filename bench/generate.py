@@ -30,10 +30,6 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SPEECH_TEXT = (
-    "Hello everyone, welcome to the stream. Today we talk about real time avatars, "
-    "and how a single photo can speak with your voice."
-)
 FLAT_TOLERANCE = 0.05
 _SUMMARY = re.compile(r"wall ([\d.]+) s\s+real-time factor ([\d.]+).*?cpu ([\d.]+) s")
 
@@ -48,26 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=str(RESULTS_DIR / "generate.json"))
 
 
-def _speech(sample_rate: int = 16000) -> np.ndarray:
-    import av
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), SPEECH_TEXT], check=True, capture_output=True)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        pieces = []
-        with av.open(str(path)) as container:
-            for frame in container.decode(audio=0):
-                pieces += [p.to_ndarray().reshape(-1) for p in resampler.resample(frame)]
-            pieces += [p.to_ndarray().reshape(-1) for p in resampler.resample(None)]
-        return np.concatenate(pieces).astype(np.float32)
-
-
 def write_looped_speech(path: Path, seconds: float, sample_rate: int = 16000) -> Path:
     """Speech, 1.5 s pause, speech... for ``seconds``, streamed to a 16-bit WAV (no big array)."""
     import wave
 
-    speech = _speech(sample_rate)
+    from bench.lite import espeak_speech  # the same sentence as the lite benchmark
+
+    speech = espeak_speech(sample_rate=sample_rate)
     unit = np.concatenate([speech, np.zeros(int(1.5 * sample_rate), np.float32)])
     unit = (np.clip(unit, -1, 1) * 32767).astype("<i2").tobytes()
     total = int(seconds * sample_rate) * 2

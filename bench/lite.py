@@ -56,14 +56,15 @@ def _limit_threads() -> None:
 
 def bench_audio(seconds: float, sample_rate: int = 16000) -> np.ndarray:
     """1 s silence, speech (espeak-ng), silence, speech again..., cut to ``seconds``."""
-    speech = _espeak(SPEECH_TEXT, sample_rate)
+    speech = espeak_speech(SPEECH_TEXT, sample_rate)
     pieces = [np.zeros(sample_rate, np.float32)]
     while sum(len(x) for x in pieces) < seconds * sample_rate:
         pieces += [speech, np.zeros(3 * sample_rate, np.float32)]
     return np.concatenate(pieces)[: int(seconds * sample_rate)]
 
 
-def _espeak(text: str, sample_rate: int) -> np.ndarray:
+def espeak_speech(text: str = SPEECH_TEXT, sample_rate: int = 16000) -> np.ndarray:
+    """``text`` spoken by espeak-ng as float32 mono at ``sample_rate`` (a stand-in without espeak-ng)."""
     import wave
 
     import soxr
