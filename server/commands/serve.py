@@ -62,7 +62,7 @@ def _check_before_loading(config) -> None:
     if config.avatar and not Path(config.avatar).is_file():
         raise ValueError(f"--avatar: no image file at {config.avatar!r}")
     try:
-        addresses = socket.getaddrinfo(config.host or None, config.port, type=socket.SOCK_STREAM)
+        addresses = socket.getaddrinfo(config.host or None, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ValueError(f"--host {config.host!r} cannot be resolved: {exc.strerror}") from None
     for family, kind, proto, _, address in addresses:
