@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import socket
 import sys
@@ -66,11 +67,14 @@ def _check_before_loading(config) -> None:
     except socket.gaierror as exc:
         raise ValueError(f"--host {config.host!r} cannot be resolved: {exc.strerror}") from None
     for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
-            try:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
                 probe.bind(address)
-            except OSError as exc:
+        except OSError as exc:
+            # only a taken or forbidden port is certain to fail; anything else (e.g. no IPv6 here)
+            # is left to the server itself
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 raise AddressInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
 
 
