@@ -83,7 +83,7 @@ class Api:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         for session in self.sessions.all():
-            session._report_counters()
+            session.report_counters()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type})
 
     # -- signaling -----------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class AvatarSession:
             await self.stream.close()
         except Exception:
             log.exception("session %s: closing the engine session failed", self.id)
-        self._report_counters()
+        self.report_counters()
         for callback in self._close_callbacks:
             try:
                 result = callback()
@@ -217,14 +217,14 @@ class AvatarSession:
             self.metrics.speech_to_lips_latency.observe(latency)
             log.info("session %s: speech to lips %.0f ms", self.id, latency * 1000)
         if slot.slot % self.stream.fps == 0:
-            self._report_counters()
+            self.report_counters()
         try:
             if not slot.repeated:
                 self.stream.note_played(slot.frame_index)
         except Exception:
             log.exception("session %s: note_played failed", self.id)
 
-    def _report_counters(self) -> None:
+    def report_counters(self) -> None:
         """Move playout counters into the process-wide Prometheus counters (deltas)."""
         c = self.playout.counters
         for key, value, counter in (
