@@ -1,8 +1,8 @@
 """Drive a block generator over a whole audio array, offline (benchmarks, tests, previews).
 
-Builds the same ``AudioBlock`` windows the live runtime does: frame k covers samples
-[k*S, (k+1)*S); each block adds the generator's context before and lookahead after, zeros
-outside the audio.
+Builds the same ``AudioBlock`` windows the live runtime does (``block_window``): frame k covers
+samples [k*S, (k+1)*S); each block adds the generator's context before and lookahead after,
+zeros outside the audio.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from avatar_core.audio.timeline import block_window
 from avatar_core.contract import AudioBlock, BlockGenerator
 
 
@@ -21,14 +22,8 @@ def audio_blocks(audio: np.ndarray, generator: BlockGenerator, *, samples_per_fr
     S, B = samples_per_frame, generator.block_frames
     C, L = generator.context_samples, generator.lookahead_samples
     total = -(-len(audio) // S) if num_frames is None else first_frame + num_frames
-    padded = np.concatenate([np.zeros(C, np.float32), audio, np.zeros(max(0, total * S - len(audio)) + L, np.float32)])
     for first in range(first_frame, total, B):
         n = min(B, total - first)
-        samples = padded[first * S : first * S + C + n * S + L]
+        samples = block_window(audio, first, n, S, C, L)
         speech = np.array([np.abs(audio[(first + i) * S : (first + i + 1) * S]).max(initial=0) > 1e-3 for i in range(n)])
         yield AudioBlock(samples, first, n, C, L, speech)
-
-
-def render_audio(generator: BlockGenerator, audio: np.ndarray, *, samples_per_frame: int = 640, **kwargs) -> np.ndarray:
-    """All frames for ``audio`` as uint8 [N, H, W, 3]."""
-    return np.concatenate([generator.generate(block) for block in audio_blocks(audio, generator, samples_per_frame=samples_per_frame, **kwargs)])
