@@ -85,12 +85,6 @@ class WavMicrophoneTrack(MediaStreamTrack):
         self._index += 1
         return frame
 
-    def time_of_sample(self, sample_48k: int) -> float | None:
-        """When the packet holding 48 kHz sample ``sample_48k`` of the file was sent."""
-        if self.started_at is None:
-            return None
-        return self.started_at + (sample_48k // FRAME_SAMPLES) * FRAME_SAMPLES / RATE
-
 
 @dataclass
 class ReceivedVideoFrame:

@@ -44,9 +44,6 @@ class RenderFiles:
     def work_dir(self) -> Path:
         return self.output.with_name(self.output.name + ".work")
 
-    def leftovers(self) -> list[Path]:
-        return [p for p in (self.partial, self.state, self.work_dir) if p.exists()]
-
     def remove_all(self) -> None:
         """After success: only the final MP4 stays."""
         self.partial.unlink(missing_ok=True)

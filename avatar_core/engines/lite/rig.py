@@ -13,7 +13,7 @@ them is where the renderer paints the mouth interior.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,9 +55,6 @@ class Pose:
     head_roll: float = 0.0  # degrees
     head_scale: float = 0.0  # relative (0.01 = 1 % larger)
     chest_y: float = 0.0  # px (breathing)
-
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
 
 FACE_CONTROLS = ("mouth_open", "mouth_round", "mouth_spread", "brow_raise")  # displacement-field controls
