@@ -40,6 +40,14 @@ def _summary_ms(values) -> dict[str, float | None]:
     return {"p50": float(np.median(arr)), "max": float(arr.max())}
 
 
+async def _drain(track: MediaStreamTrack) -> None:
+    try:
+        while True:
+            await track.recv()
+    except MediaStreamError:
+        pass
+
+
 def new_session_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -192,6 +200,11 @@ class AvatarSession:
                 return
             t = time.monotonic()
             self.push_audio(ingest.push_frame(frame), t)
+
+    def discard_track(self, track: MediaStreamTrack) -> None:
+        """Read and drop an incoming track the session does not use (unread, it would queue frames
+        forever); the reader ends with the track or the session."""
+        self._spawn(_drain(track), "discard")
 
     # -- output consumers ----------------------------------------------------------------------
     def add_webrtc_consumer(self, name: str = "peer") -> tuple[AvatarVideoTrack, SyncedAudioTrack]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from server.config import ServerConfig
@@ -109,7 +109,7 @@ class PeerConnector:
         session.attach_audio_track(audio_tracks[0])
         for extra in incoming:
             if extra is not audio_tracks[0]:
-                asyncio.ensure_future(_discard(extra))  # unread tracks would queue frames forever
+                session.discard_track(extra)
 
         video_out, audio_out = session.add_webrtc_consumer("peer")
         receives = {m.rtp.muxId: m for m in offer.parsed.media if m.direction in PEER_RECEIVES and m.port != 0}
@@ -143,11 +143,3 @@ class PeerConnector:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self._close_pc(pc) for pc in list(self._peers)), return_exceptions=True)
-
-
-async def _discard(track: MediaStreamTrack) -> None:
-    try:
-        while True:
-            await track.recv()
-    except MediaStreamError:
-        pass

@@ -117,3 +117,34 @@ async def test_a_silent_or_ended_audio_track_closes_the_session(track, reason) -
         await asyncio.sleep(0.01)
     assert session.closed and session.close_reason == reason
     assert len(sessions) == 0
+
+
+class _CountingTrack:
+    """A video track the session does not use: three frames, then the end."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        self.left = 3
+
+    async def recv(self):
+        from aiortc.mediastreams import MediaStreamError
+
+        if self.left == 0:
+            raise MediaStreamError
+        self.left -= 1
+        return object()
+
+
+async def test_an_unused_track_is_drained_without_ending_the_session() -> None:
+    sessions, _ = manager(StubEngine(capacity=4))
+    session = await sessions.create(avatar=None, prompt=None)
+    track = _CountingTrack()
+    session.discard_track(track)
+    for _ in range(100):
+        if track.left == 0:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert track.left == 0 and not session.closed
+    await session.close()
