@@ -182,6 +182,15 @@ async def test_upload_of_a_portrait_works_and_can_be_used(server, live_peer) -> 
     assert status == 201, body
     status, listing = await request(server, "GET", "/avatars")
     assert body["avatar_id"] in [a["avatar_id"] for a in listing["avatars"]]
+    # ... and a session can be opened with it (then closed again: the module's limits stay as they were)
+    sdp = await client_offer_sdp()
+    status, answer = await request(server, "POST", "/offer", json={"sdp": sdp, "type": "offer", "avatar_id": body["avatar_id"]})
+    assert status == 200 and answer["type"] == "answer", answer
+    session = server.state["sessions"].get(answer["session_id"])
+    assert session is not None and session.stream.generator.avatar is server.state["avatars"].get(body["avatar_id"])
+    status, closed = await request(server, "DELETE", f"/sessions/{answer['session_id']}")
+    assert status == 200 and closed["state"] == "closed"
+    assert len(server.state["sessions"]) == 1
 
 
 # -- sessions ----------------------------------------------------------------------------------
