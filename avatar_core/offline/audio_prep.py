@@ -18,6 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
+from avatar_core.audio.ingest import AudioIngest
+
 FEATURE_RATE = 16000
 _CHUNK = FEATURE_RATE * 10  # samples per read/write pass (10 s): bounds memory of every pass
 _TRIM_FRAME = 320  # 20 ms energy frames for silence trimming
@@ -79,16 +81,15 @@ def _decode_16k(source: Path, raw_path: Path) -> int:
         with av.open(str(source)) as container, open(raw_path, "wb") as out:
             if not container.streams.audio:
                 raise AudioInputError(f"--audio {source}: the file has no audio stream")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=FEATURE_RATE)
+            # the live path's conversion (channels averaged, then resampled): same levels for the VAD
+            ingest = AudioIngest(FEATURE_RATE)
             for frame in container.decode(audio=0):
-                for piece in resampler.resample(frame):
-                    data = piece.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    data.tofile(out)
-                    total += data.size
-            for piece in resampler.resample(None):
-                data = piece.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                data = ingest.push_frame(frame)
                 data.tofile(out)
                 total += data.size
+            data = ingest.flush()
+            data.tofile(out)
+            total += data.size
     except AudioInputError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:

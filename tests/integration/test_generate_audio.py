@@ -77,3 +77,22 @@ def test_undecodable_and_missing_files(tmp_path):
         prepare_audio(junk, tmp_path / "w")
     with pytest.raises(AudioInputError, match="no such file"):
         prepare_audio(tmp_path / "nope.mp3", tmp_path / "w")
+
+
+def test_stereo_decodes_like_the_live_path_at_the_level_of_its_channels(tmp_path, speech_16k):
+    """A stereo file with the same signal in both channels reads as that signal (channels averaged,
+    as AudioIngest does live), not 3 dB louder as a swresample downmix would make it."""
+    import wave
+
+    mono = 0.5 * speech_16k
+    pcm = (np.repeat(mono, 2) * 32767.0).astype("<i2")
+    path = tmp_path / "stereo.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(FEATURE_RATE)
+        w.writeframes(pcm.tobytes())
+    prepared = prepare_audio(path, tmp_path / "work")
+    samples = prepared.read(0, prepared.num_samples)
+    assert samples.size == mono.size
+    np.testing.assert_allclose(samples, mono, atol=1e-4)
