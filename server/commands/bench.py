@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 BENCHMARKS = {
     "lite": "lite engine: fps and CPU-seconds per second of video, 1 and 4 sessions",
@@ -13,19 +12,26 @@ BENCHMARKS = {
     "liveavatar": "liveavatar engine: per-block latency, first block, VAE decode, peak memory (GPU)",
 }
 
+DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(
+    f"  {name:<11} {help_text}" for name, help_text in BENCHMARKS.items()
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
-    selected = next((a for a in sys.argv[2:] if not a.startswith("-")), None)
-    for name, help_text in BENCHMARKS.items():
-        if name != selected:
-            sub.add_parser(name, help=help_text)
-            continue
-        module = importlib.import_module(f"bench.{name}")
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_bench=module)
+    # The benchmark's own options are parsed in run(), so only the chosen benchmark's module is
+    # imported (the GPU one pulls in torch) and nothing depends on sys.argv.
+    parser.add_argument("benchmark", choices=list(BENCHMARKS), metavar="NAME", help="one of: " + ", ".join(BENCHMARKS))
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's options (avatar bench NAME --help)")
+
+
+def benchmark_parser(name: str, prog: str = "avatar bench") -> argparse.ArgumentParser:
+    module = importlib.import_module(f"bench.{name}")
+    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=BENCHMARKS[name])
+    module.add_arguments(parser)
+    parser.set_defaults(_bench=module)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(args._bench.run(args) or 0)
+    bench_args = benchmark_parser(args.benchmark).parse_args(args.options)
+    return int(bench_args._bench.run(bench_args) or 0)

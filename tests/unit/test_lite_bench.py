@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
@@ -12,14 +11,13 @@ lite_bench = pytest.importorskip("bench.lite")
 
 
 def test_bench_writes_results_and_contact_sheet(tmp_path):
-    parser = argparse.ArgumentParser()
-    lite_bench.add_arguments(parser)
+    from server.cli import main
+
     out, sheet = tmp_path / "lite.json", tmp_path / "sheet.png"
-    args = parser.parse_args(
-        ["--seconds", "1", "--repeats", "1", "--sessions", "2", "--mode", "threads", "--size", "256*256",
-         "--output", str(out), "--contact-sheet", str(sheet)]
-    )
-    assert lite_bench.run(args) == 0
+    # through the command line entry point, with an argv that is not sys.argv
+    argv = ["bench", "lite", "--seconds", "1", "--repeats", "1", "--sessions", "2", "--mode", "threads",
+            "--size", "256*256", "--output", str(out), "--contact-sheet", str(sheet)]
+    assert main(argv) == 0
     result = json.loads(out.read_text())
     one, two = result["one_session"], result["concurrent_sessions"]
     assert one["sessions"] == 1 and two["sessions"] == 2
