@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from avatar_core.contract import EngineBusyError
+from avatar_core.stream import StreamConfig
 from server.config import SessionConfig
 from server.metrics import ServerMetrics
 from server.session import AvatarSession
@@ -47,7 +48,9 @@ class SessionManager:
         self.check_capacity()
         self._opening += 1
         try:
-            stream = await asyncio.to_thread(self._engine.open_session, avatar, prompt)
+            # the runtime's schedule (and its skip-ahead rule) must know the playout's delay
+            stream_config = StreamConfig(playout_margin_s=self._config.playout_delay_ms / 1000.0)
+            stream = await asyncio.to_thread(self._engine.open_session, avatar, prompt, config=stream_config)
         except EngineBusyError as exc:
             self._metrics.sessions_refused.inc()
             raise CapacityError(str(exc) or "the engine is at capacity") from None

@@ -34,10 +34,10 @@ class StubEngine:
         self.capacity = capacity
         self.busy = busy
 
-    def open_session(self, avatar, prompt=None):
+    def open_session(self, avatar, prompt=None, **options):
         if self.busy:
             raise EngineBusyError("the GPU is busy")
-        return StreamSession(StillGenerator())
+        return StreamSession(StillGenerator(), config=options.pop("config", None))
 
 
 def manager(engine, max_sessions: int = 4) -> tuple[SessionManager, ServerMetrics]:
@@ -147,4 +147,12 @@ async def test_an_unused_track_is_drained_without_ending_the_session() -> None:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert track.left == 0 and not session.closed
+    await session.close()
+
+
+async def test_the_runtime_schedules_for_the_configured_playout_delay() -> None:
+    metrics = ServerMetrics()
+    sessions = SessionManager(StubEngine(capacity=4), SessionConfig(playout_delay_ms=120), metrics)
+    session = await sessions.create(avatar=None, prompt=None)
+    assert session.stream.config.playout_margin_s == pytest.approx(0.12)
     await session.close()
