@@ -108,4 +108,7 @@ def load_server_config(path: str | Path | None = None, **overrides: Any) -> Serv
         raise ValueError(f"port {config.port} is out of range (0..65535)")
     if config.sessions.max_sessions < 1:
         raise ValueError(f"max_sessions must be at least 1, got {config.sessions.max_sessions}")
+    from server.ice import rtc_configuration
+
+    rtc_configuration(config.webrtc.ice_servers)  # checked now, not at the first offer
     return config

@@ -53,8 +53,8 @@ def rtc_configuration(ice_servers: list[dict[str, Any]]) -> RTCConfiguration:
     """
     servers = []
     for entry in ice_servers:
-        if "urls" not in entry:
-            raise ValueError(f"ice server entry without 'urls': {entry!r}")
+        if not isinstance(entry, dict) or "urls" not in entry:
+            raise ValueError(f"each ICE server needs 'urls', e.g. {{urls: 'stun:stun.example.org:3478'}}; got {entry!r}")
         servers.append(
             RTCIceServer(urls=entry["urls"], username=entry.get("username"), credential=entry.get("credential"))
         )

@@ -57,6 +57,7 @@ def test_serve_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys
         ("port: 99999\n", "out of range"),
         ("sessions: {max_sessions: 0}\n", "max_sessions must be at least 1"),
         ("webrtc: {ice_servers: stun}\n", "ice_servers: expected list"),
+        ("webrtc: {ice_servers: ['stun:stun.example.org']}\n", "each ICE server needs 'urls'"),
     ],
 )
 def test_malformed_values_are_clear_errors(tmp_path, text, message) -> None:
