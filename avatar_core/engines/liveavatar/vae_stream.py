@@ -118,6 +118,9 @@ class WanVaeCodec:
     def compile_decoder(self, **compile_kwargs) -> None:
         """torch.compile the per-latent decoder call (GPU). Three graphs: a fresh cache, the second latent
         (one cached frame), and the steady state; the cache list is mutated in place as in eager."""
+        # static shapes: dynamo's automatic-dynamic would otherwise turn the cache's time dimension (1 then 2
+        # frames) and the second frame size into symbolic shapes, whose kernels are slower (seen on an H200)
+        compile_kwargs.setdefault("dynamic", False)
         self._decoder = torch.compile(self.vae.decoder, **compile_kwargs)
 
 
