@@ -13,7 +13,9 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    random prompt context stands in for umT5)
 ``device``         "auto" (cuda if available), "cuda", "cuda:1", "cpu"
 ``dtype``          "auto" (bf16 on GPU, float32 on CPU), "bfloat16", "float32"
-``compile``        torch.compile the DiT blocks and the VAE decoder (GPU; the first blocks are slow)
+``compile``        torch.compile the DiT blocks (GPU; the first session compiles for ~45 s)
+``compile_vae``    also torch.compile the streaming VAE decoder (-70 ms a block on an H200; a later session may
+                   recompile parts of it, seen stalling a session start for ~25 s, hence off by default)
 ``fp8``            FP8 (e4m3) Linears in the DiT (spec §9; Hopper/Ada GPUs), quantised after the LoRA merge
 ``size``           area cap "W*H" (reference ``--size`` rule, spec §7), applied to a frame of ``aspect``
 ``aspect``         "9:16" (portrait, default), "16:9", "1:1", ... : the output frame's aspect ratio
@@ -92,6 +94,7 @@ class LiveAvatarOptions:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    compile_vae: bool = False
     fp8: bool = False
     size: str | None = None  # None: "704*384" (real), "128*64" (tiny)
     aspect: str = "9:16"
@@ -514,6 +517,7 @@ class LiveAvatarEngine:
         self._sessions_lock = threading.Lock()
         if opts.compile:
             self.parts.dit.compile_blocks()  # the dense block halves; attention and caches stay eager
+        if opts.compile_vae:
             self.parts.codec.compile_decoder()
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
                     self.dtype, *self.size, time.perf_counter() - t0)
