@@ -104,10 +104,11 @@ def _kernel_family(name: str) -> str:
     low = name.lower()
     if any(s in low for s in ("flash", "fmha", "attention", "sdpa", "cudnn_generated", "mha")):
         return "attention"
+    # cuDNN convolutions run as "fprop_implicit_gemm" kernels: test for them before the matmul names
+    if any(s in low for s in ("conv", "fprop", "implicit", "winograd", "im2col")):
+        return "conv"
     if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "splitk")):
         return "matmul"
-    if any(s in low for s in ("conv", "implicit", "winograd", "im2col")):
-        return "conv"
     if any(s in low for s in ("memcpy", "memset")):
         return "memcpy"
     if any(s in low for s in ("norm", "reduce", "softmax")):
