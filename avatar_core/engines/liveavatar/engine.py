@@ -120,8 +120,8 @@ class LiveAvatarOptions:
         modes = sum([bool(opts.weights_dir), bool(opts.tiny), bool(opts.random_weights)])
         if modes != 1:
             raise EngineConfigError(
-                "the liveavatar engine needs exactly one of: weights_dir=DIR (the checkpoint folder), "
-                "tiny=True (random tiny models, CPU) or random_weights=True (14B with random weights, benchmarks)"
+                "the liveavatar engine needs exactly one of: --weights DIR (option weights_dir: the checkpoint "
+                "folder), --tiny (random tiny models, CPU) or random_weights=True (14B with random weights, benchmarks)"
             )
         if opts.sink_refresh not in ("reencode", "keep_motion", "none"):
             raise EngineConfigError(f"sink_refresh must be 'reencode', 'keep_motion' or 'none', got {opts.sink_refresh!r}")
