@@ -111,9 +111,14 @@ def run(args: argparse.Namespace) -> int:
         pass
     from avatar_core.contract import AvatarError
 
-    print(f"Live avatar server ({config.engine} engine) on http://{config.host}:{config.port}/", file=sys.stderr)
+    url = f"http://{config.host}:{config.port}/"
+    print(f"Live avatar server: loading the {config.engine} engine...", file=sys.stderr)
+
+    def announce_ready(_aiohttp_banner: str) -> None:  # aiohttp calls this once the socket listens
+        print(f"Live avatar server ({config.engine} engine) ready on {url}", file=sys.stderr)
+
     try:
-        web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+        web.run_app(create_app(config), host=config.host, port=config.port, print=announce_ready)
     except (AvatarError, ValueError) as exc:  # a bad --avatar portrait or engine option
         print(f"avatar serve: {exc}", file=sys.stderr)
         return 2
