@@ -11,12 +11,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import write_wav
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -133,16 +134,6 @@ def server_url(tmp_path_factory) -> str:
             print(log_path.read_text(errors="replace")[-5000:])
 
 
-def write_pcm16_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
 @pytest.fixture(scope="module")
 def fake_mic_wav(tmp_path_factory, speech_16k) -> Path:
     """espeak-ng speech with pauses, 48 kHz 16-bit mono: Chromium loops it as the microphone."""
@@ -151,7 +142,7 @@ def fake_mic_wav(tmp_path_factory, speech_16k) -> Path:
     pause = np.zeros(int(CONFIG.pause_s * 16000), np.float32)
     samples_16k = np.concatenate([pause, speech_16k, pause])
     samples = soxr.resample(samples_16k, 16000, CONFIG.fake_mic_rate).astype(np.float32)
-    return write_pcm16_wav(tmp_path_factory.mktemp("mic") / "mic_48k.wav", samples, CONFIG.fake_mic_rate)
+    return write_wav(tmp_path_factory.mktemp("mic") / "mic_48k.wav", samples, CONFIG.fake_mic_rate)
 
 
 @pytest.fixture
