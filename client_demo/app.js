@@ -122,6 +122,7 @@
       return;
     }
     const items = Array.isArray(data) ? data : (data && data.avatars) || [];
+    const chosen = ui.avatarSelect.value; // a choice made while the list loaded is kept if it is listed
     if (items.length) ui.avatarSelect.innerHTML = ''; // the server's list replaces the placeholder
     for (const item of items) {
       if (typeof item === 'string') addAvatarOption(item, item);
@@ -130,6 +131,7 @@
         addAvatarOption(id, id === 'default' ? 'Default portrait' : (item.name || id));
       }
     }
+    if ([...ui.avatarSelect.options].some((o) => o.value === chosen)) ui.avatarSelect.value = chosen;
   }
 
   async function uploadAvatar(file) {
@@ -476,7 +478,9 @@
   });
 
   // Read-only view for tests and debugging (window.avatarClient in the console).
+  let avatarsLoaded = null;
   window.avatarClient = {
+    get avatarsLoaded() { return avatarsLoaded; }, // resolves once the server's avatar list is shown
     get sessionId() { return session.id; },
     get connected() { return Boolean(session.pc) && session.pc.connectionState === 'connected'; },
     get framesPresented() { return session.framesPresented; },
@@ -488,5 +492,5 @@
   };
 
   setButtons('idle');
-  loadAvatars();
+  avatarsLoaded = loadAvatars();
 })();

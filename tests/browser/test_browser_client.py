@@ -101,6 +101,7 @@ def test_page_streams_avatar_video_and_shows_latency(chromium_page, server_url, 
 def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url, tmp_path):
     page = chromium_page
     page.goto(server_url + "/")
+    page.evaluate("() => window.avatarClient.avatarsLoaded")  # else the list replaces our option
     page.evaluate(
         """() => {
             const select = document.getElementById('avatar-select');
@@ -146,7 +147,7 @@ def test_page_uploads_portrait_and_reports_a_rejected_one(chromium_page, server_
 
     page = chromium_page
     page.goto(server_url + "/")
-    page.wait_for_function("() => document.getElementById('avatar-select').options.length > 0")
+    page.evaluate("() => window.avatarClient.avatarsLoaded")  # the list must not replace the upload
 
     page.set_input_files("#avatar-file", _png(tmp_path / "portrait.png", data.astronaut()))
     page.wait_for_function(
