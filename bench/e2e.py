@@ -44,19 +44,18 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from server.server_process import ServerProcess, http_json
 
 DESCRIPTION = __doc__
 
@@ -235,58 +234,16 @@ def resample_on_grid(times: np.ndarray, values: np.ndarray, t0: float, t1: float
 # ------------------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            raw, status = response.read(), response.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        return status, raw.decode(errors="replace")
-
-
-class ServerProcess:
+class BenchServer(ServerProcess):
     """``avatar serve`` in a child process, so that its RSS is the server's alone."""
 
     def __init__(self, cfg: E2EConfig, log_path: Path) -> None:
-        self.cfg = cfg
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        exe = Path(sys.executable).parent / "avatar"
-        cmd = [str(exe) if exe.exists() else "avatar", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--engine", self.cfg.engine]
-        if self.cfg.avatar:
-            cmd += ["--avatar", self.cfg.avatar]
-        if self.cfg.server_config:
-            cmd += ["--config", self.cfg.server_config]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.cfg.server_start_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if http_json("GET", f"{self.url}/healthz", timeout=2.0)[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {self.cfg.server_start_timeout_s} s; log: {self.log_path}")
-            time.sleep(0.3)
+        args = ["--engine", cfg.engine]
+        if cfg.avatar:
+            args += ["--avatar", cfg.avatar]
+        if cfg.server_config:
+            args += ["--config", cfg.server_config]
+        super().__init__(args, log_path, start_timeout_s=cfg.server_start_timeout_s)
 
     def rss_bytes(self) -> int:
         import psutil
@@ -298,20 +255,6 @@ class ServerProcess:
 
         t = psutil.Process(self.proc.pid).cpu_times()
         return t.user + t.system
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 # ------------------------------------------------------------------------------------- recording
@@ -576,7 +519,7 @@ class StatsPoller:
 
 
 class RssSampler:
-    def __init__(self, server: ServerProcess, interval_s: float = 1.0) -> None:
+    def __init__(self, server: BenchServer, interval_s: float = 1.0) -> None:
         self.server = server
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []  # (seconds since start, bytes)
@@ -603,7 +546,7 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
 
     program = build_speech_program(cfg, workdir)
     samples_48k = soxr.resample(program.samples, program.rate, 48000).astype(np.float32)
-    server = ServerProcess(cfg, workdir / "server.log")
+    server = BenchServer(cfg, workdir / "server.log")
     print(f"starting the server ({cfg.engine}); log: {server.log_path}", flush=True)
     server.start()
     peer = make_peer(samples_48k, cfg.duration_s)

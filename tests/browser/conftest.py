@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from server.server_process import ServerProcess, http_json
 from tests.conftest import write_wav
 
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -49,37 +41,6 @@ class BrowserTestConfig:
 CONFIG = BrowserTestConfig()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _avatar_executable() -> str:
-    candidate = Path(sys.executable).parent / "avatar"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("avatar")
-    if found is None:
-        pytest.fail("the `avatar` command is not installed (run scripts/setup.sh --dev)")
-    return found
-
-
-def http_json(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict | None]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        return status, None
-
-
 @pytest.fixture(scope="session")
 def http():
     """``http(method, url, body=None) -> (status, json)`` for checks against the server's API."""
@@ -95,43 +56,22 @@ def server_url(tmp_path_factory) -> str:
     if os.environ.get("AVATAR_TEST_SERVER_URL"):
         yield os.environ["AVATAR_TEST_SERVER_URL"].rstrip("/")
         return
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    log = open(log_path, "wb")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [_avatar_executable(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
+    server = ServerProcess(
+        [],
+        tmp_path_factory.mktemp("server") / "server.log",
+        start_timeout_s=CONFIG.server_start_timeout_s,
+        env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + CONFIG.server_start_timeout_s
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if http_json("GET", f"{url}/healthz", timeout=2.0)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {CONFIG.server_start_timeout_s} s:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.3)
-        yield url
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.stop()
         if os.environ.get("AVATAR_TEST_SHOW_SERVER_LOG"):
-            print(log_path.read_text(errors="replace")[-5000:])
+            print(server.log_tail(5000))
 
 
 @pytest.fixture(scope="module")

@@ -8,65 +8,34 @@ reach the track), not about speed.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 
-from server.inprocess import free_port
 from server.loopback_peer import LoopbackPeer
+from server.server_process import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
-REPO = Path(__file__).resolve().parents[2]
 TINY_SIZE = (64, 128)  # (width, height) of the tiny engine's frames
 
 
-async def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-            try:
-                async with http.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise AssertionError("server did not become healthy in time")
-
-
 @pytest.fixture()
-def tiny_server():
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--engine", "liveavatar", "--tiny", "--device", "cpu",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def tiny_server(tmp_path):
+    server = ServerProcess(
+        ["--engine", "liveavatar", "--tiny", "--device", "cpu"],
+        tmp_path / "server.log",
+        start_timeout_s=240.0,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
-    try:
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with server:
+        yield server.url
 
 
 async def test_tiny_liveavatar_server_streams_generated_frames(tiny_server, speech_with_silence_wav):
-    url, proc = tiny_server
-    await _wait_healthy(url, proc)
+    url = tiny_server
     peer = LoopbackPeer.from_wav(speech_with_silence_wav)
     try:
         session_id = await peer.connect_offer(url)
