@@ -43,19 +43,16 @@ import asyncio
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from server.server_process import ServerProcess, http_json
+from tests.support.server_process import ServerProcess, http_json
 
 DESCRIPTION = __doc__
 
@@ -118,38 +115,14 @@ class SpeechProgram:
     utterance_starts_s: list[float]
 
 
-def _read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit PCM from espeak-ng")
-        raw = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
-        return raw.reshape(-1, w.getnchannels()).mean(axis=1), w.getframerate()
-
-
-def _trim(samples: np.ndarray, rate: int, threshold_db: float = -45.0) -> np.ndarray:
-    """Cut espeak's own leading/trailing silence so the program controls every pause."""
-    hop = rate // 100
-    n = samples.size // hop
-    rms = np.sqrt(np.mean(samples[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
-    loud = np.flatnonzero(20 * np.log10(rms) > threshold_db)
-    if loud.size == 0:
-        raise ValueError("espeak-ng produced silence")
-    return samples[loud[0] * hop : (loud[-1] + 1) * hop]
-
-
 def build_speech_program(cfg: E2EConfig, workdir: Path) -> SpeechProgram:
     """Sentences in a seeded random order with seeded random pauses, ``duration_s`` long."""
-    import soxr
+    from tests.support.speech import espeak_speech, trim_silence
 
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
     rate = 16000
-    utterances = []
-    for i, text in enumerate(SENTENCES):
-        path = workdir / f"utt{i}.wav"
-        subprocess.run(["espeak-ng", "-s", str(cfg.words_per_minute), "-w", str(path), text], check=True)
-        samples, src_rate = _read_wav_mono(path)
-        utterances.append(soxr.resample(_trim(samples, src_rate), src_rate, rate).astype(np.float32))
+    utterances = [
+        trim_silence(espeak_speech(text, rate, words_per_minute=cfg.words_per_minute), rate) for text in SENTENCES
+    ]
     # espeak is loud and flat; scale to a typical close-mic speech level (peak ~ -6 dBFS)
     peak = max(float(np.max(np.abs(u))) for u in utterances)
     utterances = [u * (0.5 / peak) for u in utterances]
@@ -263,7 +236,7 @@ class BenchServer(ServerProcess):
 def make_peer(samples_48k: np.ndarray, duration_s: float):
     """A ``LoopbackPeer`` (server/loopback_peer.py) that keeps, per video frame, only its arrival,
     pts and a 48x48 grey thumbnail: ten minutes of full RGB frames would not fit in memory."""
-    from server.loopback_peer import LoopbackPeer, ReceivedVideoFrame
+    from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
     from aiortc.mediastreams import MediaStreamError
 
     class MotionRecordingPeer(LoopbackPeer):

@@ -48,9 +48,10 @@ def write_looped_speech(path: Path, seconds: float, sample_rate: int = 16000) ->
     """Speech, 1.5 s pause, speech... for ``seconds``, streamed to a 16-bit WAV (no big array)."""
     import wave
 
-    from bench.lite import espeak_speech  # the same sentence as the lite benchmark
+    from bench.lite import SPEECH_TEXT  # the same sentence as the lite benchmark
+    from tests.support.speech import espeak_speech
 
-    speech = espeak_speech(sample_rate=sample_rate)
+    speech = espeak_speech(SPEECH_TEXT, sample_rate)
     unit = np.concatenate([speech, np.zeros(int(1.5 * sample_rate), np.float32)])
     unit = (np.clip(unit, -1, 1) * 32767).astype("<i2").tobytes()
     total = int(seconds * sample_rate) * 2
@@ -75,7 +76,7 @@ def _default_image() -> Path:
 def run_one(clips: int, audio: Path, image: Path, out_dir: Path, args) -> dict:
     output = out_dir / f"generate_{clips}.mp4"
     cmd = [
-        sys.executable, "-m", "server.cli", "generate", "--image", str(image), "--audio", str(audio),
+        sys.executable, "-m", "live_avatar.cli.main", "generate", "--image", str(image), "--audio", str(audio),
         "--output", str(output), "--preset", "long", "--size", args.size, "--num_clip", str(clips),
         "--infer_frames", str(args.infer_frames), "--engine", args.engine, "--quiet",
     ]

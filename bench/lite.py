@@ -16,11 +16,8 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +53,8 @@ def _limit_threads() -> None:
 
 def bench_audio(seconds: float, sample_rate: int = 16000) -> np.ndarray:
     """1 s silence, speech (espeak-ng), silence, speech again..., cut to ``seconds``."""
+    from tests.support.speech import espeak_speech
+
     speech = espeak_speech(SPEECH_TEXT, sample_rate)
     pieces = [np.zeros(sample_rate, np.float32)]
     while sum(len(x) for x in pieces) < seconds * sample_rate:
@@ -63,32 +62,12 @@ def bench_audio(seconds: float, sample_rate: int = 16000) -> np.ndarray:
     return np.concatenate(pieces)[: int(seconds * sample_rate)]
 
 
-def espeak_speech(text: str = SPEECH_TEXT, sample_rate: int = 16000) -> np.ndarray:
-    """``text`` spoken by espeak-ng as float32 mono at ``sample_rate`` (a stand-in without espeak-ng)."""
-    import wave
-
-    import soxr
-
-    if shutil.which("espeak-ng") is None:
-        # No synthesiser: syllable-rate modulated harmonics stand in for speech.
-        t = np.arange(int(4 * sample_rate)) / sample_rate
-        voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140, 280, 700, 1200, 2400), 1))
-        return (0.1 * voice * np.clip(np.sin(2 * np.pi * 4 * t), 0, 1)).astype(np.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True, capture_output=True)
-        with wave.open(str(path)) as w:
-            rate = w.getframerate()
-            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
-    return soxr.resample(pcm, rate, sample_rate).astype(np.float32)
-
-
 def _engine_config(args_dict: dict) -> dict:
     return {"size": args_dict["size"], "block_frames": args_dict["block_frames"], "capacity": 1}
 
 
 def _load_image(path: str | None) -> np.ndarray:
-    from avatar_core.portraits import default_portrait, load_portrait
+    from live_avatar.core.portraits import default_portrait, load_portrait
 
     return load_portrait(path) if path else default_portrait()
 
@@ -96,8 +75,8 @@ def _load_image(path: str | None) -> np.ndarray:
 def _session_worker(args_dict: dict, audio: np.ndarray, seed: int, barrier, results, pin_core: int | None = None) -> None:
     """One session: prepare (not timed), wait for the others, render all the audio (timed)."""
     _limit_threads()
-    from avatar_core.engines.lite import LiteEngine
-    from avatar_core.engines.lite.drive import audio_blocks
+    from live_avatar.core.engines.lite import LiteEngine
+    from live_avatar.core.engines.lite.drive import audio_blocks
 
     if pin_core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {pin_core})  # pid 0: this thread only (Linux)
@@ -195,8 +174,8 @@ def contact_sheet(args_dict: dict, path: Path, seconds: float = 14.0) -> dict:
     silence, one row of whole frames over time. Returns what is in it."""
     import cv2
 
-    from avatar_core.engines.lite import LiteEngine
-    from avatar_core.engines.lite.drive import audio_blocks
+    from live_avatar.core.engines.lite import LiteEngine
+    from live_avatar.core.engines.lite.drive import audio_blocks
 
     engine = LiteEngine(**_engine_config(args_dict))
     generator = engine.new_generator(engine.prepare_avatar(_load_image(args_dict["image"])), seed=3)

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _synthetic_block(k: int, context: int, lookahead: int):
     """Speech-like audio (voiced harmonics with a syllable-rate envelope + noise), deterministic per block."""
-    from avatar_core.contract import AudioBlock
+    from live_avatar.core.contract import AudioBlock
 
     n = context + 12 * SPF + lookahead
     t = (np.arange(n) + (12 * k * SPF - context)) / 16000.0
@@ -258,7 +258,7 @@ def _vae_cudnn_benchmark(engine, size: str, aspect: str, blocks: int = 6) -> dic
     """Median VAE decode of one block (3 latents -> 12 frames, uint8 on the host), cudnn autotuning off vs on."""
     import torch
 
-    from avatar_core.engines.liveavatar.vae_stream import to_uint8_frames
+    from live_avatar.core.engines.liveavatar.vae_stream import to_uint8_frames
 
     width, height = engine.set_size(size, aspect)
     codec = engine.parts.codec
@@ -320,7 +320,7 @@ def _write(path: Path, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from avatar_core.engines import load_engine
+    from live_avatar.core.engines import load_engine
 
     if args.blocks < 1 or args.warmup < 1:
         print("--blocks and --warmup must be >= 1", file=sys.stderr)

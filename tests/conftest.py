@@ -2,49 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SPEECH_TEXT = "Hello everyone, welcome to the stream. Today we talk about real time avatars."
+from tests.support import speech
+from tests.support.speech import SPEECH_TEXT, read_wav_16k, write_wav
 
 
 def espeak_wav(path: Path, text: str, *, words_per_minute: int = 150) -> Path:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (scripts/test.sh installs it)")
-    subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", str(path), text], check=True)
-    return path
-
-
-def read_wav_16k(path: Path) -> np.ndarray:
-    """Decode any audio file to 16 kHz mono float32 with PyAV."""
-    import av
-
-    chunks = []
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
-        for frame in container.decode(audio=0):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(chunks).astype(np.float32)
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    import wave
-
-    pcm = np.clip(samples, -1.0, 1.0)
-    pcm = (pcm * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
+    """espeak-ng speech into ``path``; the test is skipped where espeak-ng is missing."""
+    try:
+        return speech.espeak_wav(path, text, words_per_minute=words_per_minute)
+    except speech.NoSpeechSynthesizer as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.server_process import ServerProcess, http_json
-from tests.conftest import write_wav
+from tests.support.server_process import ServerProcess, http_json
+from tests.support.speech import write_wav
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -121,8 +121,8 @@ def test_page_shows_server_error_for_unknown_avatar(chromium_page, server_url, t
 
 def _server_frame_size() -> tuple[int, int]:
     """(width, height) the default server's lite engine renders (configs/server.yaml + lite config)."""
-    from avatar_core.engines.lite.config import load_lite_config
-    from server.config import load_server_config
+    from live_avatar.core.engines.lite.config import load_lite_config
+    from live_avatar.server.config import load_server_config
 
     return tuple(load_lite_config(load_server_config().engine_options).size)
 

@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCPeerConnection
 
-from server.config import ServerConfig
-from server.inprocess import serve_in_process
-from server.loopback_peer import LoopbackPeer
+from live_avatar.server.config import ServerConfig
+from tests.support.inprocess import serve_in_process
+from tests.support.loopback_peer import LoopbackPeer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -24,7 +24,7 @@ UPLOAD_LIMIT = 300_000
 
 @pytest.fixture(scope="module")
 def lite_engine():
-    from avatar_core.engines import load_engine
+    from live_avatar.core.engines import load_engine
 
     engine = load_engine("lite")
     engine.capacity = 4  # fixed, so that max_sessions=2 is the limit under test (not a CPU measurement)
@@ -174,7 +174,7 @@ async def test_upload_not_multipart(server, live_peer) -> None:
 
 
 async def test_upload_of_a_portrait_works_and_can_be_used(server, live_peer) -> None:
-    from avatar_core.portraits import default_portrait
+    from live_avatar.core.portraits import default_portrait
 
     portrait = cv2.cvtColor(default_portrait(), cv2.COLOR_RGB2BGR)
     ok, jpeg = cv2.imencode(".jpg", portrait, [cv2.IMWRITE_JPEG_QUALITY, 85])

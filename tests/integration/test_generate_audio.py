@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_core.offline.audio_prep import (
+from live_avatar.core.offline.audio_prep import (
     FEATURE_RATE,
     AudioInputError,
     find_sound_bounds,
     measure_loudness,
     prepare_audio,
 )
-from tests.conftest import write_wav
+from tests.support.speech import write_wav
 
 
 def _raw(tmp_path, samples):

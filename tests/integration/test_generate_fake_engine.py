@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar_core.contract import AudioBlock, AvatarError
+from live_avatar.core.contract import AudioBlock, AvatarError
 
 HERE = Path(__file__).resolve().parent
 FPS = 25
@@ -100,9 +100,9 @@ class FakeEngine:
 # -- helpers ---------------------------------------------------------------------------------
 
 CLI = (
-    "import sys; sys.path.insert(0, {here!r}); import avatar_core.engines as e; "
+    "import sys; sys.path.insert(0, {here!r}); import live_avatar.core.engines as e; "
     "e.ENGINES['lite'] = 'test_generate_fake_engine:FakeEngine'; "
-    "from server.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from live_avatar.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -165,7 +165,7 @@ def test_render_matches_the_plan(tmp_path, photo, speech_wav, speech_16k):
     seconds = (len(speech_16k) + 64000) / 16000
     assert "size: 256*192" in res.stdout and "plan:" in res.stdout
     info = probe(out)
-    from avatar_core.offline.plan import clips_for_audio
+    from live_avatar.core.offline.plan import clips_for_audio
 
     clips = clips_for_audio(len(speech_16k) + 64000, 24)
     assert info["frames"] == clips * 24 and info["fps"] == 25 and info["size"] == (256, 192)
@@ -186,7 +186,7 @@ def test_kept_frames_mode_gives_the_same_video(tmp_path, photo, speech_wav):
 
 
 def _wait_for_clips(files, clips: int, proc, timeout=120.0) -> int:
-    from avatar_core.offline.resume import ResumeError, load_state
+    from live_avatar.core.offline.resume import ResumeError, load_state
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -203,8 +203,8 @@ def _wait_for_clips(files, clips: int, proc, timeout=120.0) -> int:
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, photo, speech_wav):
-    from avatar_core.offline.resume import RenderFiles
-    from avatar_core.offline.video_writer import count_partial_frames
+    from live_avatar.core.offline.resume import RenderFiles
+    from live_avatar.core.offline.video_writer import count_partial_frames
 
     args = ["--image", photo, "--audio", speech_wav, "--enable_online_decode", *BASE]
     reference = tmp_path / "reference.mp4"
@@ -237,7 +237,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, photo, speech_wav):
 
 
 def test_ctrl_c_keeps_progress_and_resume_with_other_options_is_refused(tmp_path, photo, speech_wav):
-    from avatar_core.offline.resume import RenderFiles
+    from live_avatar.core.offline.resume import RenderFiles
 
     out = tmp_path / "int.mp4"
     files = RenderFiles(out)
@@ -311,7 +311,7 @@ def test_trim_and_loudness(tmp_path, photo, speech_wav, speech_16k):
     assert "-16 LUFS" in res.stdout and "silence trimmed" in res.stdout
     import pyloudnorm
 
-    from tests.conftest import read_wav_16k
+    from tests.support.speech import read_wav_16k
 
     audio = read_wav_16k(out)
     # The 2 s of silence on each side are gone; a 0.1 s margin stays around the sound.
@@ -335,8 +335,8 @@ def test_save_last_frame(tmp_path, photo, speech_wav):
 
 
 def test_engine_without_saveable_state_keeps_clips_but_refuses_resume(tmp_path, photo, speech_wav):
-    from avatar_core.offline.resume import RenderFiles
-    from avatar_core.offline.video_writer import count_partial_frames
+    from live_avatar.core.offline.resume import RenderFiles
+    from live_avatar.core.offline.video_writer import count_partial_frames
 
     out = tmp_path / "gpu.mp4"
     files = RenderFiles(out)
@@ -353,7 +353,7 @@ def test_engine_without_saveable_state_keeps_clips_but_refuses_resume(tmp_path, 
 
 
 def test_resume_refuses_a_damaged_partial_file(tmp_path, photo, speech_wav):
-    from avatar_core.offline.resume import RenderFiles
+    from live_avatar.core.offline.resume import RenderFiles
 
     out = tmp_path / "damaged.mp4"
     files = RenderFiles(out)
@@ -369,8 +369,8 @@ def test_resume_refuses_a_damaged_partial_file(tmp_path, photo, speech_wav):
 
 def test_ctrl_c_without_online_decode_writes_the_kept_clips(tmp_path, photo, speech_wav):
     """Reference mode keeps frames in memory; an interruption still writes the finished clips."""
-    from avatar_core.offline.resume import RenderFiles, load_state
-    from avatar_core.offline.video_writer import count_partial_frames
+    from live_avatar.core.offline.resume import RenderFiles, load_state
+    from live_avatar.core.offline.video_writer import count_partial_frames
 
     args = ["--image", photo, "--audio", speech_wav, "--no-enable_online_decode", *BASE]
     reference = tmp_path / "reference.mp4"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_wav
+from tests.support.speech import write_wav
 
 
 def _skimage_image(name: str) -> Path:
@@ -35,7 +35,7 @@ def portrait() -> Path:
 
 
 def run_cli(args, *, wait=True):
-    cmd = [sys.executable, "-m", "server.cli", "generate", *map(str, args), "--quiet"]
+    cmd = [sys.executable, "-m", "live_avatar.cli.main", "generate", *map(str, args), "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -64,8 +64,8 @@ def streams(path: Path) -> dict:
 
 
 def mouth_box(frame: np.ndarray) -> tuple[slice, slice]:
-    from avatar_core.engines.lite.config import DetectionConfig
-    from avatar_core.engines.lite.landmarks import find_face
+    from live_avatar.core.engines.lite.config import DetectionConfig
+    from live_avatar.core.engines.lite.landmarks import find_face
 
     lips = find_face(frame, DetectionConfig()).points[[61, 291, 13, 14, 0, 17]]  # corners, inner and outer lips
     (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
@@ -74,7 +74,7 @@ def mouth_box(frame: np.ndarray) -> tuple[slice, slice]:
 
 
 def test_lite_render_frames_audio_and_lips(tmp_path, portrait, speech_with_silence_wav, speech_16k):
-    from avatar_core.offline.plan import clips_for_audio
+    from live_avatar.core.offline.plan import clips_for_audio
 
     out = tmp_path / "talk.mp4"
     res = run_cli(["--image", portrait, "--audio", speech_with_silence_wav, "--output", out,
@@ -98,7 +98,7 @@ def test_lite_render_frames_audio_and_lips(tmp_path, portrait, speech_with_silen
 
     # In sync: the mouth's darkness (open mouth) follows the loudness of the MP4's own audio
     # track best at lag 0 (+-1 frame).
-    from tests.conftest import read_wav_16k
+    from tests.support.speech import read_wav_16k
 
     track = read_wav_16k(out)
     n = min(len(frames), len(track) // 640)
@@ -112,8 +112,8 @@ def test_lite_render_frames_audio_and_lips(tmp_path, portrait, speech_with_silen
 
 
 def test_lite_kill_9_resume_has_no_seam(tmp_path, portrait, speech_16k):
-    from avatar_core.offline.resume import RenderFiles, ResumeError, load_state
-    from avatar_core.offline.video_writer import count_partial_frames
+    from live_avatar.core.offline.resume import RenderFiles, ResumeError, load_state
+    from live_avatar.core.offline.video_writer import count_partial_frames
 
     # ~16 s of speech with pauses: 16 clips of 24 frames, enough to kill in the middle.
     pause = np.zeros(8000, np.float32)

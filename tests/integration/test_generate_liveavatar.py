@@ -21,7 +21,7 @@ def test_liveavatar_tiny_one_clip(tmp_path, speech_with_silence_wav):
 
     image = Path(skimage.data.__file__).parent / "astronaut.png"
     out = tmp_path / "tiny.mp4"
-    cmd = [sys.executable, "-m", "server.cli", "generate", "--engine", "liveavatar", "--tiny",
+    cmd = [sys.executable, "-m", "live_avatar.cli.main", "generate", "--engine", "liveavatar", "--tiny",
            "--image", str(image), "--audio", str(speech_with_silence_wav), "--output", str(out),
            "--size", "128*128", "--num_clip", "1", "--infer_frames", "12", "--enable_online_decode", "--quiet"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -14,8 +14,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from server.loopback_peer import LoopbackPeer
-from server.server_process import ServerProcess
+from tests.support.loopback_peer import LoopbackPeer
+from tests.support.server_process import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 

@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 import aiohttp
 
-from server.config import ServerConfig
-from server.inprocess import serve_in_process
-from server.loopback_analysis import match_returned_audio, mouth_activity, receive_fps
-from server.loopback_peer import LoopbackPeer
+from live_avatar.server.config import ServerConfig
+from tests.support.inprocess import serve_in_process
+from tests.support.loopback_analysis import match_returned_audio, mouth_activity, receive_fps
+from tests.support.loopback_peer import LoopbackPeer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -25,7 +25,7 @@ MOUTH_LANDMARKS = [61, 291, 0, 17, 13, 14, 78, 308]  # MediaPipe FaceMesh lips
 
 @pytest.fixture(scope="module")
 def lite_engine():
-    from avatar_core.engines import load_engine
+    from live_avatar.core.engines import load_engine
 
     return load_engine("lite")
 

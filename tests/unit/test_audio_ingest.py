@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from avatar_core.audio.ingest import AudioIngest, OutputAudioResampler
+from live_avatar.core.audio.ingest import AudioIngest, OutputAudioResampler
 
 
 def sine(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:

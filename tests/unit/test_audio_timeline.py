@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_core.audio.timeline import AudioTimeline, block_window
+from live_avatar.core.audio.timeline import AudioTimeline, block_window
 
 
 def ramp(n: int, start: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from avatar_core.offline.plan import (
+from live_avatar.core.offline.plan import (
     ENGINE_LIMITS,
     EngineLimits,
     PlanError,
@@ -16,7 +16,7 @@ from avatar_core.offline.plan import (
     parse_size,
     wav2vec_frames,
 )
-from avatar_core.presets import Preset, PresetError, load_preset, preset_names
+from live_avatar.core.presets import Preset, PresetError, load_preset, preset_names
 
 LANDSCAPE_16_9 = (1920, 1080)  # (width, height)
 

@@ -11,7 +11,7 @@ lite_bench = pytest.importorskip("bench.lite")
 
 
 def test_bench_writes_results_and_contact_sheet(tmp_path):
-    from server.cli import main
+    from live_avatar.cli.main import main
 
     out, sheet = tmp_path / "lite.json", tmp_path / "sheet.png"
     # through the command line entry point, with an argv that is not sys.argv

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_core.contract import AvatarError, Engine
-from avatar_core.engines import load_engine
-from avatar_core.engines.lite import LiteEngine, load_lite_config
-from avatar_core.engines.lite.config import DEFAULT_CONFIG_PATH
-from avatar_core.portraits import default_portrait
+from live_avatar.core.contract import AvatarError, Engine
+from live_avatar.core.engines import load_engine
+from live_avatar.core.engines.lite import LiteEngine, load_lite_config
+from live_avatar.core.engines.lite.config import DEFAULT_CONFIG_PATH
+from live_avatar.core.portraits import default_portrait
 
 
 def test_defaults_come_from_the_yaml_file():
@@ -76,7 +76,7 @@ def test_measured_capacity_is_positive(engine):
 
 
 async def test_open_session_streams_frames(engine):
-    stream = pytest.importorskip("avatar_core.stream")
+    stream = pytest.importorskip("live_avatar.core.stream")
     avatar = engine.prepare_avatar(default_portrait())
     session = engine.open_session(avatar, config=stream.StreamConfig(buffered=True))
     assert isinstance(session, stream.StreamSession)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from avatar_core.contract import AvatarError
-from avatar_core.engines.lite import LiteEngine
-from avatar_core.engines.lite.landmarks import find_face
-from avatar_core.engines.lite.rig import CHIN, FOREHEAD, LIPS_LOWER_INNER, LIPS_UPPER_INNER
+from live_avatar.core.contract import AvatarError
+from live_avatar.core.engines.lite import LiteEngine
+from live_avatar.core.engines.lite.landmarks import find_face
+from live_avatar.core.engines.lite.rig import CHIN, FOREHEAD, LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
 ASTRONAUT_PASTE = (700, 1100, 200)  # y, x, side of the astronaut inside a 1600x1200 canvas
 
@@ -79,7 +79,7 @@ def test_bad_arrays_are_refused_before_detection():
 def test_native_log_noise_is_dropped_and_other_stderr_kept(capfd):
     import os
 
-    from avatar_core.engines.lite.native_logs import quiet_native_logs
+    from live_avatar.core.engines.lite.native_logs import quiet_native_logs
 
     with quiet_native_logs():
         os.write(2, b"W0000 00:00:1795263502.815372   27552 inference_feedback_manager.cc:114] Feedback manager\n")

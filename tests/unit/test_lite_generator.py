@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 
-from avatar_core.contract import AudioBlock, BlockGenerator
-from avatar_core.engines.lite import LiteEngine
-from avatar_core.engines.lite.drive import audio_blocks
-from avatar_core.portraits import default_portrait
-from tests.conftest import read_wav_16k
+from live_avatar.core.contract import AudioBlock, BlockGenerator
+from live_avatar.core.engines.lite import LiteEngine
+from live_avatar.core.engines.lite.drive import audio_blocks
+from live_avatar.core.portraits import default_portrait
+from tests.support.speech import read_wav_16k
 
 FPS, S = 25, 640
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_core.engines.lite import LiteEngine
-from avatar_core.engines.lite.renderer import Renderer
-from avatar_core.engines.lite.rig import CHIN, FOREHEAD, Pose
-from avatar_core.portraits import default_portrait
+from live_avatar.core.engines.lite import LiteEngine
+from live_avatar.core.engines.lite.renderer import Renderer
+from live_avatar.core.engines.lite.rig import CHIN, FOREHEAD, Pose
+from live_avatar.core.portraits import default_portrait
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from server.media_clock import MediaClock
+from live_avatar.server.media.clock import MediaClock
 
 
 class FakeTime:

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar_core.contract import AvatarError
-from avatar_core.portraits import PortraitLimits, default_portrait, load_portrait, sniff_image_type, validate_portrait
+from live_avatar.core.contract import AvatarError
+from live_avatar.core.portraits import PortraitLimits, default_portrait, load_portrait, sniff_image_type, validate_portrait
 
 
 def _encode(rgb: np.ndarray, ext: str) -> bytes:

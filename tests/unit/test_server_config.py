@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import DEFAULT_CONFIG_PATH, ServerConfig, load_server_config
+from live_avatar.server.config import DEFAULT_CONFIG_PATH, ServerConfig, load_server_config
 
 
 def test_repository_config_loads_with_its_defaults() -> None:
@@ -42,7 +42,7 @@ def test_missing_config_file_is_an_error(tmp_path) -> None:
 
 
 def test_serve_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys) -> None:
-    from server.cli import build_parser
+    from live_avatar.cli.main import build_parser
 
     args = build_parser("serve").parse_args(["serve", "--config", str(tmp_path / "missing.yaml")])
     assert args._module.run(args) == 2
@@ -76,13 +76,13 @@ def test_an_int_may_stand_for_a_float(tmp_path) -> None:
 def test_serve_command_refuses_a_taken_port_and_a_missing_portrait_before_loading_the_engine(tmp_path, capsys, monkeypatch) -> None:
     import socket
 
-    import avatar_core.engines
-    from server.cli import build_parser
+    import live_avatar.core.engines
+    from live_avatar.cli.main import build_parser
 
     def no_engine(*_args, **_kwargs):
         raise AssertionError("the engine must not be loaded")
 
-    monkeypatch.setattr(avatar_core.engines, "load_engine", no_engine)
+    monkeypatch.setattr(live_avatar.core.engines, "load_engine", no_engine)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

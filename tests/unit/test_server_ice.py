@@ -6,8 +6,8 @@ import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
 
-from server.config import ServerConfig
-from server.ice import pinned_host_addresses, rtc_configuration
+from live_avatar.server.config import ServerConfig
+from live_avatar.server.webrtc.ice import pinned_host_addresses, rtc_configuration
 
 
 def candidate_lines(sdp: str) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_core.contract import BlockTimings, Chunk
-from server.fanout import Fanout
-from server.media_clock import MediaClock
-from server.playout import TRIM_WINDOW_SLOTS, OutputSlot, Playout
+from live_avatar.core.contract import BlockTimings, Chunk
+from live_avatar.server.media.fanout import Fanout
+from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.playout import TRIM_WINDOW_SLOTS, OutputSlot, Playout
 
 S = 640  # 16 kHz samples per frame
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from server.ice import rtc_configuration
-from server.rtp_tuning import set_audio_jitter_prefetch
+from live_avatar.server.webrtc.ice import rtc_configuration
+from live_avatar.server.webrtc.rtp_tuning import set_audio_jitter_prefetch
 
 
 async def answered_pair() -> tuple[RTCPeerConnection, RTCPeerConnection]:

@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from avatar_core.contract import EngineBusyError
-from avatar_core.stream import StreamSession
-from server.config import SessionConfig
-from server.metrics import ServerMetrics
-from server.sessions import CapacityError, SessionManager
+from live_avatar.core.contract import EngineBusyError
+from live_avatar.core.stream import StreamSession
+from live_avatar.server.config import SessionConfig
+from live_avatar.server.metrics import ServerMetrics
+from live_avatar.server.sessions import CapacityError, SessionManager
 
 
 class StillGenerator:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from server.fanout import Fanout
-from server.media_clock import MediaClock
-from server.playout import OutputSlot
-from server.tracks import AvatarVideoTrack, SyncedAudioTrack
+from live_avatar.server.media.fanout import Fanout
+from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.playout import OutputSlot
+from live_avatar.server.media.tracks import AvatarVideoTrack, SyncedAudioTrack
 
 
 def slot(clock: MediaClock, s: int) -> OutputSlot:

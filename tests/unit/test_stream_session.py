@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from avatar_core.audio.timeline import block_window
-from avatar_core.contract import AudioBlock, BlockGenerator
-from avatar_core.stream import BufferFullError, StreamConfig, StreamSession, StreamSessionError
-from avatar_core.stream.input_clock import LiveInputClock
+from live_avatar.core.audio.timeline import block_window
+from live_avatar.core.contract import AudioBlock, BlockGenerator
+from live_avatar.core.stream import BufferFullError, StreamConfig, StreamSession, StreamSessionError
+from live_avatar.core.stream.input_clock import LiveInputClock
 
 SR, FPS, S = 16000, 25, 640
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_core.audio.vad import VadConfig, VoiceActivityDetector, detect_speech
-from tests.conftest import espeak_wav, read_wav_16k
+from live_avatar.core.audio.vad import VadConfig, VoiceActivityDetector, detect_speech
+from tests.conftest import espeak_wav
+from tests.support.speech import read_wav_16k
 
 SR, S = 16000, 640
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONFIGS = REPO_ROOT / "configs" / "engines"
+from live_avatar.resources import config_path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout; ../shared sits beside it
+CONFIGS = config_path("engines")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_core.engines.liveavatar.audio_features import AudioFeatureConfig, Wav2VecFeatures
-from avatar_core.engines.liveavatar.tiny_weights import write_tiny_wav2vec
+from live_avatar.core.engines.liveavatar.audio_features import AudioFeatureConfig, Wav2VecFeatures
+from live_avatar.core.engines.liveavatar.tiny_weights import write_tiny_wav2vec
 
 torch.set_num_threads(1)
 SPF = 640  # samples per video frame at 16 kHz / 25 fps

@@ -21,10 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from avatar_core.engines.liveavatar.config import DiTConfig, LatentGeometry, StreamingConfig
-from avatar_core.engines.liveavatar.loader import load_dit
-from avatar_core.engines.liveavatar.sampler import flow_match_schedule
-from avatar_core.engines.liveavatar.stepper import CausalStepper
+from live_avatar.core.engines.liveavatar.config import DiTConfig, LatentGeometry, StreamingConfig
+from live_avatar.core.engines.liveavatar.loader import load_dit
+from live_avatar.core.engines.liveavatar.sampler import flow_match_schedule
+from live_avatar.core.engines.liveavatar.stepper import CausalStepper
 
 from .conftest import load_recipe, recipe_sha256, split_into_base_and_lora, write_sharded_checkpoint
 

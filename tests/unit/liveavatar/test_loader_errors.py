@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from avatar_core.engines.liveavatar.config import ConfigError, DiTConfig, StreamingConfig, load_model_config
-from avatar_core.engines.liveavatar.loader import (
+from live_avatar.core.engines.liveavatar.config import ConfigError, DiTConfig, StreamingConfig, load_model_config
+from live_avatar.core.engines.liveavatar.loader import (
     INDEX_NAME,
     Fp8Linear,
     WeightLoadError,

@@ -10,10 +10,10 @@ import psutil
 import pytest
 import torch
 
-from avatar_core.engines.liveavatar.config import ConfigError, LatentGeometry, load_model_config
-from avatar_core.engines.liveavatar.loader import build_random_model
-from avatar_core.engines.liveavatar.sampler import ClipNoise
-from avatar_core.engines.liveavatar.stepper import CausalStepper
+from live_avatar.core.engines.liveavatar.config import ConfigError, LatentGeometry, load_model_config
+from live_avatar.core.engines.liveavatar.loader import build_random_model
+from live_avatar.core.engines.liveavatar.sampler import ClipNoise
+from live_avatar.core.engines.liveavatar.stepper import CausalStepper
 
 from .conftest import CONFIGS
 

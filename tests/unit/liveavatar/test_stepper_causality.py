@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from avatar_core.engines.liveavatar.config import LatentGeometry, load_model_config
-from avatar_core.engines.liveavatar.loader import build_random_model
-from avatar_core.engines.liveavatar.sampler import ClipNoise, euler_update
-from avatar_core.engines.liveavatar.stepper import CausalStepper, StepperInputError
+from live_avatar.core.engines.liveavatar.config import LatentGeometry, load_model_config
+from live_avatar.core.engines.liveavatar.loader import build_random_model
+from live_avatar.core.engines.liveavatar.sampler import ClipNoise, euler_update
+from live_avatar.core.engines.liveavatar.stepper import CausalStepper, StepperInputError
 
 from .conftest import CONFIGS
 

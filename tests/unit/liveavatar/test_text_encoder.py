@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_core.engines.liveavatar.text_encoder import (
+from live_avatar.core.engines.liveavatar.text_encoder import (
     WAN_T5_FILE,
     PromptEncoder,
     TextEncoderConfig,
     rename_wan_t5_keys,
 )
-from avatar_core.engines.liveavatar.tiny_weights import write_tiny_umt5
+from live_avatar.core.engines.liveavatar.tiny_weights import write_tiny_umt5
 
 torch.set_num_threads(1)
 

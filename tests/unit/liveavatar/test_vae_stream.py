@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_core.engines.liveavatar.tiny_weights import tiny_vae
-from avatar_core.engines.liveavatar.vae_stream import VaeStreamConfig, WanVaeCodec, to_uint8_frames
+from live_avatar.core.engines.liveavatar.tiny_weights import tiny_vae
+from live_avatar.core.engines.liveavatar.vae_stream import VaeStreamConfig, WanVaeCodec, to_uint8_frames
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,0 @@
-"""The chunk runtime: drives an engine's BlockGenerator in real time (DESIGN.md §2)."""
-
-from avatar_core.stream.config import StreamConfig
-from avatar_core.stream.session import BufferFullError, StreamSession, StreamSessionError
-
-__all__ = ["BufferFullError", "StreamConfig", "StreamSession", "StreamSessionError"]

@@ -1,0 +1,128 @@
+"""``avatar serve``: run the live avatar server (WebRTC /offer and /whip, HTTP API, browser client)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import sys
+from pathlib import Path
+
+DESCRIPTION = """Run the live avatar server.
+
+Open http://HOST:PORT/ in a browser, allow the microphone, and the portrait speaks with you.
+Settings come from --config (default configs/server.yaml); flags override them."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; also the ICE host candidate)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
+    p.add_argument("--engine", choices=["lite", "liveavatar"], default=None, help="generation engine (default lite: CPU)")
+    p.add_argument("--avatar", default=None, metavar="IMAGE", help="default portrait (default: the built-in one)")
+    p.add_argument("--config", default=None, metavar="YAML", help="server configuration (default configs/server.yaml)")
+    p.add_argument("--max-sessions", type=int, default=None, help="most concurrent sessions")
+    p.add_argument("--ice-host", action="append", default=None, metavar="ADDR",
+                   help="host ICE candidate address to offer (repeatable; default follows --host)")
+    p.add_argument("--stun", action="append", default=None, metavar="URL",
+                   help="STUN/TURN server URL (repeatable; default none)")
+    eng = p.add_argument_group("engine options (passed to load_engine)")
+    eng.add_argument("--weights", default=None, metavar="DIR", help="liveavatar: folder with the checkpoints")
+    eng.add_argument("--tiny", action="store_true", help="liveavatar: tiny random-weight configuration (tests)")
+    eng.add_argument("--device", default=None, help="engine device, e.g. cpu or cuda:0")
+    eng.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other engine option (repeatable; VALUE parsed as YAML)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    import yaml
+
+    options: dict = {}
+    if args.weights:
+        options["weights"] = args.weights
+    if args.tiny:
+        options["tiny"] = True
+    if args.device:
+        options["device"] = args.device
+    for item in args.engine_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--engine-option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+class AddressInUse(OSError):
+    """The HTTP address cannot be bound (exit status 1, like a failure at run time)."""
+
+
+def _check_before_loading(config) -> None:
+    """Fail at once on what would otherwise only surface after the engine has loaded (minutes for
+    liveavatar). Raises ValueError for a missing portrait or host, AddressInUse for an address that cannot be bound."""
+    if config.avatar and not Path(config.avatar).is_file():
+        raise ValueError(f"--avatar: no image file at {config.avatar!r}")
+    try:
+        addresses = socket.getaddrinfo(config.host or None, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {config.host!r} cannot be resolved: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+                probe.bind(address)
+        except OSError as exc:
+            # only a taken or forbidden port is certain to fail; anything else (e.g. no IPv6 here)
+            # is left to the server itself
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise AddressInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from aiohttp import web
+
+    from live_avatar.server.app import create_app
+    from live_avatar.server.config import load_server_config
+
+    try:
+        config = load_server_config(args.config, host=args.host, port=args.port, engine=args.engine, avatar=args.avatar)
+        config.engine_options.update(_engine_options(args))
+        if args.max_sessions is not None:
+            config.sessions.max_sessions = args.max_sessions
+        if args.ice_host:
+            config.webrtc.ice_host_addresses = list(args.ice_host)
+        if args.stun:
+            config.webrtc.ice_servers = [{"urls": url} for url in args.stun]
+        _check_before_loading(config)
+    except ValueError as exc:
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, AddressInUse) else 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from live_avatar.core.contract import AvatarError
+
+    url = f"http://{config.host}:{config.port}/"
+    print(f"Live avatar server: loading the {config.engine} engine...", file=sys.stderr)
+
+    def announce_ready(_aiohttp_banner: str) -> None:  # aiohttp calls this once the socket listens
+        print(f"Live avatar server ({config.engine} engine) ready on {url}", file=sys.stderr)
+
+    try:
+        web.run_app(create_app(config), host=config.host, port=config.port, print=announce_ready)
+    except (AvatarError, ValueError) as exc:  # a bad --avatar portrait or engine option
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"avatar serve: {exc}", file=sys.stderr)
+        return 1
+    return 0

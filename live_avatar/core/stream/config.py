@@ -1,0 +1,69 @@
+"""Configuration of the chunk runtime (``StreamSession``); see DESIGN.md §2 for the timing model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from live_avatar.core.audio.vad import VadConfig
+
+
+@dataclass
+class StreamConfig:
+    # False (live): a WebRTC mic; the timeline is anchored to the wall clock and input that is late
+    # at a block's deadline is replaced by silence. True (buffered): a producer (TTS, agent) pushes
+    # faster than real time; its audio is queued and played in full, in order.
+    buffered: bool = False
+    # How long past its nominal arrival a block waits for late input before padding silence.
+    input_jitter_s: float = 0.06
+    # Slack between the first chunk being ready and its playout; each later block is due
+    # first_ready + playout_margin_s + frames/fps. A worker more than one block behind that skips.
+    # Set it to the consumer's playout delay (the server's playout_delay_ms, 40 ms by default).
+    playout_margin_s: float = 0.04
+    # Buffered: how far ahead of its playout a block may be generated (at least one block), so
+    # an eager consumer never holds more than a fraction of a second of not-yet-due frames.
+    buffered_lead_s: float = 0.2
+    # Ready chunks waiting for the consumer; a full queue pauses the worker (back-pressure).
+    output_queue_chunks: int = 8
+    # Live: arrived audio not yet generated beyond which the worker skips ahead (memory bound when
+    # the consumer stalls or the sender's clock runs fast).
+    max_live_backlog_s: float = 2.0
+    # Buffered: pushed but not yet generated audio beyond which push_audio raises BufferFullError.
+    max_buffered_audio_s: float = 120.0
+    # Samples of compute history kept for the p50/max statistics.
+    stats_window: int = 256
+    # How long close() waits for a generate() call in progress.
+    close_timeout_s: float = 10.0
+    vad: VadConfig = field(default_factory=VadConfig)
+
+    def __post_init__(self) -> None:
+        if self.input_jitter_s < 0 or self.playout_margin_s < 0 or self.buffered_lead_s < 0:
+            raise ValueError("input_jitter_s, playout_margin_s and buffered_lead_s must be >= 0")
+        if self.output_queue_chunks < 1:
+            raise ValueError(f"output_queue_chunks must be >= 1, got {self.output_queue_chunks}")
+        if self.max_live_backlog_s <= 0 or self.max_buffered_audio_s <= 0:
+            raise ValueError("max_live_backlog_s and max_buffered_audio_s must be > 0")
+        if self.stats_window < 1 or self.close_timeout_s <= 0:
+            raise ValueError("stats_window must be >= 1 and close_timeout_s > 0")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "StreamConfig":
+        """From a YAML section (e.g. ``stream:`` in configs/server.yaml); unknown keys are errors."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown stream option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        vad = values.pop("vad", None)
+        if isinstance(vad, Mapping):
+            vad_known = {f.name for f in fields(VadConfig)}
+            vad_unknown = sorted(set(vad) - vad_known)
+            if vad_unknown:
+                raise ValueError(f"unknown vad option(s): {', '.join(vad_unknown)}")
+            vad = dict(vad)
+            if "band_hz" in vad:
+                vad["band_hz"] = tuple(vad["band_hz"])
+            values["vad"] = VadConfig(**vad)
+        elif vad is not None:
+            values["vad"] = vad
+        return cls(**values)

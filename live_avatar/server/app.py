@@ -1,0 +1,98 @@
+"""The aiohttp application: ``create_app(config, engine=None)``.
+
+The engine is loaded at startup in a worker thread (unless one is passed in, as tests do), the
+default avatar is prepared, and on shutdown every session and peer connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from live_avatar.core.portraits import PortraitLimits
+from live_avatar.server.avatars import AvatarStore
+from live_avatar.server.config import ServerConfig
+from live_avatar.server.metrics import ServerMetrics
+from live_avatar.server.routes import Api
+from live_avatar.server.sessions import SessionManager
+from live_avatar.server.webrtc.signaling import PeerConnector
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = web.AppKey("avatar_server", dict)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error leaves as JSON {"error": ...}; unexpected ones are logged, never shown raw."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason if exc.text is None else exc.text.strip()}, status=exc.status, headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response({"error": "internal server error (see the server log)"}, status=500)
+
+
+def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Application:
+    config = config or ServerConfig()
+    app = web.Application(middlewares=[json_errors], client_max_size=config.limits.max_upload_bytes + 1024 * 1024)
+    state: dict[str, Any] = {"config": config, "engine": engine, "metrics": ServerMetrics()}
+    app[STATE_KEY] = state
+
+    owns_engine = engine is None
+
+    async def startup(app: web.Application) -> None:
+        if state["engine"] is None:
+            from live_avatar.core.engines import load_engine
+
+            log.info("loading the %s engine", config.engine)
+            state["engine"] = await asyncio.to_thread(load_engine, config.engine, **config.engine_options)
+        engine = state["engine"]
+        # an engine may measure its capacity on first use (seconds of rendering): not on the loop
+        capacity = await asyncio.to_thread(lambda: getattr(engine, "capacity", None))
+        log.info("%s engine ready: capacity %s real-time sessions", getattr(engine, "name", config.engine), capacity)
+        limits = PortraitLimits(max_bytes=config.limits.max_upload_bytes, max_pixels=config.limits.max_image_pixels)
+        avatars = AvatarStore(engine, limits, max_avatars=config.limits.max_avatars)
+        await avatars.load_default(config.avatar)
+        sessions = SessionManager(engine, config.sessions, state["metrics"])
+        connector = PeerConnector(config, sessions)
+        state.update(avatars=avatars, sessions=sessions, connector=connector)
+        api.bind(avatars, sessions, connector)
+
+    async def shutdown(app: web.Application) -> None:
+        if "sessions" in state:
+            await state["sessions"].close_all()
+            await state["connector"].close_all()
+        if owns_engine and state["engine"] is not None:
+            await asyncio.to_thread(state["engine"].close)
+
+    api = _LateApi(config, state["metrics"])
+    api.register(app)
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    return app
+
+
+class _LateApi(Api):
+    """Routes must be registered before startup; the parts that need the engine are bound at startup."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
+        super().__init__(config, None, None, None, metrics)  # type: ignore[arg-type]
+
+    def bind(self, avatars: AvatarStore, sessions: SessionManager, connector: PeerConnector) -> None:
+        self.avatars, self.sessions, self.connector = avatars, sessions, connector
+
+
+def app_state(app: web.Application) -> dict[str, Any]:
+    return app[STATE_KEY]
+
+
+__all__ = ["create_app", "app_state"]

@@ -1,0 +1,283 @@
+"""Per-session playout: puts generated frames and their speech into MediaClock slots.
+
+Slot s (due at ``clock.video_slot_time(s)``) carries one video frame and the 48 kHz audio of
+exactly that frame, so lips and sound leave the server together; the speech is thereby delayed by
+the generation latency and no more. The rules (DESIGN.md §2):
+
+* the frame for slot s is the one after the frame shown in slot s-1 (``_next``);
+* if it is not there yet, the last frame is repeated (with silence) and counted, and the frame
+  goes out in the next slot when it comes: the playout slips one slot, absorbing jitter;
+* a surplus that is not needed any more (the buffer never ran low for a whole second) is trimmed
+  by dropping frames, so a slip does not cost latency for good;
+* slots missed because the event loop stalled take their frames with them (dropped, counted);
+* frames buffered beyond a bound are backlog and dropped; frame-index gaps (interrupt, skipped
+  blocks upstream) are jumped over; a frame older than one already shown is past its slot and
+  dropped.
+
+Each slot is published to a ``Fanout`` so that several consumers can send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from live_avatar.core.contract import Chunk
+from live_avatar.server.media.fanout import Fanout
+from live_avatar.server.media.clock import MediaClock
+
+log = logging.getLogger(__name__)
+
+WAIT_HISTORY = 100  # frames whose ready-to-slot wait is kept for the stats
+TRIM_WINDOW_SLOTS = 25  # 1 s at 25 fps: how long a latency surplus must persist before a trim
+
+
+@dataclass(frozen=True)
+class OutputSlot:
+    slot: int  # MediaClock video slot: video pts = slot * 3600, audio frames 2*slot, 2*slot + 1
+    due: float  # wall time the slot is sent
+    frame_index: int  # session timeline index of the frame shown
+    frame: np.ndarray  # uint8 [H, W, 3] RGB (shared by every consumer: read-only)
+    audio: np.ndarray  # int16 [clock.audio_samples_per_video_frame] at 48 kHz
+    repeated: bool
+
+
+@dataclass
+class _Buffered:
+    frame: np.ndarray
+    audio: np.ndarray
+    ready_at: float
+    onset_arrivals: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PlayoutCounters:
+    slots: int = 0  # slots published (frames + repeats)
+    frames_sent: int = 0  # distinct generated frames published
+    frames_repeated: int = 0
+    frames_dropped: int = 0  # generated frames never shown (late or backlog)
+    slots_skipped: int = 0  # slots missed because the event loop woke too late
+    discarded_by_interrupt: int = 0  # buffered frames thrown away by a barge-in
+    trims: int = 0  # frames dropped to bring latency back down after a sustained surplus
+
+
+class Playout:
+    def __init__(
+        self,
+        clock: MediaClock,
+        fanout: Fanout[OutputSlot],
+        upsample: Callable[[np.ndarray], np.ndarray],  # 16 kHz float32 -> 48 kHz int16, streaming
+        *,
+        playout_delay_s: float,
+        max_buffered_frames: int,
+        on_slot: Callable[[OutputSlot, list[float]], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.fanout = fanout
+        self._upsample = upsample
+        self._playout_delay_s = playout_delay_s
+        self._delay_frames = math.ceil(playout_delay_s * clock.fps)  # the delay, in frames
+        self._max_buffered = max_buffered_frames
+        self._silence = np.zeros(clock.audio_samples_per_video_frame, np.int16)  # a repeated frame's audio (read-only)
+        self._silence.flags.writeable = False
+        self._on_slot = on_slot
+        self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
+        self._audio_carry = np.zeros(0, np.int16)
+        self._largest_chunk = 1
+        self._next: int | None = None  # frame index wanted for the next slot
+        self._last: _Buffered | None = None
+        # speech onsets of frames that were dropped: reported with the next frame that goes out
+        self._orphan_onsets: list[float] = []
+        self._last_index = -1
+        self._min_depth = 1 << 30  # smallest buffer depth seen in the current trim window
+        self._window_slots = 0
+        self._started = asyncio.Event()
+        self._closed = False
+        self.counters = PlayoutCounters()
+        # how long recent frames waited between being ready and their slot (the playout's share
+        # of the latency; the rest is input + generation)
+        self.recent_waits: deque[float] = deque(maxlen=WAIT_HISTORY)
+        self.first_chunk_at: float | None = None
+
+    # -- input ---------------------------------------------------------------------------------
+    def add_chunk(self, chunk: Chunk, received_at: float | None = None) -> None:
+        """Buffer a chunk's frames with their 48 kHz audio (called from the event loop)."""
+        now = self.clock.now() if received_at is None else received_at
+        n = chunk.num_frames
+        if n == 0:
+            return
+        per_frame = self.clock.audio_samples_per_video_frame
+        audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
+        self._largest_chunk = max(self._largest_chunk, n)
+        out_of_order = bool(self._buffer) and chunk.first_frame < next(reversed(self._buffer))
+        for i in range(n):
+            index = chunk.first_frame + i
+            if self._next is not None and index < self._next:
+                self.counters.frames_dropped += 1  # already past its slot (after a gap jump or stall)
+                if i == 0:
+                    self._orphan_onsets.extend(chunk.speech_onset_arrivals)
+                continue
+            self._buffer[index] = _Buffered(
+                frame=chunk.frames[i],
+                audio=audio48[i * per_frame : (i + 1) * per_frame],
+                ready_at=now,
+                onset_arrivals=list(chunk.speech_onset_arrivals) if i == 0 else [],
+            )
+        if out_of_order:  # rare (a regenerated block): keep the buffer in frame order
+            self._buffer = OrderedDict(sorted(self._buffer.items()))
+        self._bound_backlog()
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now
+            self.clock.start(now + self._playout_delay_s)
+            self._next = chunk.first_frame
+            self._started.set()
+
+    def _audio_for_frames(self, audio16: np.ndarray, need: int) -> np.ndarray:
+        """Upsample in stream order; the resampler's start-up delay is filled with leading zeros so
+        that the audio of frame k always is samples [k*1920, (k+1)*1920) of the output stream."""
+        out = np.asarray(self._upsample(np.asarray(audio16, np.float32)), np.int16)
+        pending = np.concatenate([self._audio_carry, out]) if self._audio_carry.size else out
+        if pending.size < need:
+            pending = np.concatenate([np.zeros(need - pending.size, np.int16), pending])
+        self._audio_carry = pending[need:]
+        # bound the carry: a resampler never runs more than a frame ahead of its input
+        if self._audio_carry.size > self.clock.audio_samples_per_video_frame:
+            self._audio_carry = self._audio_carry[-self.clock.audio_samples_per_video_frame :]
+        return pending[:need]
+
+    def _ahead_limit(self) -> int:
+        return min(self._max_buffered, 2 * self._largest_chunk + self._delay_frames + 2)
+
+    def _bound_backlog(self) -> None:
+        limit = self._ahead_limit()
+        while len(self._buffer) > limit:
+            self._drop_oldest()
+
+    def _trim_surplus(self) -> None:
+        """A repeat makes the next frames go out one slot later (absorbing jitter). If for a
+        whole window the buffer never ran lower than the configured delay, that surplus is latency
+        nobody needs: drop it to win those slots back."""
+        self._min_depth = min(self._min_depth, len(self._buffer))
+        self._window_slots += 1
+        if self._window_slots < TRIM_WINDOW_SLOTS:
+            return
+        surplus = min(self._min_depth - self._delay_frames, len(self._buffer))
+        if surplus > 0:
+            for _ in range(surplus):
+                self._drop_oldest()
+            self.counters.trims += 1
+            self._next = next(iter(self._buffer), self._next)
+        self._min_depth, self._window_slots = 1 << 30, 0
+
+    def discard_buffered(self) -> int:
+        """Barge-in: frames waiting for their slot are not played (the speech stops now)."""
+        n = len(self._buffer)
+        self._buffer.clear()
+        self._orphan_onsets = []
+        self.counters.discarded_by_interrupt += n
+        return n
+
+    # -- output --------------------------------------------------------------------------------
+    def buffered_frames(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        """Publish one slot every 1/fps from the clock's start until closed."""
+        await self._started.wait()
+        slot = 0
+        while not self._closed:
+            delay = self.clock.video_slot_time(slot) - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._closed:
+                break
+            now = self.clock.now()
+            current = self.clock.slot_at(now)
+            if current > slot:  # the loop woke late: those slots are gone, keep the clock's pace
+                self._skip_slots(current - slot)
+                slot = current
+            self._emit(slot, now)
+            slot += 1
+
+    def _drop_oldest(self) -> None:
+        _, item = self._buffer.popitem(last=False)
+        self._orphan_onsets.extend(item.onset_arrivals)
+        self.counters.frames_dropped += 1
+
+    def _drop_before(self, index: int) -> None:
+        while self._buffer and next(iter(self._buffer)) < index:
+            self._drop_oldest()
+
+    def _skip_slots(self, n: int) -> None:
+        """Slots that passed while the loop was busy take their frames with them; otherwise every
+        stall would add its length to the latency for good."""
+        self.counters.slots_skipped += n
+        if self._next is None:
+            return
+        self._next += n
+        self._drop_before(self._next)
+
+    def _choose(self) -> tuple[int, _Buffered] | None:
+        """The frame for this slot: the wanted one, else the next after a gap, else the newest late one."""
+        assert self._next is not None
+        if not self._buffer:
+            return None
+        if self._next in self._buffer:
+            return self._next, self._buffer[self._next]
+        later = [i for i in self._buffer if i > self._next]
+        if later:
+            i = min(later)
+            return i, self._buffer[i]
+        i = max(self._buffer)  # only late frames (after a gap jump): show the newest, drop the rest
+        return i, self._buffer[i]
+
+    def _emit(self, slot: int, now: float) -> None:
+        choice = self._choose()
+        onsets: list[float] = []
+        if choice is None:
+            if self._last is None:
+                return
+            index, item, repeated = self._last_index, self._last, True
+            audio = self._silence
+            self.counters.frames_repeated += 1
+        else:
+            index, item = choice
+            self._drop_before(index)
+            del self._buffer[index]
+            repeated = False
+            audio = item.audio
+            onsets = self._orphan_onsets + item.onset_arrivals
+            self.recent_waits.append(now - item.ready_at)
+            self._orphan_onsets = []
+            self._last, self._last_index = item, index
+            self._next = index + 1
+            self.counters.frames_sent += 1
+        self.counters.slots += 1
+        self._trim_surplus()
+        out = OutputSlot(
+            slot=slot,
+            due=self.clock.video_slot_time(slot),
+            frame_index=index,
+            frame=item.frame,
+            audio=audio,
+            repeated=repeated,
+        )
+        self.fanout.publish(out)
+        if self._on_slot is not None:
+            try:
+                self._on_slot(out, onsets)
+            except Exception:  # a stats hook must never stop the playout
+                log.exception("playout slot callback failed")
+
+    def close(self) -> None:
+        self._closed = True
+        self._started.set()
+        self.fanout.close()
+        self._buffer.clear()
+

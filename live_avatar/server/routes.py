@@ -1,0 +1,222 @@
+"""HTTP handlers (DESIGN.md §4). Every client error is a 4xx with JSON ``{"error": ...}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from live_avatar.core.contract import AvatarError
+from live_avatar.resources import CLIENT_DIR
+from live_avatar.server.avatars import AvatarStore
+from live_avatar.server.config import ServerConfig
+from live_avatar.server.metrics import ServerMetrics
+from live_avatar.server.sessions import CapacityError, SessionManager
+from live_avatar.server.webrtc.signaling import OfferError, PeerConnector, check_offer
+
+
+log = logging.getLogger(__name__)
+
+IMAGE_FIELD_NAMES = ("image", "file", "avatar")
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class Api:
+    def __init__(
+        self,
+        config: ServerConfig,
+        avatars: AvatarStore,
+        sessions: SessionManager,
+        connector: PeerConnector,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.config = config
+        self.avatars = avatars
+        self.sessions = sessions
+        self.connector = connector
+        self.metrics = metrics
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.prometheus)
+        r.add_post("/offer", self.offer)
+        r.add_post("/whip", self.whip)
+        r.add_delete("/whip/{session_id}", self.whip_delete)
+        r.add_patch("/whip/{session_id}", self.whip_patch)
+        r.add_get("/avatars", self.list_avatars)
+        r.add_post("/avatars", self.upload_avatar)
+        r.add_post("/sessions/{session_id}/interrupt", self.interrupt)
+        r.add_delete("/sessions/{session_id}", self.delete_session)
+        r.add_get("/sessions/{session_id}/stats", self.session_stats)
+        if CLIENT_DIR.is_dir():
+            r.add_static("/static/", CLIENT_DIR, show_index=False)
+            # the page links its files relatively (app.js, style.css): serve them at the root too
+            for path in CLIENT_DIR.iterdir():
+                if path.is_file() and path.name != "index.html":
+                    r.add_get(f"/{path.name}", self._file_handler(path))
+
+    # -- pages and health ----------------------------------------------------------------------
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = CLIENT_DIR / "index.html"
+        if not page.is_file():
+            return json_error(404, "the browser client (live_avatar/client/index.html) is not installed")
+        return web.FileResponse(page)
+
+    @staticmethod
+    def _file_handler(path: Path):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(path)
+
+        return handler
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit}
+        )
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        for session in self.sessions.all():
+            session.report_counters()
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type})
+
+    # -- signaling -----------------------------------------------------------------------------
+    async def _read_limited(self, request: web.Request, limit: int) -> bytes | web.Response:
+        if request.content_length is not None and request.content_length > limit:
+            return json_error(413, f"the request body is too large (more than {limit} bytes)")
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):  # read() may return early
+            size += len(chunk)
+            if size > limit:
+                return json_error(413, f"the request body is too large (more than {limit} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        body = await self._read_limited(request, self.config.limits.max_sdp_bytes + 4096)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            params = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return json_error(400, "the request body must be JSON: {sdp, type, avatar_id?, prompt?}")
+        if not isinstance(params, dict):
+            return json_error(400, "the request body must be a JSON object: {sdp, type, avatar_id?, prompt?}")
+        if params.get("type", "offer") != "offer":
+            return json_error(400, f"expected type 'offer', got {params.get('type')!r}")
+        result = await self._open(params.get("sdp"), params.get("avatar_id"), params.get("prompt"))
+        if isinstance(result, web.Response):
+            return result
+        session, answer = result
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+
+    async def whip(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/sdp":
+            return json_error(415, "WHIP offers must be sent as Content-Type: application/sdp")
+        body = await self._read_limited(request, self.config.limits.max_sdp_bytes)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            sdp = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return json_error(400, "the SDP offer is not valid UTF-8")
+        result = await self._open(sdp, request.query.get("avatar_id"), request.query.get("prompt"))
+        if isinstance(result, web.Response):
+            return result
+        session, answer = result
+        return web.Response(
+            status=201,
+            text=answer.sdp,
+            content_type="application/sdp",
+            headers={"Location": f"/whip/{session.id}", "X-Session-Id": session.id},
+        )
+
+    async def _open(self, sdp: Any, avatar_id: Any, prompt: Any):
+        try:
+            offer = check_offer(sdp, self.config.limits.max_sdp_bytes)
+        except OfferError as exc:
+            return json_error(exc.status, str(exc))
+        if avatar_id is not None and not isinstance(avatar_id, str):
+            return json_error(400, "avatar_id must be a string")
+        if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 2000):
+            return json_error(400, "prompt must be a string of at most 2000 characters")
+        try:
+            avatar = self.avatars.get(avatar_id)
+        except KeyError:
+            return json_error(404, f"unknown avatar_id {avatar_id!r}; upload one with POST /avatars")
+        try:
+            return await self.connector.answer(offer, avatar, prompt or None)
+        except OfferError as exc:
+            return json_error(exc.status, str(exc))
+        except CapacityError as exc:
+            return json_error(503, str(exc), reason="capacity")
+
+    async def whip_delete(self, request: web.Request) -> web.Response:
+        return await self.delete_session(request)
+
+    async def whip_patch(self, request: web.Request) -> web.Response:
+        # RFC 9725: a server without trickle ICE / ICE restarts answers PATCH with 405
+        return json_error(405, "trickle ICE and ICE restarts are not supported; send a complete offer")
+
+    # -- avatars -------------------------------------------------------------------------------
+    async def list_avatars(self, request: web.Request) -> web.Response:
+        return web.json_response({"avatars": self.avatars.list()})
+
+    async def upload_avatar(self, request: web.Request) -> web.Response:
+        limit = self.config.limits.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            return json_error(413, f"the upload is too large (more than {limit // (1024 * 1024)} MiB)")
+        if not request.content_type.startswith("multipart/"):
+            return json_error(415, "upload the image as multipart/form-data with a field named 'image'")
+        try:
+            reader = await request.multipart()
+            data, name = None, "upload"
+            async for part in reader:
+                if part.name in IMAGE_FIELD_NAMES or part.filename:
+                    chunks, size = [], 0
+                    while chunk := await part.read_chunk(64 * 1024):
+                        size += len(chunk)
+                        if size > limit:
+                            return json_error(413, f"the upload is too large (more than {limit // (1024 * 1024)} MiB)")
+                        chunks.append(chunk)
+                    data, name = b"".join(chunks), part.filename or "upload"
+                    break
+        except ValueError as exc:  # malformed multipart
+            return json_error(400, f"malformed multipart upload: {exc}")
+        if data is None:
+            return json_error(400, "no image in the upload: send a multipart field named 'image'")
+        try:
+            avatar_id = await self.avatars.add_upload(data, name)
+        except AvatarError as exc:
+            return json_error(422, str(exc))
+        return web.json_response({"avatar_id": avatar_id}, status=201)
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _session(self, request: web.Request):
+        session = self.sessions.get(request.match_info["session_id"])
+        if session is None:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"unknown session {request.match_info['session_id']!r}"}),
+                content_type="application/json",
+            )
+        return session
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        position = session.interrupt()
+        return web.json_response({"session_id": session.id, "playback_position_s": position})
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        await session.close("closed by the client")
+        return web.json_response({"session_id": session.id, "state": session.state})
+
+    async def session_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self._session(request).stats())
