@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
 
 PRESETS_DIR = config_path("presets")
@@ -52,13 +51,9 @@ def load_preset(name: str, directory: Path = PRESETS_DIR) -> Preset:
     if not path.is_file():
         raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names(directory))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PresetError(f"preset file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise PresetError(f"preset file {path} must hold a mapping of option: value")
-    known = {f.name for f in dataclasses.fields(Preset)} - {"name"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise PresetError(f"preset file {path} has unknown keys {unknown}; known keys: {sorted(known)}")
-    return Preset(name=name, **data)
+        data = read_yaml_mapping(path)
+        if "name" in data:
+            raise ConfigError("a preset's name is its file name; remove the key", str(path), "name")
+        return from_mapping(Preset, {**data, "name": name}, str(path))
+    except ConfigError as exc:
+        raise PresetError(f"preset {exc}") from None

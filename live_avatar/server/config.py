@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
 
 DEFAULT_CONFIG_PATH = config_path("server.yaml")
@@ -25,7 +24,7 @@ class SessionConfig:
 @dataclass
 class WebRTCConfig:
     ice_host_addresses: list[str] = field(default_factory=list)
-    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    ice_servers: list[Any] = field(default_factory=list)  # entries: checked by rtc_configuration, which says what one needs
     audio_jitter_prefetch: int = 1
 
 
@@ -59,58 +58,25 @@ class ServerConfig:
         return [self.host]
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Dataclass from a mapping; unknown keys are an error (a typo must not be silently ignored)."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    kwargs = {}
-    defaults = cls()
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if is_dataclass(default):
-            kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
-        else:
-            _check_type(value, default, f"{where}.{name}")
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _check_type(value: Any, default: Any, where: str) -> None:
-    """A value must have its default's type (an int may stand for a float); None defaults take anything."""
-    if default is None:
-        return
-    expected = (int, float) if type(default) is float else type(default)
-    if isinstance(value, bool) is not isinstance(default, bool) or not isinstance(value, expected):
-        raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}")
-
-
 def load_server_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
-    """Read ``path`` (default configs/server.yaml), then apply top-level overrides that are not None."""
+    """Read ``path`` (default: the packaged server.yaml), then apply top-level overrides that are not None."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    values: dict[str, Any] = {}
-    if path.exists():
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    elif path != DEFAULT_CONFIG_PATH:
+    if not path.exists() and path != DEFAULT_CONFIG_PATH:
         raise FileNotFoundError(f"config file not found: {path}")
-    config = _build(ServerConfig, values, str(path.name))
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        if not hasattr(config, name):
-            raise ValueError(f"unknown server option {name!r}")
-        setattr(config, name, value)
+    values = read_yaml_mapping(path) if path.exists() else {}
+    unknown = sorted(name for name in overrides if name not in {f.name for f in fields(ServerConfig)})
+    if unknown:
+        raise ValueError(f"unknown server option(s) {', '.join(unknown)}")
+    flags = {name: value for name, value in overrides.items() if value is not None}
+    config = from_mapping(ServerConfig, {**values, **flags}, str(path))
     if not 0 <= config.port <= 65535:
-        raise ValueError(f"port {config.port} is out of range (0..65535)")
+        raise ConfigError(f"{config.port} is out of range (0..65535)", str(path), "port")
     if config.sessions.max_sessions < 1:
-        raise ValueError(f"max_sessions must be at least 1, got {config.sessions.max_sessions}")
+        raise ConfigError(f"max_sessions must be at least 1, got {config.sessions.max_sessions}", str(path), "sessions.max_sessions")
     from live_avatar.server.webrtc.ice import rtc_configuration
 
-    rtc_configuration(config.webrtc.ice_servers)  # checked now, not at the first offer
+    try:
+        rtc_configuration(config.webrtc.ice_servers)  # checked now, not at the first offer
+    except ValueError as exc:
+        raise ConfigError(str(exc), str(path), "webrtc.ice_servers") from None
     return config

@@ -34,12 +34,13 @@ def test_overrides_and_size_rounding(tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"colour": "red"}, "unknown lite engine option"),
-        ({"motion": {"blinks": 3}}, "unknown lite engine option"),
+        ({"colour": "red"}, "lite engine options: unknown key.s. colour"),
+        ({"motion": {"blinks": 3}}, "lite engine options: motion: unknown key.s. blinks"),
         ({"size": "big"}, "size"),
         ({"size": "10*10"}, "out of range"),
         ({"block_frames": 0}, "block_frames"),
-        ({"motion": 3}, "mapping"),
+        ({"motion": 3}, "motion: expected a mapping"),
+        ({"fps": "25"}, "fps: expected an integer"),
     ],
 )
 def test_bad_config_is_refused(options, message):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from live_avatar.core.audio.vad import VadConfig
+from live_avatar.core.config_loading import from_mapping
 
 
 @dataclass
@@ -47,23 +48,6 @@ class StreamConfig:
             raise ValueError("stats_window must be >= 1 and close_timeout_s > 0")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "StreamConfig":
-        """From a YAML section (e.g. ``stream:`` in configs/server.yaml); unknown keys are errors."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown stream option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        vad = values.pop("vad", None)
-        if isinstance(vad, Mapping):
-            vad_known = {f.name for f in fields(VadConfig)}
-            vad_unknown = sorted(set(vad) - vad_known)
-            if vad_unknown:
-                raise ValueError(f"unknown vad option(s): {', '.join(vad_unknown)}")
-            vad = dict(vad)
-            if "band_hz" in vad:
-                vad["band_hz"] = tuple(vad["band_hz"])
-            values["vad"] = VadConfig(**vad)
-        elif vad is not None:
-            values["vad"] = vad
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "stream options") -> "StreamConfig":
+        """From a YAML section (e.g. ``stream:`` of a server config); unknown keys are errors."""
+        return from_mapping(cls, values, source)

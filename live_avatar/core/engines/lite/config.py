@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from live_avatar.core.config_loading import from_mapping, merge_mappings, read_yaml_mapping
 from live_avatar.resources import config_path
 
 DEFAULT_CONFIG_PATH = config_path("engines", "lite.yaml")
@@ -99,7 +99,8 @@ class RenderConfig:
 
 @dataclass
 class LiteConfig:
-    size: tuple[int, int] = (512, 512)  # (width, height); rounded down to size_multiple
+    # (width, height), or "W*H"; rounded down to size_multiple
+    size: tuple[int, int] = field(default=(512, 512), metadata={"parse": lambda value: parse_size(value)})
     fps: int = 25
     sample_rate: int = 16000
     block_frames: int = 2
@@ -113,6 +114,12 @@ class LiteConfig:
     rig: RigConfig = field(default_factory=RigConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        if self.block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, got {self.block_frames}")
+        if self.fps <= 0 or self.sample_rate % self.fps:
+            raise ValueError("sample_rate must be a multiple of fps")
 
 
 def parse_size(value: Any) -> tuple[int, int]:
@@ -130,54 +137,14 @@ def parse_size(value: Any) -> tuple[int, int]:
     return width, height
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown lite engine option(s) {', '.join(unknown)} in {where}; known: {', '.join(known)}")
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
-            if dataclasses.is_dataclass(value):
-                value = dataclasses.asdict(value)
-            if not isinstance(value, dict):
-                raise ValueError(f"lite engine option {where}.{name} must be a mapping")
-            value = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple) and name != "size":
-            value = tuple(float(v) for v in value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_lite_config(overrides: dict[str, Any] | None = None, path: Path | str | None = DEFAULT_CONFIG_PATH) -> LiteConfig:
     """Defaults <- YAML file (if present) <- keyword overrides. Unknown keys are an error."""
     values: dict[str, Any] = {}
     if path is not None and Path(path).is_file():
-        import yaml
-
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path} must contain a mapping")
-        values = loaded
-    values = _merge(values, dict(overrides or {}))
-    config = _build(LiteConfig, values, "lite")
-    width, height = parse_size(config.size)
+        values = read_yaml_mapping(path)
+        from_mapping(LiteConfig, values, str(path))  # the file's own mistakes are reported against it
+    config = from_mapping(LiteConfig, merge_mappings(values, dict(overrides or {})), "lite engine options")
+    width, height = config.size
     step = config.framing.size_multiple
     config.size = (max(step, width // step * step), max(step, height // step * step))
-    if config.block_frames < 1:
-        raise ValueError("block_frames must be >= 1")
-    if config.fps <= 0 or config.sample_rate % config.fps:
-        raise ValueError("sample_rate must be a multiple of fps")
     return config

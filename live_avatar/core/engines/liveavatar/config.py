@@ -20,13 +20,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 
 WAN_14B_INJECT_LAYERS = (0, 4, 8, 12, 16, 20, 24, 27, 30, 33, 36, 39)
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -99,17 +95,11 @@ class DiTConfig:
         return len(self.audio_inject_layers)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DiTConfig":
-        """Build from a ``config.json``-style mapping; keys starting with ``_`` and unknown keys are ignored."""
+    def from_dict(cls, data: Mapping[str, Any], source: str = "dit config") -> "DiTConfig":
+        """Build from a ``config.json``-style mapping. Keys starting with ``_`` and keys this model does not
+        use are ignored: checkpoint files carry fields of other Wan variants."""
         known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key.startswith("_") or key not in known:
-                continue
-            if key in ("patch_size", "window_size", "audio_inject_layers") and value is not None:
-                value = tuple(int(v) for v in value)
-            kwargs[key] = value
-        return cls(**kwargs)
+        return from_mapping(cls, {k: v for k, v in data.items() if k in known}, source)
 
     @classmethod
     def from_checkpoint_dir(cls, checkpoint_dir: str | Path) -> "DiTConfig":
@@ -120,7 +110,7 @@ class DiTConfig:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -206,13 +196,8 @@ class StreamingConfig:
         return float(self.lora_alpha) / float(self.lora_rank)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "StreamingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown streaming config key(s): {', '.join(unknown)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any], source: str = "streaming config") -> "StreamingConfig":
+        return from_mapping(cls, data, source)
 
 
 @dataclass(frozen=True)
@@ -225,6 +210,14 @@ class ModelConfig:
     lora_path: str | None = None  # liveavatar.safetensors
 
 
+@dataclass(frozen=True)
+class WeightPaths:
+    """The ``weights:`` section of an engine YAML file."""
+
+    checkpoint_dir: str | None = None
+    lora_path: str | None = None
+
+
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read the ``dit:``, ``streaming:`` and ``weights:`` sections of an engine YAML file.
 
@@ -232,22 +225,20 @@ def load_model_config(path: str | Path) -> ModelConfig:
     comes from that file instead.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read engine config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    weights = data.get("weights") or {}
-    checkpoint_dir = weights.get("checkpoint_dir")
+    data = read_yaml_mapping(path)
+    unknown = sorted(set(data) - {"dit", "streaming", "weights"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: dit, streaming, weights", str(path))
+    weights = from_mapping(WeightPaths, data.get("weights"), f"{path}: weights")
+    checkpoint_dir = weights.checkpoint_dir
     if data.get("dit") is not None:
-        dit = DiTConfig.from_dict(data["dit"])
+        dit = DiTConfig.from_dict(data["dit"], f"{path}: dit")
     elif checkpoint_dir:
         dit = DiTConfig.from_checkpoint_dir(checkpoint_dir)
     else:
         dit = DiTConfig()
-    streaming = StreamingConfig.from_dict(data.get("streaming") or {})
-    return ModelConfig(dit=dit, streaming=streaming, checkpoint_dir=checkpoint_dir, lora_path=weights.get("lora_path"))
+    streaming = StreamingConfig.from_dict(data.get("streaming") or {}, f"{path}: streaming")
+    return ModelConfig(dit=dit, streaming=streaming, checkpoint_dir=checkpoint_dir, lora_path=weights.lora_path)
 
 
 @dataclass(frozen=True)
