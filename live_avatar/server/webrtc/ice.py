@@ -1,48 +1,19 @@
-"""Which host candidates a peer connection offers, and which ICE servers it uses.
+"""Which ICE servers a peer connection uses (and, re-exported, which host candidates it offers).
 
-aioice gathers host candidates from every interface but loopback (``aioice.ice.get_host_addresses``)
-and aiortc adds Google's public STUN server when no ``iceServers`` are given. A live server bound
-to 127.0.0.1 must offer exactly 127.0.0.1 and contact no outside server. aiortc 1.16 has no option
-for the host addresses, so the one hook is that module-level function: we wrap it once with a
-version that honours a context variable, and ``pinned_host_addresses`` sets that variable around
-the call that gathers (``setLocalDescription``). The pin is scoped to that call's task context, so
-other connections in the same process (another session, a test peer) are unaffected.
+aiortc adds Google's public STUN server when no ``iceServers`` are given; a server must contact no
+outside server unless configured to. Host-candidate pinning is an aiortc internals hook and lives
+with the others in ``aiortc_hooks``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Iterator
+from typing import Any
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
-_pinned: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("pinned_host_addresses", default=None)
-_original_get_host_addresses = aioice.ice.get_host_addresses
+from live_avatar.server.webrtc.aiortc_hooks import pinned_host_addresses
 
-
-def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    pinned = _pinned.get()
-    if pinned is None:
-        return _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-    return list(pinned)
-
-
-def _install() -> None:
-    if aioice.ice.get_host_addresses is not _get_host_addresses:
-        aioice.ice.get_host_addresses = _get_host_addresses
-
-
-@contextlib.contextmanager
-def pinned_host_addresses(addresses: list[str] | None) -> Iterator[None]:
-    """Within this block, ICE gathering offers exactly ``addresses`` (None: aioice's default)."""
-    _install()
-    token = _pinned.set(list(addresses) if addresses is not None else None)
-    try:
-        yield
-    finally:
-        _pinned.reset(token)
+__all__ = ["pinned_host_addresses", "rtc_configuration"]
 
 
 def rtc_configuration(ice_servers: list[dict[str, Any]]) -> RTCConfiguration:

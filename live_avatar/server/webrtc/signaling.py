@@ -18,10 +18,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from live_avatar.server.config import ServerConfig
-from live_avatar.server.webrtc.ice import pinned_host_addresses, rtc_configuration
-from live_avatar.server.webrtc.rtp_tuning import set_audio_jitter_prefetch
 from live_avatar.server.session import AvatarSession
 from live_avatar.server.sessions import SessionManager
+from live_avatar.server.webrtc.aiortc_hooks import set_audio_jitter_prefetch
+from live_avatar.server.webrtc.ice import pinned_host_addresses, rtc_configuration
 
 log = logging.getLogger(__name__)
 

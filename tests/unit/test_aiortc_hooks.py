@@ -1,12 +1,12 @@
-"""The server's audio receivers hold back 1 packet (20 ms) instead of aiortc's 4 (80 ms)."""
+"""aiortc_hooks: the audio receivers hold back 1 packet (20 ms) instead of aiortc's 4 (80 ms); the hooks know their versions."""
 
 from __future__ import annotations
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from live_avatar.server.webrtc.aiortc_hooks import set_audio_jitter_prefetch
 from live_avatar.server.webrtc.ice import rtc_configuration
-from live_avatar.server.webrtc.rtp_tuning import set_audio_jitter_prefetch
 
 
 async def answered_pair() -> tuple[RTCPeerConnection, RTCPeerConnection]:
@@ -43,3 +43,10 @@ async def test_out_of_range_prefetch_is_refused() -> None:
     finally:
         await client.close()
         await server.close()
+
+
+def test_installed_aiortc_is_one_the_hooks_were_checked_with() -> None:
+    """An aiortc/aioice upgrade must come with a fresh look at aiortc_hooks.py (then widen TESTED_VERSIONS)."""
+    from live_avatar.server.webrtc.aiortc_hooks import untested_versions
+
+    assert untested_versions() == []
