@@ -8,7 +8,7 @@ import torch
 
 from live_avatar.core.contract import AudioBlock, AvatarError, BlockGenerator, Engine, EngineBusyError
 from live_avatar.core.engines import load_engine
-from live_avatar.core.engines.liveavatar.engine import EngineConfigError, frame_size
+from live_avatar.core.engines.liveavatar.options import EngineConfigError, frame_size
 
 torch.set_num_threads(1)
 SPF = 640
@@ -139,7 +139,7 @@ def test_checkpoint_folder_layout_loads_and_matches_the_tiny_engine(engine, avat
 
     from safetensors.torch import save_file
 
-    from live_avatar.core.engines.liveavatar.engine import WAN_DIR_NAME, WAV2VEC_DIR
+    from live_avatar.core.engines.liveavatar.parts import WAN_DIR_NAME, WAV2VEC_DIR
 
     wan = tmp_path / WAN_DIR_NAME
     wan.mkdir()

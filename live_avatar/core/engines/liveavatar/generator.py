@@ -1,0 +1,161 @@
+"""A prepared avatar (``LiveAvatar``) and the per-session block generator of the liveavatar engine."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from live_avatar.core.contract import AudioBlock
+
+from .vae_stream import to_uint8_frames
+
+if TYPE_CHECKING:
+    from .engine import LiveAvatarEngine
+
+
+@dataclass
+class LiveAvatar:
+    """A prepared portrait: the engine-size image and its latents (on the engine's device)."""
+
+    image: np.ndarray  # uint8 [H, W, 3], the engine-size crop
+    pixels: torch.Tensor  # [3, H, W] in [-1, 1]
+    reference_latent: torch.Tensor  # [16, 1, h, w]
+    motion_latents: torch.Tensor  # [16, 19, h, w]
+
+
+@dataclass
+class BlockStageTimes:
+    """Seconds spent per stage of the last block (device-synchronised only when ``sync_timing``)."""
+
+    audio_s: float = 0.0
+    dit_s: float = 0.0
+    vae_s: float = 0.0
+    refresh_s: float = 0.0
+    prefill_s: float = 0.0
+    total_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class LiveAvatarGenerator:
+    """BlockGenerator of one session: audio window -> DiT block -> streaming VAE -> uint8 frames."""
+
+    def __init__(self, engine: "LiveAvatarEngine", avatar: LiveAvatar, prompt: str | None, *, sync_timing: bool = False):
+        from .config import LatentGeometry
+        from .sampler import ClipNoise
+        from .stepper import CausalStepper
+
+        self.engine = engine
+        parts = engine.parts
+        streaming = parts.model_config.streaming
+        self.block_frames = streaming.video_frames_per_block
+        self.context_samples = parts.audio.context_samples
+        self.lookahead_samples = parts.audio.lookahead_samples
+        self.sync_timing = sync_timing
+        self.avatar = avatar
+        self.timings = BlockStageTimes()
+        self._closed = False
+        w, h = engine.size
+        # the rolling-reference RoPE offset is random per DiT call (as the reference); seeding it from the
+        # session seed makes a session reproducible (the reference leaves it unseeded)
+        self.stepper = CausalStepper(
+            parts.dit, streaming, LatentGeometry.from_pixels(h, w), rope_rng=random.Random(engine.options.seed)
+        )
+        self.noise = ClipNoise(
+            engine.options.seed, self.stepper.clip_noise_shape, streaming.latent_frames_per_block,
+            device=engine.device, dtype=engine.dtype,
+        )
+        self.video = parts.codec.stream()
+        self._prompt = prompt if prompt else engine.options.prompt
+        self._started = False
+        self._first_latent: torch.Tensor | None = None
+        # last frames in [-1, 1] for the "reencode" sink refresh (motion = VAE(last 73 frames))
+        self._recent = deque(maxlen=parts.codec.config.motion_frames)
+        self.blocks_done = 0
+
+    def _sync(self) -> float:
+        if self.sync_timing and self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        """Sink prefill + VAE priming (done lazily before the first block; the benchmark times it alone)."""
+        t0 = self._sync()
+        with self.engine.compute_lock, torch.inference_mode():
+            context = self.engine.parts.text.encode(self._prompt)
+            self.stepper.prefill(self.avatar.reference_latent, self.avatar.motion_latents, context)
+            self.video.start(self.avatar.motion_latents)
+        self._recent.clear()
+        self._recent.extend(self.avatar.pixels[:, None].unbind(1) * self._recent.maxlen)
+        self._started = True
+        self.timings.prefill_s = self._sync() - t0
+
+    def _refresh_sink(self) -> None:
+        """Before the first block of clip 1: rebuild the sink (online-decode semantics, spec §3.4 / golden README)."""
+        mode = self.engine.options.sink_refresh
+        if mode == "none" or self._first_latent is None:
+            return
+        motion = None
+        if mode == "reencode":
+            clip = torch.stack(list(self._recent), dim=1)  # [3, 73, H, W]
+            motion = self.engine.parts.codec.encode(clip)
+        self.stepper.refresh_sink(self._first_latent, motion)
+        self._first_latent = None
+
+    def generate(self, block: AudioBlock) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("generator is closed")
+        if block.num_frames != self.block_frames:
+            raise ValueError(f"liveavatar blocks have {self.block_frames} frames, got {block.num_frames}")
+        if not self._started:
+            self.start()
+        t = BlockStageTimes(prefill_s=self.timings.prefill_s if self.blocks_done == 0 else 0.0)
+        t_start = self._sync()
+        with self.engine.compute_lock, torch.inference_mode():
+            feats = self.engine.parts.audio.block_features(block)  # [25, D, 12] float32
+            t1 = self._sync()
+            t.audio_s = t1 - t_start
+            streaming = self.engine.parts.model_config.streaming
+            if self.stepper.block_index == streaming.blocks_per_clip:
+                self._refresh_sink()
+            t2 = self._sync()
+            t.refresh_s = t2 - t1
+            latents = self.stepper.step_block(feats[None].to(self.engine.dtype), self.noise.block(self.stepper.block_index))
+            if self.stepper.block_index == 1:
+                self._first_latent = latents[:, :1].clone()
+            t3 = self._sync()
+            t.dit_s = t3 - t2
+            pixels = self.video.decode_block(latents)  # [3, 12, H, W]
+            self._recent.extend(pixels.unbind(1))
+            frames = to_uint8_frames(pixels).numpy()
+            t.vae_s = self._sync() - t3
+        t.total_s = t.audio_s + t.refresh_s + t.dit_s + t.vae_s
+        self.timings = t
+        self.blocks_done += 1
+        return frames
+
+    def reset_motion_to_idle(self) -> None:
+        """Nothing to reset: the DiT has no explicit mouth state; the next blocks follow the (silent) audio."""
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError(
+            "the liveavatar engine cannot save a session for --resume: its state is the GPU KV rings and sink "
+            f"(~{self.stepper.state_nbytes / 1e9:.1f} GB); re-run the clip instead"
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError("the liveavatar engine cannot resume a session (see state_dict)")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stepper = None  # frees the rings and the sink
+        self.video = None
+        self._recent.clear()
+        self.engine._release_session()

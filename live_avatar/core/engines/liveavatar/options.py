@@ -1,0 +1,105 @@
+"""Options of the liveavatar engine: ``LiveAvatarOptions`` (documented in :mod:`.engine`), device/dtype
+resolution and the output frame size rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+DEFAULT_PROMPT = "A person is talking to the camera with natural facial expressions and head movements."
+
+
+class EngineConfigError(ValueError):
+    """An engine option is unknown or invalid, or the weights folder is incomplete (user-facing)."""
+
+
+@dataclass(frozen=True)
+class LiveAvatarOptions:
+    weights_dir: str | None = None
+    tiny: bool = False
+    random_weights: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    compile_vae: bool = False
+    fp8: bool = False
+    size: str | None = None  # None: "704*384" (real), "128*64" (tiny)
+    aspect: str = "9:16"
+    prompt: str = DEFAULT_PROMPT
+    seed: int = 420
+    context_s: float = 2.0
+    lookahead_s: float = 0.16
+    sink_refresh: str = "reencode"
+    capacity: int = 1
+    config: str | None = None
+    lora_path: str | None = None  # default: found in weights_dir; "none" skips the LoRA
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> "LiveAvatarOptions":
+        options = dict(options)
+        if "weights" in options:
+            options.setdefault("weights_dir", options.pop("weights"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in options if k not in known)
+        if unknown:
+            raise EngineConfigError(f"unknown liveavatar option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        opts = cls(**{k: v for k, v in options.items() if v is not None or k in ("weights_dir", "size", "config")})
+        modes = sum([bool(opts.weights_dir), bool(opts.tiny), bool(opts.random_weights)])
+        if modes != 1:
+            raise EngineConfigError(
+                "the liveavatar engine needs exactly one of: --weights DIR (option weights_dir: the checkpoint "
+                "folder), --tiny (random tiny models, CPU) or random_weights=True (14B with random weights, benchmarks)"
+            )
+        if opts.sink_refresh not in ("reencode", "keep_motion", "none"):
+            raise EngineConfigError(f"sink_refresh must be 'reencode', 'keep_motion' or 'none', got {opts.sink_refresh!r}")
+        if opts.capacity < 1:
+            raise EngineConfigError("capacity must be >= 1")
+        return opts
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise EngineConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineConfigError(f"device {name!r} requested but CUDA is not available (use device='cpu' with tiny=True)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}.get(name)
+    if dtype is None:
+        raise EngineConfigError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {name!r}")
+    return dtype
+
+
+def _parse_aspect(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.replace("/", ":").split(":"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        raise EngineConfigError(f"aspect must look like '9:16' (width:height), got {text!r}") from None
+    return w, h
+
+
+def frame_size(size: str, aspect: str) -> tuple[int, int]:
+    """(width, height): the reference --size rule (area cap, sides multiples of 64) for a frame of ``aspect``."""
+    from live_avatar.core.offline.plan import PlanError, choose_size, parse_size
+
+    aw, ah = _parse_aspect(aspect)
+    try:
+        w, h = parse_size(size)
+        # a large frame of the requested aspect, so that the rule scales it down to the area cap
+        k = math.ceil(4 * math.sqrt(w * h / (aw * ah)))
+        return choose_size(aw * k, ah * k, w * h, divisor=64)
+    except PlanError as exc:
+        raise EngineConfigError(str(exc)) from None
