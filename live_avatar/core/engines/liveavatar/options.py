@@ -4,21 +4,25 @@ resolution and the output frame size rule."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+
+from live_avatar.core.config_loading import ConfigError, from_mapping
 
 DEFAULT_PROMPT = "A person is talking to the camera with natural facial expressions and head movements."
 
 
-class EngineConfigError(ValueError):
+class EngineConfigError(ConfigError):
     """An engine option is unknown or invalid, or the weights folder is incomplete (user-facing)."""
 
 
 @dataclass(frozen=True)
 class LiveAvatarOptions:
-    weights_dir: str | None = None
+    # a folder may be given as a path object too
+    weights_dir: str | None = field(default=None, metadata={"parse": lambda v: os.fspath(v) if v is not None else None})
     tiny: bool = False
     random_weights: bool = False
     device: str = "auto"
@@ -32,32 +36,30 @@ class LiveAvatarOptions:
     seed: int = 420
     context_s: float = 2.0
     lookahead_s: float = 0.16
-    sink_refresh: str = "reencode"
+    sink_refresh: Literal["reencode", "keep_motion", "none"] = "reencode"
     capacity: int = 1
     config: str | None = None
     lora_path: str | None = None  # default: found in weights_dir; "none" skips the LoRA
 
-    @classmethod
-    def from_kwargs(cls, options: dict[str, Any]) -> "LiveAvatarOptions":
-        options = dict(options)
-        if "weights" in options:
-            options.setdefault("weights_dir", options.pop("weights"))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in options if k not in known)
-        if unknown:
-            raise EngineConfigError(f"unknown liveavatar option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        opts = cls(**{k: v for k, v in options.items() if v is not None or k in ("weights_dir", "size", "config")})
-        modes = sum([bool(opts.weights_dir), bool(opts.tiny), bool(opts.random_weights)])
-        if modes != 1:
+    def __post_init__(self) -> None:
+        if sum([bool(self.weights_dir), bool(self.tiny), bool(self.random_weights)]) != 1:
             raise EngineConfigError(
                 "the liveavatar engine needs exactly one of: --weights DIR (option weights_dir: the checkpoint "
                 "folder), --tiny (random tiny models, CPU) or random_weights=True (14B with random weights, benchmarks)"
             )
-        if opts.sink_refresh not in ("reencode", "keep_motion", "none"):
-            raise EngineConfigError(f"sink_refresh must be 'reencode', 'keep_motion' or 'none', got {opts.sink_refresh!r}")
-        if opts.capacity < 1:
+        if self.capacity < 1:
             raise EngineConfigError("capacity must be >= 1")
-        return opts
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> "LiveAvatarOptions":
+        """From engine keyword options; ``weights`` is an alias of ``weights_dir``; None means "not given"."""
+        options = {k: v for k, v in options.items() if v is not None}
+        if "weights" in options:
+            options.setdefault("weights_dir", options.pop("weights"))
+        try:
+            return from_mapping(cls, options, "liveavatar engine options")
+        except ConfigError as exc:
+            raise EngineConfigError(exc.problem, exc.source, exc.key) from None
 
 
 def resolve_device(name: str) -> torch.device:
