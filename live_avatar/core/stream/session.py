@@ -5,23 +5,18 @@ moves buffers under a short lock; a worker thread waits for each block's input (
 calls the synchronous ``generate()`` and queues the chunk. Block j covers frames
 [jB, (j+1)B) plus the generator's context/lookahead samples.
 
-Schedule of block f (first frame f, B frames, S samples a frame, lookahead L):
-  * due for playout at first_ready + playout_margin_s + (f - f_first)/fps (the consumer starts
-    its clock when the first chunk arrives);
-  * ready when the timeline holds samples up to (f+B)*S + L. If the input is late, a live block
-    waits until t0 + ((f+B)*S + L)/sr + input_jitter_s (never past half a block after its
-    playout), then pads silence: idle blocks keep coming at real-time pace with no input;
-  * buffered mode (a producer ahead of real time): generated as soon as its audio is there, but
-    at most max(buffered_lead_s, one block) before its playout;
-  * a worker more than a block behind the playout skips whole blocks ahead (counted, never
-    generated) instead of letting latency grow.
+The schedule (playout due times, input deadlines, catch-up skips) is ``BlockSchedule``
+(schedule.py): with no input, idle blocks keep coming at real-time pace; a buffered producer ahead
+of real time is generated as soon as its audio is there but a bounded lead before its playout; a
+worker behind the playout skips whole blocks (counted, never generated) instead of letting latency
+grow. Speech flags, onsets and end of speech live in ``SpeechTracker`` (onsets.py), the counters
+and the ``stats()`` dictionary in stats.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -31,10 +26,12 @@ from typing import AsyncIterator
 import numpy as np
 
 from live_avatar.core.audio.timeline import AudioTimeline
-from live_avatar.core.audio.vad import VoiceActivityDetector
 from live_avatar.core.contract import AudioBlock, BlockGenerator, BlockTimings, Chunk
 from live_avatar.core.stream.config import StreamConfig
 from live_avatar.core.stream.input_clock import LiveInputClock
+from live_avatar.core.stream.onsets import SpeechTracker
+from live_avatar.core.stream.schedule import BlockSchedule
+from live_avatar.core.stream.stats import SessionCounters, session_stats
 
 logger = logging.getLogger(__name__)
 
@@ -93,22 +90,18 @@ class StreamSession:
         self._cond = threading.Condition()
         self._timeline = AudioTimeline(sample_rate)
         self._clock = LiveInputClock(sample_rate)
-        self._vad = VoiceActivityDetector(sample_rate, self.samples_per_frame, self.config.vad)
-        self._vad_next_frame = 0
-        self._speech_flags: dict[int, bool] = {}
-        # Speech onsets (frame, arrival) waiting for the block that shows them, and those already
-        # handed out with a block that may still be dropped by an interrupt (live mode re-issues them).
-        self._pending_onsets: deque[tuple[int, float]] = deque(maxlen=64)
-        self._issued_onsets: deque[tuple[int, float]] = deque(maxlen=64)
+        self._schedule = BlockSchedule(
+            self.config, self._clock, fps=fps, sample_rate=sample_rate, block_frames=block_frames, lookahead=lookahead
+        )
+        self._speech = SpeechTracker(
+            self._timeline, self.samples_per_frame, self.config.vad, buffered=self.config.buffered
+        )
         self._out: deque[Chunk] = deque()
         self._next_frame = 0  # first frame of the next block to generate
         self._in_progress: int | None = None  # first frame of the block being generated
         self._played_frame = -1
         self._epoch = 0  # bumped by interrupt(); results of older epochs are discarded
         self._reset_motion = False
-        self._eos_sample: int | None = None
-        self._first_ready: float | None = None
-        self._first_ready_frame = 0
 
         self._state = "created"  # created -> running -> closed | error
         self._error: str | None = None
@@ -118,22 +111,11 @@ class StreamSession:
         self._generator_closed = False
         self._close_generator_on_exit = False
         self._worker_done = False
-        self._last_slack_s: float | None = None  # playout due - ready time of the last block
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._chunk_event: asyncio.Event | None = None
         self._consuming = False
-
-        self._stat_blocks = 0
-        self._stat_idle_blocks = 0
-        self._stat_frames = 0
-        self._stat_skipped = 0
-        self._stat_padded = 0
-        self._stat_late_dropped = 0
-        self._stat_onsets = 0
-        self._stat_interrupts = 0
-        self._stat_chunks_dropped = 0
-        self._compute_s: deque[float] = deque(maxlen=self.config.stats_window)
+        self._counters = SessionCounters()
 
     # ------------------------------------------------------------------ producer side (event loop)
     def start(self, t0: float | None = None) -> None:
@@ -175,7 +157,7 @@ class StreamSession:
             else:
                 drop = self._clock.samples_to_drop(cursor, n, t)
                 if drop:
-                    self._stat_late_dropped += drop
+                    self._counters.late_dropped += drop
                     samples = samples[drop:]
             self._timeline.append(samples, t)
             self._cond.notify_all()
@@ -183,7 +165,7 @@ class StreamSession:
     def end_of_speech(self) -> None:
         """Hint: the utterance pushed so far is complete (buffered mode stops waiting for more)."""
         with self._cond:
-            self._eos_sample = self._timeline.write_cursor
+            self._speech.mark_end_of_speech(self._timeline.write_cursor)
             self._cond.notify_all()
 
     def interrupt(self) -> float:
@@ -193,9 +175,9 @@ class StreamSession:
             position = (self._played_frame + 1) / self.fps if self._played_frame >= 0 else 0.0
             if self._thread is None or self._closing or self._state == "error":
                 return position
-            self._stat_interrupts += 1
+            self._counters.interrupts += 1
             self._epoch += 1
-            self._stat_chunks_dropped += len(self._out)
+            self._counters.chunks_dropped += len(self._out)
             restart = self._restart_frame()
             self._out.clear()
             self._next_frame = restart
@@ -203,21 +185,7 @@ class StreamSession:
             if self.config.buffered:
                 # The unplayed speech is gone; what comes next is a new utterance after silence.
                 self._timeline.truncate(restart * self.samples_per_frame)
-                self._vad_next_frame = min(self._vad_next_frame, restart)
-                self._vad.reset()
-                for k in [k for k in self._speech_flags if k >= restart]:
-                    del self._speech_flags[k]
-                self._pending_onsets = deque(
-                    (o for o in self._pending_onsets if o[0] < restart), maxlen=self._pending_onsets.maxlen
-                )
-            else:
-                # The live audio stays and is generated again: so are the onsets it held.
-                again = [o for o in self._issued_onsets if o[0] >= restart]
-                self._pending_onsets = deque(
-                    sorted(again + list(self._pending_onsets)), maxlen=self._pending_onsets.maxlen
-                )
-            self._issued_onsets.clear()
-            self._eos_sample = None
+            self._speech.rewind(restart)  # live: the audio stays and is generated again, onsets too
             self._reset_motion = True
             self._cond.notify_all()
         return position
@@ -277,31 +245,21 @@ class StreamSession:
 
     def stats(self) -> dict:
         with self._cond:
-            compute_ms = np.asarray(self._compute_s, np.float64) * 1000.0
-            cursor = self._timeline.write_cursor
-            return {
-                "state": self._state,
-                "error": self._error,
-                "mode": "buffered" if self.config.buffered else "live",
-                "block_frames": self.block_frames,
-                "blocks": self._stat_blocks,
-                "idle_blocks": self._stat_idle_blocks,
-                "frames_generated": self._stat_frames,
-                "frames_skipped": self._stat_skipped,
-                "next_frame": self._next_frame,
-                "played_frame": self._played_frame,
-                "compute_ms_p50": float(np.median(compute_ms)) if compute_ms.size else None,
-                "compute_ms_max": float(compute_ms.max()) if compute_ms.size else None,
-                "playout_slack_ms": None if self._last_slack_s is None else self._last_slack_s * 1000.0,
-                "output_queue": len(self._out),
-                "output_queue_max": self.config.output_queue_chunks,
-                "input_backlog_s": max(cursor - self._next_frame * self.samples_per_frame, 0) / self.sample_rate,
-                "padded_silence_s": self._stat_padded / self.sample_rate,
-                "late_input_dropped_s": self._stat_late_dropped / self.sample_rate,
-                "speech_onsets": self._stat_onsets,
-                "interrupts": self._stat_interrupts,
-                "chunks_dropped_by_interrupt": self._stat_chunks_dropped,
-            }
+            return session_stats(
+                self._counters,
+                state=self._state,
+                error=self._error,
+                buffered=self.config.buffered,
+                block_frames=self.block_frames,
+                sample_rate=self.sample_rate,
+                next_frame=self._next_frame,
+                played_frame=self._played_frame,
+                compute_s=self._schedule.compute_s,
+                playout_slack_s=self._schedule.last_slack_s,
+                output_queue=len(self._out),
+                output_queue_max=self.config.output_queue_chunks,
+                input_backlog_samples=self._timeline.write_cursor - self._next_frame * self.samples_per_frame,
+            )
 
     @property
     def state(self) -> str:
@@ -374,95 +332,54 @@ class StreamSession:
                 self._close_generator()
 
     def _wait_for_job(self) -> _Job | None:
-        cfg = self.config
-        S, B, L = self.samples_per_frame, self.block_frames, self._lookahead
+        cfg, schedule = self.config, self._schedule
         with self._cond:
             while True:
                 if self._closing:
                     return None
                 now = time.monotonic()
                 f = self._next_frame
-                need = (f + B) * S + L  # the block's last sample + lookahead
+                need = schedule.window_end(f)
                 self._analyze_vad(need)
-                if not cfg.buffered and self._skip_live_backlog():
-                    continue
+                if not cfg.buffered:  # live: arrived audio piling up, jump to the newest block
+                    target = schedule.live_backlog_target(f, self._timeline.write_cursor)
+                    if target is not None:
+                        self._skip_to(target)
+                        continue
                 if len(self._out) >= cfg.output_queue_chunks:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
-                if self._first_ready is not None:  # behind the playout by more than a block: skip
-                    late = now - self._playout_due(f)
-                    if late > B / self.fps:
-                        blocks = max(1, math.ceil((late + self._expected_compute()) * self.fps / B))
-                        self._skip_to(f + blocks * B)
-                        continue
-                if cfg.buffered and self._first_ready is not None:
-                    lead = max(cfg.buffered_lead_s, B / self.fps)
-                    start_at = self._playout_due(f) - lead
-                    if now < start_at:
-                        self._cond.wait(start_at - now)
-                        continue
+                target = schedule.catch_up_target(f, now)
+                if target is not None:  # behind the playout by more than a block: skip
+                    self._skip_to(target)
+                    continue
+                start_at = schedule.buffered_start_at(f)
+                if start_at is not None and now < start_at:
+                    self._cond.wait(start_at - now)
+                    continue
                 cursor = self._timeline.write_cursor
                 if cursor >= need:
                     ready_at = self._timeline.arrival_time(need - 1)
                 else:
-                    due = self._input_deadline(f, need)
-                    if now < due and not self._utterance_ended_in(f):
+                    due = schedule.input_deadline(f, need)
+                    if now < due and not self._speech.utterance_ended_in(f):
                         self._cond.wait(due - now)
                         continue
                     padded = self._timeline.pad_silence_to(need, now)
-                    self._stat_padded += padded
+                    self._counters.padded += padded
                     if not cfg.buffered:
                         self._clock.note_padding(padded)
                     ready_at = now
                 self._analyze_vad(need)
                 return self._make_job(f, ready_at)
 
-    def _playout_due(self, f: int) -> float:
-        """When frame ``f`` is due on screen: the first chunk's ready time + margin + frames/fps."""
-        return self._first_ready + self.config.playout_margin_s + (f - self._first_ready_frame) / self.fps
-
-    def _expected_compute(self) -> float:
-        return float(np.median(self._compute_s)) if self._compute_s else 0.0
-
-    def _input_deadline(self, f: int, need: int) -> float:
-        """Until when block ``f`` waits for missing input before padding silence.
-
-        Live: the nominal arrival of its last sample + input_jitter_s (padding drops real speech
-        from the outgoing audio too, so wait the full allowance), but never so long that the
-        catch-up rule would fire: at most half a block past its playout. Buffered: the producer
-        is ahead of real time by design, so only the playout paces blocks without audio; they are
-        made just in time (due - expected compute - a small guard).
-        """
-        cfg = self.config
-        t_input = self._clock.due(need) + cfg.input_jitter_s
-        if self._first_ready is None:
-            return t_input
-        due = self._playout_due(f)
-        if cfg.buffered:
-            guard = min(cfg.playout_margin_s / 2, self.block_frames / self.fps)
-            return due - self._expected_compute() - guard
-        return min(t_input, due + self.block_frames / (2 * self.fps))
-
-    def _utterance_ended_in(self, f: int) -> bool:
-        """Buffered: end_of_speech() was said inside this block's window, so no more audio is
-        coming for it; generate now instead of waiting for the real-time deadline."""
-        eos = self._eos_sample
-        return self.config.buffered and eos is not None and eos > f * self.samples_per_frame
-
     def _make_job(self, f: int, ready_at: float) -> _Job:
         S, B = self.samples_per_frame, self.block_frames
-        need = (f + B) * S + self._lookahead
+        need = self._schedule.window_end(f)
         samples = self._timeline.read(f * S - self._context, need)
-        speech = np.array([self._speech_flags.get(k, False) for k in range(f, f + B)], bool)
-        issued = [o for o in self._pending_onsets if o[0] < f + B]
-        self._issued_onsets.extend(issued)
-        onsets = [t for _, t in issued]
-        self._pending_onsets = deque(
-            (o for o in self._pending_onsets if o[0] >= f + B), maxlen=self._pending_onsets.maxlen
-        )
-        end_of_speech = self._eos_sample is not None and self._eos_sample <= need
-        if end_of_speech:
-            self._eos_sample = None
+        speech = self._speech.speech(f, B)
+        onsets = self._speech.issue_onsets(f + B)
+        end_of_speech = self._speech.take_end_of_speech(need)
         block = AudioBlock(
             samples=samples,
             first_frame=f,
@@ -498,41 +415,24 @@ class StreamSession:
             speech_onset_arrivals=job.onset_arrivals,
         )
         with self._cond:
-            self._compute_s.append(finished - started)
+            self._schedule.record_compute(finished - started)
             if job.epoch != self._epoch:
                 return  # interrupted meanwhile: interrupt() already rewound next_frame
             self._in_progress = None
             self._out.append(chunk)
             self._next_frame = block.first_frame + block.num_frames
-            self._stat_blocks += 1
-            self._stat_frames += block.num_frames
-            if not block.speech.any():
-                self._stat_idle_blocks += 1
-            if self._first_ready is None:
-                self._first_ready, self._first_ready_frame = finished, block.first_frame
-            self._last_slack_s = self._playout_due(block.first_frame) - finished
+            self._counters.note_block(block.num_frames, speech=bool(block.speech.any()))
+            self._schedule.note_ready(block.first_frame, finished)
             self._trim_timeline()
             self._cond.notify_all()
         self._signal_consumer()
 
     # ------------------------------------------------------------------ worker helpers (lock held)
     def _skip_to(self, frame: int) -> None:
-        self._stat_skipped += frame - self._next_frame
+        self._counters.skipped += frame - self._next_frame
         logger.debug("behind real time: skipping frames %d..%d", self._next_frame, frame - 1)
         self._next_frame = frame
         self._trim_timeline()
-
-    def _skip_live_backlog(self) -> bool:
-        """Live: when arrived audio piles up (stalled consumer, fast sender clock), jump to the
-        newest complete block so memory and latency stay bounded."""
-        S, B = self.samples_per_frame, self.block_frames
-        backlog = self._timeline.write_cursor - self._next_frame * S
-        if backlog <= self.config.max_live_backlog_s * self.sample_rate:
-            return False
-        newest = (self._timeline.write_cursor - self._lookahead) // S - B
-        target = max(self._next_frame + B, newest - newest % B)
-        self._skip_to(target)
-        return True
 
     def _trim_timeline(self) -> None:
         # Keep what an interrupt may regenerate (everything after the last frame shown, delivered
@@ -541,23 +441,10 @@ class StreamSession:
         oldest = min(self._played_frame + 1, self._next_frame)
         keep_from = max(oldest * S, self._next_frame * S - int(self.config.max_live_backlog_s * self.sample_rate))
         self._timeline.trim_before(keep_from - self._context)
-        for k in [k for k in self._speech_flags if k < keep_from // S]:
-            del self._speech_flags[k]
+        self._speech.forget_before(keep_from // S)
 
     def _analyze_vad(self, upto_sample: int) -> None:
-        """Run the VAD over complete frames not yet analysed, up to ``upto_sample``."""
-        S = self.samples_per_frame
-        limit = min(self._timeline.write_cursor, upto_sample) // S
-        k = max(self._vad_next_frame, -(-self._timeline.start_index // S))
-        while k < limit:
-            result = self._vad.process(self._timeline.read(k * S, (k + 1) * S))
-            self._speech_flags[k] = result.speech
-            if result.onset:
-                self._stat_onsets += 1
-                first_loud = max(k * S + result.onset_offset, self._timeline.start_index)
-                self._pending_onsets.append((k, self._timeline.arrival_time(first_loud)))
-            k += 1
-        self._vad_next_frame = max(self._vad_next_frame, k)
+        self._counters.onsets += self._speech.analyze(upto_sample)
 
     # ------------------------------------------------------------------ misc
     def _signal_consumer(self) -> None:
