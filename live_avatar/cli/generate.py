@@ -33,10 +33,11 @@ player, even after a crash or kill -9) and OUTPUT.state the resume point. Run th
 with --resume to continue from the last finished clip; the result is the same length as an
 uninterrupted render, with the motion continuing across the seam.
 
-Presets (configs/presets/*.yaml) set several options at once; explicit flags override them:
+Presets (live_avatar/configs/presets/*.yaml) set several options at once; explicit flags override
+them. Every preset decodes online (memory flat whatever the length):
   preview   384*256 area, at most 10 clips, 2 steps, online decode  (a quick look)
-  standard  704*384 area, whole audio, 4 steps, decode at the end    (the reference's defaults)
-  long      like standard with online decode: constant memory, for talks up to hours
+  standard  704*384 area, whole audio, 4 steps                       (the reference's defaults)
+  long      like standard, for talks up to hours, resumable
   hq        1280*720 area, 4 steps, online decode
 
 Examples:
@@ -75,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     run = p.add_argument_group("how to render")
     run.add_argument("--engine", default="lite", choices=["lite", "liveavatar"], help="lite: CPU, no model download (default); liveavatar: the diffusion model, GPU")
-    run.add_argument("--enable_online_decode", action=argparse.BooleanOptionalAction, default=None, help="encode and append each block as soon as it exists: memory stays flat whatever the length, and a kill -9 loses at most one clip. Without it, like the reference, frames are kept until the end (a warning says when that needs a lot of memory)")
+    run.add_argument("--enable_online_decode", action=argparse.BooleanOptionalAction, default=None, help="encode and append each block as soon as it exists: memory stays flat whatever the length, and a kill -9 loses at most one clip. On in every preset; --no-enable_online_decode keeps the frames until the end like the reference (refused when they would not fit in the memory this machine has)")
     run.add_argument("--offload_model", action=argparse.BooleanOptionalAction, default=None, help="the reference's switch for GPUs with little memory (model parts parked in CPU memory between uses); accepted for compatibility and reported as unused: neither engine offloads yet")
     run.add_argument("--weights_dir", type=Path, default=None, help="liveavatar: the checkpoint folder (Wan2.2-S2V-14B + the Live Avatar LoRA, see the engine's documentation)")
     run.add_argument("--tiny", action="store_true", help="liveavatar: the tiny random-weight configuration that runs on a CPU (tests; the video is noise)")

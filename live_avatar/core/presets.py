@@ -32,7 +32,7 @@ class Preset:
     sample_steps: int = 4
     sample_solver: str = "euler"
     sample_guide_scale: float = 0.0
-    enable_online_decode: bool = False
+    enable_online_decode: bool = True
     offload_model: bool = False
 
     def merged(self, overrides: dict[str, Any]) -> "Preset":

@@ -418,3 +418,23 @@ def test_compressed_stereo_input_keeps_its_format(tmp_path, photo, speech_wav):
         a = c.streams.audio[0]
         assert (a.rate, a.channels) == (44100, 2)
         assert float(a.duration * a.time_base) == pytest.approx(4 * 24 / 25, abs=0.05)  # cut at the video's end
+
+
+def test_a_plan_that_does_not_fit_in_memory_is_refused_before_it_starts(tmp_path, photo, speech_wav, monkeypatch, capsys):
+    """Kept frames beyond the machine's memory: refused with the option that fixes it; online decode
+    (every preset's default) renders the same input."""
+    import live_avatar.core.engines as engines
+    from live_avatar.cli.main import main
+    from live_avatar.core.offline import job
+
+    monkeypatch.setattr(engines, "ENGINES", {**engines.ENGINES, "lite": "test_generate_fake_engine:FakeEngine"})
+    monkeypatch.setattr(job, "available_memory_bytes", lambda: 4 << 20)  # 4 MiB: less than 9 s of 256x192 frames
+    kept = tmp_path / "kept.mp4"
+    assert main(["generate", "--image", str(photo), "--audio", str(speech_wav), "--output", str(kept),
+                 "--no-enable_online_decode", *BASE]) == 2
+    err = capsys.readouterr().err
+    assert "4.0 MiB" not in err and "add --enable_online_decode" in err and "GiB available" in err
+    assert not kept.exists() and list(tmp_path.iterdir()) == []
+    online = tmp_path / "online.mp4"
+    assert main(["generate", "--image", str(photo), "--audio", str(speech_wav), "--output", str(online), *BASE]) == 0
+    assert online.is_file()

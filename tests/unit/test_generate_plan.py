@@ -192,7 +192,7 @@ def test_shipped_presets_load_and_differ_as_documented():
     area = lambda p: math.prod(parse_size(p.size))  # noqa: E731
     assert area(preview) < area(standard) < area(hq)
     assert preview.num_clip is not None and preview.sample_steps < standard.sample_steps
-    assert long_.enable_online_decode and not standard.enable_online_decode
+    assert all(p.enable_online_decode for p in (preview, standard, long_, hq))  # memory flat by default
     assert standard.num_clip is None and long_.num_clip is None
 
 

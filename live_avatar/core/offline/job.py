@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import logging
 import shutil
 import time
@@ -63,6 +64,21 @@ from live_avatar.core.offline.video_writer import (
     save_last_frame,
 )
 from live_avatar.core.presets import DEFAULT_PRESET, Preset, PresetError, load_preset
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can give without swapping (Linux MemAvailable; elsewhere free pages), or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
 
 LONG_PLAN_WARNING_BYTES = 2 << 30  # warn above 2 GiB of frames kept in memory (no online decode)
 DEFAULT_SEED = 42
@@ -347,6 +363,13 @@ class GenerateJob:
             if ignored:
                 self.say(f"note: the {request.engine} engine has no use for: {', '.join(ignored)}")
             kept_bytes = plan.kept_frames_bytes
+            available = available_memory_bytes()
+            if not settings.enable_online_decode and available is not None and kept_bytes > 0.8 * available:
+                raise GenerateRefused(
+                    f"without --enable_online_decode all {plan.frames} frames ({kept_bytes / 2**30:.1f} GiB) would be kept "
+                    f"in memory until the end, and this machine has {available / 2**30:.1f} GiB available; "
+                    "add --enable_online_decode (the default of every preset) for constant memory"
+                )
             if not settings.enable_online_decode and kept_bytes > LONG_PLAN_WARNING_BYTES:
                 self.warn(
                     f"without --enable_online_decode all {plan.frames} frames ({kept_bytes / 2**30:.1f} GiB) are kept "
