@@ -16,6 +16,7 @@ BENCHMARKS = {
     "e2e": "end to end over loopback WebRTC: speech-to-lips, first frame, A/V offset, memory",
     "generate": "offline generation: peak RSS and real-time factor vs. length",
     "liveavatar": "liveavatar engine: per-block latency, first block, VAE decode, peak memory (GPU)",
+    "cycles": "sessions opened and ended 200 times: server RSS, threads and file descriptors must not grow",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(
