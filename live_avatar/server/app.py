@@ -2,6 +2,10 @@
 
 The engine is loaded at startup in a worker thread (unless one is passed in, as tests do), the
 default avatar is prepared, and on shutdown every session and peer connection is closed.
+
+Middlewares, outermost first: the Origin check and CORS headers (server/origins.py, around
+everything so that error answers carry them too), JSON errors, then access tokens and the caller's
+identity (server/auth.py).
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from live_avatar.core.portraits import PortraitLimits
+from live_avatar.server.auth import AccessGuard
 from live_avatar.server.avatars import AvatarStore
 from live_avatar.server.config import ServerConfig
 from live_avatar.server.metrics import ServerMetrics
+from live_avatar.server.origins import OriginPolicy
 from live_avatar.server.routes import Api
 from live_avatar.server.sessions import SessionManager
 from live_avatar.server.webrtc.signaling import PeerConnector
@@ -43,7 +49,12 @@ async def json_errors(request: web.Request, handler):
 
 def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Application:
     config = config or ServerConfig()
-    app = web.Application(middlewares=[json_errors], client_max_size=config.limits.max_upload_bytes + 1024 * 1024)
+    origins = OriginPolicy(config.cors.allow_origins)
+    guard = AccessGuard(config.auth.tokens)
+    app = web.Application(
+        middlewares=[origins.middleware, json_errors, guard.middleware],
+        client_max_size=config.limits.max_upload_bytes + 1024 * 1024,
+    )
     state: dict[str, Any] = {"config": config, "engine": engine, "metrics": ServerMetrics()}
     app[STATE_KEY] = state
 
@@ -62,7 +73,7 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
         limits = PortraitLimits(max_bytes=config.limits.max_upload_bytes, max_pixels=config.limits.max_image_pixels)
         avatars = AvatarStore(engine, limits, max_avatars=config.limits.max_avatars)
         await avatars.load_default(config.avatar)
-        sessions = SessionManager(engine, config.sessions, state["metrics"])
+        sessions = SessionManager(engine, config.sessions, state["metrics"], max_per_client=config.limits.max_sessions_per_client)
         connector = PeerConnector(config, sessions)
         state.update(avatars=avatars, sessions=sessions, connector=connector)
         api.bind(avatars, sessions, connector)
@@ -76,6 +87,8 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
 
     api = _LateApi(config, state["metrics"])
     api.register(app)
+    for resource in api.open_resources:
+        guard.open_to_all(resource)
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
     return app

@@ -1,7 +1,10 @@
 """Prepared avatars by id: the default portrait and user uploads (validated, face found).
 
 Decoding and face work (``engine.prepare_avatar``) run in a worker thread, never on the event loop.
-The store is bounded: past ``max_avatars`` the least recently used upload is forgotten.
+An upload belongs to its owner (``auth.Caller.owner``: an access token or a browser session): only
+the owner lists it and opens sessions with it; to anyone else its id is unknown. The built-in
+default is shared. The store is bounded per owner: past ``max_avatars`` that owner's least
+recently used upload is forgotten, so one owner's uploads never push out another's.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class AvatarStore:
         self._engine = engine
         self._limits = limits
         self._max = max_avatars
-        self._avatars: OrderedDict[str, Any] = OrderedDict()
+        self._uploads: dict[str, OrderedDict[str, Any]] = {}  # owner -> avatar id -> avatar, least recently used first
         self._names: dict[str, str] = {}
         self._default: Any = None
         self._lock = asyncio.Lock()  # one face preparation at a time: bounded CPU for uploads
@@ -41,8 +44,9 @@ class AvatarStore:
         self._default = await asyncio.to_thread(prepare)
         self._names[DEFAULT_AVATAR_ID] = Path(image_path).name if image_path else "default"
 
-    async def add_upload(self, data: bytes, name: str = "upload") -> str:
-        """Validate and prepare an uploaded image; raises AvatarError with a user-facing message."""
+    async def add_upload(self, data: bytes, name: str, owner: str) -> str:
+        """Validate and prepare an uploaded image for ``owner``; raises AvatarError with a
+        user-facing message."""
 
         def prepare() -> Any:
             image = load_portrait_bytes(data, self._limits)
@@ -51,26 +55,35 @@ class AvatarStore:
         async with self._lock:
             avatar = await asyncio.to_thread(prepare)
         avatar_id = uuid.uuid4().hex[:12]
-        self._avatars[avatar_id] = avatar
+        owned = self._uploads.setdefault(owner, OrderedDict())
+        owned[avatar_id] = avatar
         self._names[avatar_id] = name
-        while len(self._avatars) > self._max:
-            old, _ = self._avatars.popitem(last=False)
+        while len(owned) > self._max:
+            old, _ = owned.popitem(last=False)
             self._names.pop(old, None)
         return avatar_id
 
-    def get(self, avatar_id: str | None) -> Any:
-        """The prepared avatar; None/"" means the default. Raises KeyError for unknown ids."""
+    def get(self, avatar_id: str | None, owner: str | None = None) -> Any:
+        """The prepared avatar; None/"" means the default. Raises KeyError for ids that are
+        unknown or belong to another owner (the same to the caller)."""
         if not avatar_id or avatar_id == DEFAULT_AVATAR_ID:
             if self._default is None:
                 raise KeyError(DEFAULT_AVATAR_ID)
             return self._default
-        avatar = self._avatars[avatar_id]
-        self._avatars.move_to_end(avatar_id)
-        return avatar
+        owned = self._uploads.get(owner) if owner is not None else None
+        if owned is None or avatar_id not in owned:
+            raise KeyError(avatar_id)
+        owned.move_to_end(avatar_id)
+        return owned[avatar_id]
 
-    def list(self) -> list[dict[str, str]]:
-        ids = ([DEFAULT_AVATAR_ID] if self._default is not None else []) + list(self._avatars)
+    def list(self, owner: str | None = None) -> list[dict[str, str]]:
+        """The avatars ``owner`` may use: the built-in default, then its own uploads."""
+        ids = ([DEFAULT_AVATAR_ID] if self._default is not None else []) + list(self._uploads.get(owner, ()) if owner is not None else ())
         return [{"avatar_id": i, "name": self._names.get(i, i)} for i in ids]
+
+    def __len__(self) -> int:
+        """Uploads kept, all owners together."""
+        return sum(len(owned) for owned in self._uploads.values())
 
 
 __all__ = ["AvatarStore", "AvatarError", "DEFAULT_AVATAR_ID"]

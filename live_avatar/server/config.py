@@ -19,6 +19,11 @@ class SessionConfig:
     max_buffered_frames: int = 50
     consumer_queue_slots: int = 4
     idle_timeout_s: float = 15.0
+    connect_timeout_s: float = 5.0  # ICE must connect within this, else the session ends
+
+    def __post_init__(self) -> None:
+        if not self.connect_timeout_s > 0:
+            raise ConfigError(f"must be positive, got {self.connect_timeout_s}", key="sessions.connect_timeout_s")
 
 
 @dataclass
@@ -33,7 +38,39 @@ class LimitsConfig:
     max_sdp_bytes: int = 64 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    max_avatars: int = 32
+    max_avatars: int = 32  # per owner
+    max_sessions_per_client: int = 2
+    uploads_per_minute: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("max_avatars", "max_sessions_per_client", "uploads_per_minute"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", key=f"limits.{name}")
+
+
+@dataclass
+class AuthConfig:
+    tokens: list[str] = field(default_factory=list)  # empty: no token needed (see avatar serve for exposure)
+    metrics_open: bool = False  # True: /metrics needs no token
+
+    def __post_init__(self) -> None:
+        for i, token in enumerate(self.tokens):
+            if not token or any(not 0x21 <= ord(c) <= 0x7E for c in token):
+                raise ConfigError("a token must be printable ASCII without spaces, at least one character", key=f"auth.tokens[{i}]")
+
+
+@dataclass
+class CorsConfig:
+    allow_origins: list[str] = field(default_factory=list)  # e.g. https://app.example.org
+
+    def __post_init__(self) -> None:
+        from live_avatar.server.origins import parse_origin
+
+        for i, origin in enumerate(self.allow_origins):
+            try:
+                parse_origin(origin)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key=f"cors.allow_origins[{i}]") from None
 
 
 @dataclass
@@ -46,6 +83,8 @@ class ServerConfig:
     sessions: SessionConfig = field(default_factory=SessionConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
 
     def ice_host_addresses(self) -> list[str] | None:
         """Addresses to offer as host candidates; None means every non-loopback interface."""

@@ -1,4 +1,9 @@
-"""HTTP handlers (DESIGN.md §4). Every client error is a 4xx with JSON ``{"error": ...}``."""
+"""HTTP handlers (DESIGN.md §4). Every client error is a 4xx with JSON ``{"error": ...}``.
+
+Who may call what is decided before a handler runs (server/auth.py, server/origins.py): the routes
+registered in ``open_resources`` need no token; every handler can read its ``Caller`` (the client
+that per-client limits count, the owner whose uploaded portraits it may use).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ from aiohttp import web
 
 from live_avatar.core.contract import AvatarError
 from live_avatar.resources import CLIENT_DIR
+from live_avatar.server.auth import Caller, caller_of
 from live_avatar.server.avatars import AvatarStore
 from live_avatar.server.config import ServerConfig
 from live_avatar.server.metrics import ServerMetrics
-from live_avatar.server.sessions import CapacityError, SessionManager
+from live_avatar.server.rate_limits import SlidingWindowLimit
+from live_avatar.server.sessions import CapacityError, ClientLimitError, SessionManager
 from live_avatar.server.webrtc.signaling import OfferError, PeerConnector, check_offer
 
 
@@ -41,12 +48,16 @@ class Api:
         self.sessions = sessions
         self.connector = connector
         self.metrics = metrics
+        self.uploads = SlidingWindowLimit(config.limits.uploads_per_minute, window_s=60.0)
+        self.open_resources: list[web.AbstractResource] = []  # routes that need no access token
 
     def register(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/", self.index)
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/metrics", self.prometheus)
+        self.open_resources.append(r.add_get("/", self.index).resource)
+        self.open_resources.append(r.add_get("/healthz", self.healthz).resource)
+        metrics = r.add_get("/metrics", self.prometheus).resource
+        if self.config.auth.metrics_open:
+            self.open_resources.append(metrics)
         r.add_post("/offer", self.offer)
         r.add_post("/whip", self.whip)
         r.add_delete("/whip/{session_id}", self.whip_delete)
@@ -57,11 +68,11 @@ class Api:
         r.add_delete("/sessions/{session_id}", self.delete_session)
         r.add_get("/sessions/{session_id}/stats", self.session_stats)
         if CLIENT_DIR.is_dir():
-            r.add_static("/static/", CLIENT_DIR, show_index=False)
+            self.open_resources.append(r.add_static("/static/", CLIENT_DIR, show_index=False))
             # the page links its files relatively (app.js, style.css): serve them at the root too
             for path in CLIENT_DIR.iterdir():
                 if path.is_file() and path.name != "index.html":
-                    r.add_get(f"/{path.name}", self._file_handler(path))
+                    self.open_resources.append(r.add_get(f"/{path.name}", self._file_handler(path)).resource)
 
     # -- pages and health ----------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.StreamResponse:
@@ -100,6 +111,9 @@ class Api:
         return b"".join(chunks)
 
     async def offer(self, request: web.Request) -> web.Response:
+        # JSON only: a cross-site form or a "simple" text/plain fetch cannot send it without a preflight
+        if request.content_type != "application/json":
+            return json_error(415, "send the offer as Content-Type: application/json: {sdp, type, avatar_id?, prompt?}")
         body = await self._read_limited(request, self.config.limits.max_sdp_bytes + 4096)
         if isinstance(body, web.Response):
             return body
@@ -111,7 +125,7 @@ class Api:
             return json_error(400, "the request body must be a JSON object: {sdp, type, avatar_id?, prompt?}")
         if params.get("type", "offer") != "offer":
             return json_error(400, f"expected type 'offer', got {params.get('type')!r}")
-        result = await self._open(params.get("sdp"), params.get("avatar_id"), params.get("prompt"))
+        result = await self._open(params.get("sdp"), params.get("avatar_id"), params.get("prompt"), caller_of(request))
         if isinstance(result, web.Response):
             return result
         session, answer = result
@@ -127,7 +141,7 @@ class Api:
             sdp = body.decode("utf-8")
         except UnicodeDecodeError:
             return json_error(400, "the SDP offer is not valid UTF-8")
-        result = await self._open(sdp, request.query.get("avatar_id"), request.query.get("prompt"))
+        result = await self._open(sdp, request.query.get("avatar_id"), request.query.get("prompt"), caller_of(request))
         if isinstance(result, web.Response):
             return result
         session, answer = result
@@ -138,7 +152,7 @@ class Api:
             headers={"Location": f"/whip/{session.id}", "X-Session-Id": session.id},
         )
 
-    async def _open(self, sdp: Any, avatar_id: Any, prompt: Any):
+    async def _open(self, sdp: Any, avatar_id: Any, prompt: Any, caller: Caller):
         try:
             offer = check_offer(sdp, self.config.limits.max_sdp_bytes)
         except OfferError as exc:
@@ -148,15 +162,17 @@ class Api:
         if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 2000):
             return json_error(400, "prompt must be a string of at most 2000 characters")
         try:
-            avatar = self.avatars.get(avatar_id)
-        except KeyError:
+            avatar = self.avatars.get(avatar_id, caller.owner)
+        except KeyError:  # someone else's upload is as unknown as one that never was
             return json_error(404, f"unknown avatar_id {avatar_id!r}; upload one with POST /avatars")
         try:
-            return await self.connector.answer(offer, avatar, prompt or None)
+            return await self.connector.answer(offer, avatar, prompt or None, caller.client)
         except OfferError as exc:
             return json_error(exc.status, str(exc))
         except CapacityError as exc:
             return json_error(503, str(exc), reason="capacity")
+        except ClientLimitError as exc:
+            return json_error(429, str(exc), reason="sessions_per_client")
 
     async def whip_delete(self, request: web.Request) -> web.Response:
         return await self.delete_session(request)
@@ -167,9 +183,17 @@ class Api:
 
     # -- avatars -------------------------------------------------------------------------------
     async def list_avatars(self, request: web.Request) -> web.Response:
-        return web.json_response({"avatars": self.avatars.list()})
+        return web.json_response({"avatars": self.avatars.list(caller_of(request).owner)})
 
     async def upload_avatar(self, request: web.Request) -> web.Response:
+        caller = caller_of(request)
+        retry_after = self.uploads.try_acquire(caller.client)
+        if retry_after is not None:
+            response = json_error(
+                429, f"too many uploads: at most {self.uploads.count} a minute (limits.uploads_per_minute)", retry_after_s=retry_after
+            )
+            response.headers["Retry-After"] = str(retry_after)
+            return response
         limit = self.config.limits.max_upload_bytes
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             return json_error(413, f"the upload is too large (more than {limit // (1024 * 1024)} MiB)")
@@ -193,7 +217,7 @@ class Api:
         if data is None:
             return json_error(400, "no image in the upload: send a multipart field named 'image'")
         try:
-            avatar_id = await self.avatars.add_upload(data, name)
+            avatar_id = await self.avatars.add_upload(data, name, caller.owner)
         except AvatarError as exc:
             return json_error(422, str(exc))
         return web.json_response({"avatar_id": avatar_id}, status=201)

@@ -60,9 +60,11 @@ class AvatarSession:
         metrics: ServerMetrics,
         *,
         session_id: str | None = None,
+        client: str | None = None,
         on_closed: Callable[["AvatarSession"], Awaitable[None] | None] | None = None,
     ) -> None:
         self.id = session_id or new_session_id()
+        self.client = client  # who opened it (auth.Caller.client), for per-client limits
         self.stream = stream
         self.config = config
         self.metrics = metrics

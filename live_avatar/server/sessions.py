@@ -1,9 +1,11 @@
-"""The live sessions of one server: admission (max sessions, engine capacity), lookup, shutdown."""
+"""The live sessions of one server: admission (max sessions, engine capacity, sessions per client),
+lookup, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 from live_avatar.core.contract import EngineBusyError
@@ -19,13 +21,19 @@ class CapacityError(RuntimeError):
     """No room for another session; the message says why (user-facing)."""
 
 
+class ClientLimitError(RuntimeError):
+    """This client already has as many sessions as one client may (HTTP 429); user-facing."""
+
+
 class SessionManager:
-    def __init__(self, engine: Any, config: SessionConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, engine: Any, config: SessionConfig, metrics: ServerMetrics, max_per_client: int | None = None) -> None:
         self._engine = engine
         self._config = config
         self._metrics = metrics
+        self._max_per_client = max_per_client
         self._sessions: dict[str, AvatarSession] = {}
         self._opening = 0  # sessions admitted but still opening (counted against the limits)
+        self._opening_by_client: Counter[str] = Counter()
 
     @property
     def limit(self) -> int:
@@ -33,7 +41,9 @@ class SessionManager:
         limit = self._config.max_sessions
         return min(limit, capacity) if capacity is not None else limit
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, client: str | None = None) -> None:
+        """Raise CapacityError when the server or engine is full, ClientLimitError when ``client``
+        has its most sessions (opening ones count)."""
         count = len(self._sessions) + self._opening
         if count >= self._config.max_sessions:
             self._metrics.sessions_refused.inc()
@@ -42,11 +52,22 @@ class SessionManager:
         if capacity is not None and count >= capacity:
             self._metrics.sessions_refused.inc()
             raise CapacityError(f"the {getattr(self._engine, 'name', 'avatar')} engine is at capacity ({capacity} real-time sessions)")
+        if client is not None and self._max_per_client is not None:
+            mine = sum(1 for s in self._sessions.values() if s.client == client) + self._opening_by_client[client]
+            if mine >= self._max_per_client:
+                self._metrics.sessions_refused.inc()
+                raise ClientLimitError(
+                    f"you already have {mine} live sessions, the most one client may have "
+                    f"(limits.max_sessions_per_client={self._max_per_client}); end one first"
+                )
 
-    async def create(self, avatar: Any, prompt: str | None) -> AvatarSession:
-        """Open an engine session (off the event loop: engines may load or warm up) and register it."""
-        self.check_capacity()
+    async def create(self, avatar: Any, prompt: str | None, client: str | None = None) -> AvatarSession:
+        """Open an engine session (off the event loop: engines may load or warm up) and register
+        it; ``client`` (who asked, for the per-client limit) is kept on the session."""
+        self.check_capacity(client)
         self._opening += 1
+        if client is not None:
+            self._opening_by_client[client] += 1
         try:
             # the runtime's schedule (and its skip-ahead rule) must know the playout's delay
             stream_config = StreamConfig(playout_margin_s=self._config.playout_delay_ms / 1000.0)
@@ -56,7 +77,11 @@ class SessionManager:
             raise CapacityError(str(exc) or "the engine is at capacity") from None
         finally:
             self._opening -= 1
-        session = AvatarSession(stream, self._config, self._metrics, on_closed=self._forget)
+            if client is not None:
+                self._opening_by_client[client] -= 1
+                if self._opening_by_client[client] <= 0:
+                    del self._opening_by_client[client]
+        session = AvatarSession(stream, self._config, self._metrics, client=client, on_closed=self._forget)
         self._sessions[session.id] = session
         self._metrics.active_sessions.set(len(self._sessions))
         return session

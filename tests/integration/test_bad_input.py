@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import cv2
 import numpy as np
 import pytest
 import pytest_asyncio
-from aiortc import RTCPeerConnection
 
 from live_avatar.server.config import ServerConfig
+from tests.support import live_checks
 from tests.support.inprocess import serve_in_process
 from tests.support.loopback_peer import LoopbackPeer
 
@@ -60,11 +59,10 @@ async def live_peer(server, speech_with_silence_wav):
 
 
 async def request(server, method: str, path: str, **kwargs) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, f"{server.url}{path}", **kwargs) as resp:
-            assert resp.content_type == "application/json", (resp.status, await resp.text())
-            body = await resp.json()
-            return resp.status, body
+    """(status, JSON body); ``http=`` (a session with a cookie jar) makes several one browser's."""
+    answer = await live_checks.request(server.url, method, path, **kwargs)
+    assert answer.headers.get("Content-Type", "").startswith("application/json"), (answer.status, answer.body)
+    return answer.status, answer.body
 
 
 def assert_error(status: int, body: dict, expected_status: int, *words: str) -> None:
@@ -74,16 +72,7 @@ def assert_error(status: int, body: dict, expected_status: int, *words: str) -> 
         assert word.lower() in body["error"].lower(), (word, body["error"])
 
 
-async def client_offer_sdp(audio: bool = True, video: bool = True) -> str:
-    pc = RTCPeerConnection()
-    if audio:
-        pc.addTransceiver("audio", direction="sendrecv")
-    if video:
-        pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
+client_offer_sdp = live_checks.offer_sdp
 
 
 def png(image: np.ndarray) -> bytes:
@@ -92,10 +81,7 @@ def png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def upload_form(data: bytes, filename: str = "portrait.png", content_type: str = "image/png") -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("image", data, filename=filename, content_type=content_type)
-    return form
+upload_form = live_checks.upload_form
 
 
 # -- signaling ---------------------------------------------------------------------------------
@@ -178,16 +164,17 @@ async def test_upload_of_a_portrait_works_and_can_be_used(server, live_peer) -> 
 
     portrait = cv2.cvtColor(default_portrait(), cv2.COLOR_RGB2BGR)
     ok, jpeg = cv2.imencode(".jpg", portrait, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    status, body = await request(server, "POST", "/avatars", data=upload_form(jpeg.tobytes(), "astronaut.jpg", "image/jpeg"))
-    assert status == 201, body
-    status, listing = await request(server, "GET", "/avatars")
-    assert body["avatar_id"] in [a["avatar_id"] for a in listing["avatars"]]
-    # ... and a session can be opened with it (then closed again: the module's limits stay as they were)
-    sdp = await client_offer_sdp()
-    status, answer = await request(server, "POST", "/offer", json={"sdp": sdp, "type": "offer", "avatar_id": body["avatar_id"]})
+    async with live_checks.browser_session() as browser:  # an upload is its uploader's
+        status, body = await request(server, "POST", "/avatars", http=browser, data=upload_form(jpeg.tobytes(), "astronaut.jpg", "image/jpeg"))
+        assert status == 201, body
+        status, listing = await request(server, "GET", "/avatars", http=browser)
+        assert body["avatar_id"] in [a["avatar_id"] for a in listing["avatars"]]
+        # ... and a session can be opened with it (then closed again: the module's limits stay as they were)
+        sdp = await client_offer_sdp()
+        status, answer = await request(server, "POST", "/offer", http=browser, json={"sdp": sdp, "type": "offer", "avatar_id": body["avatar_id"]})
     assert status == 200 and answer["type"] == "answer", answer
     session = server.state["sessions"].get(answer["session_id"])
-    assert session is not None and session.stream.generator.avatar is server.state["avatars"].get(body["avatar_id"])
+    assert session is not None and session.stream.generator.avatar is not server.state["avatars"].get(None)
     status, closed = await request(server, "DELETE", f"/sessions/{answer['session_id']}")
     assert status == 200 and closed["state"] == "closed"
     assert len(server.state["sessions"]) == 1

@@ -115,6 +115,8 @@ class LoopbackPeer:
     # packets aiortc's audio jitter buffer holds back on the receive side (aiortc: 4, server: 1);
     # None keeps aiortc's default
     audio_jitter_prefetch: int | None = 1
+    # sent with every HTTP request (offer, WHIP, DELETE): e.g. Authorization, Cookie
+    http_headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mic = WavMicrophoneTrack(self.samples_48k)
@@ -158,7 +160,7 @@ class LoopbackPeer:
         if prompt:
             body["prompt"] = prompt
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json=body) as resp:
+            async with http.post(f"{self.base_url}/offer", json=body, headers=self.http_headers) as resp:
                 data = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"/offer answered {resp.status}: {data.get('error')}")
@@ -173,7 +175,7 @@ class LoopbackPeer:
         params = {"avatar_id": avatar_id} if avatar_id else None
         async with aiohttp.ClientSession() as http:
             async with http.post(
-                f"{self.base_url}/whip", data=offer.sdp, params=params, headers={"Content-Type": "application/sdp"}
+                f"{self.base_url}/whip", data=offer.sdp, params=params, headers={**self.http_headers, "Content-Type": "application/sdp"}
             ) as resp:
                 text = await resp.text()
                 if resp.status != 201:
@@ -259,7 +261,7 @@ class LoopbackPeer:
         """DELETE the session on the server (WHIP: the Location URL); returns the HTTP status."""
         url = f"{self.base_url}{self.location}" if self.location else f"{self.base_url}/sessions/{self.session_id}"
         async with aiohttp.ClientSession() as http:
-            async with http.delete(url) as resp:
+            async with http.delete(url, headers=self.http_headers) as resp:
                 return resp.status
 
     async def close(self) -> None:

@@ -20,10 +20,10 @@ from tests.support.inprocess import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def http_json(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 10.0, headers: dict | None = None) -> tuple[int, Any]:
     """(status, parsed JSON body or text) of a request; HTTP errors are answers, not exceptions."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             raw, status = response.read(), response.status

@@ -74,10 +74,14 @@ class PeerConnector:
         self._sessions = sessions
         self._peers: set[RTCPeerConnection] = set()
 
-    async def answer(self, offer: CheckedOffer, avatar: Any, prompt: str | None) -> tuple[AvatarSession, RTCSessionDescription]:
-        """Open a session for ``offer``; returns it with the local answer. Raises OfferError,
-        CapacityError; frees everything it allocated when it fails."""
-        self._sessions.check_capacity()  # cheap early refusal, before any allocation
+    async def answer(
+        self, offer: CheckedOffer, avatar: Any, prompt: str | None, client: str | None = None
+    ) -> tuple[AvatarSession, RTCSessionDescription]:
+        """Open a session for ``offer`` on behalf of ``client``; returns it with the local answer.
+        Raises OfferError, CapacityError, ClientLimitError; frees everything it allocated when it
+        fails. A session whose ICE has not connected within ``sessions.connect_timeout_s`` is
+        closed (an offer that never connects must not hold a place)."""
+        self._sessions.check_capacity(client)  # cheap early refusal, before any allocation
         pc = RTCPeerConnection(rtc_configuration(self._config.webrtc.ice_servers))
         self._peers.add(pc)
         session: AvatarSession | None = None
@@ -89,12 +93,13 @@ class PeerConnector:
             except Exception as exc:
                 raise OfferError(f"the offer could not be applied: {exc}") from None
             set_audio_jitter_prefetch(pc, self._config.webrtc.audio_jitter_prefetch)
-            session = await self._sessions.create(avatar, prompt)
+            session = await self._sessions.create(avatar, prompt, client)
             self._wire(pc, session, offer, incoming)
             answer = await pc.createAnswer()
             with pinned_host_addresses(self._config.ice_host_addresses()):
                 await pc.setLocalDescription(answer)
             session.start()
+            self._expect_connection(pc, session)
             return session, pc.localDescription
         except BaseException:
             if session is not None:
@@ -133,6 +138,22 @@ class PeerConnector:
                 await session.close(f"peer connection {pc.connectionState}")
 
         session.add_close_callback(lambda: self._close_pc(pc))
+
+    def _expect_connection(self, pc: RTCPeerConnection, session: AvatarSession) -> None:
+        timeout = self._config.sessions.connect_timeout_s
+
+        def expire() -> None:
+            if not session.closed and pc.iceConnectionState != "completed":  # aiortc's "connected"
+                session.close_soon(f"ICE did not connect within {timeout:g} s (sessions.connect_timeout_s)")
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+
+        @pc.on("iceconnectionstatechange")
+        def on_ice_state() -> None:
+            if pc.iceConnectionState == "completed":
+                timer.cancel()
+
+        session.add_close_callback(timer.cancel)
 
     async def _close_pc(self, pc: RTCPeerConnection) -> None:
         self._peers.discard(pc)
