@@ -37,6 +37,35 @@
 
   let lastMicTrack = null; // kept past teardown so tests can check the mic was released
 
+  // ---------------------------------------------------------------- access token
+
+  // A server with access tokens prints its page URL with ?token=…. The page keeps the token for
+  // this tab (sessionStorage: it survives a reload, not the tab), takes it out of the address bar
+  // (so it is not shared with a screenshot or a copied link), and sends it as a Bearer header.
+  const TOKEN_STORAGE_KEY = 'liveAvatarToken';
+
+  function takeAccessToken() {
+    const url = new URL(window.location.href);
+    const fromUrl = url.searchParams.get('token');
+    let stored = null;
+    try {
+      if (fromUrl) sessionStorage.setItem(TOKEN_STORAGE_KEY, fromUrl);
+      stored = sessionStorage.getItem(TOKEN_STORAGE_KEY);
+    } catch (_) { /* storage disabled: the token lives as long as the page */ }
+    if (fromUrl) {
+      url.searchParams.delete('token');
+      window.history.replaceState(window.history.state, '', url.pathname + url.search + url.hash);
+    }
+    return fromUrl || stored;
+  }
+
+  const accessToken = takeAccessToken();
+
+  function authorized(headers = {}) {
+    if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
+    return headers;
+  }
+
   // ---------------------------------------------------------------- HTTP helpers
 
   class ApiError extends Error {
@@ -48,7 +77,7 @@
 
   // fetch + JSON; a non-2xx answer becomes an ApiError carrying the server's own message.
   async function api(method, path, body) {
-    const init = { method, headers: {} };
+    const init = { method, headers: authorized() };
     if (body instanceof FormData) {
       init.body = body;
     } else if (body !== undefined) {
@@ -76,6 +105,10 @@
   function describeError(err) {
     if (err instanceof ApiError) {
       if (err.status === 503) return `Server busy (503): ${err.message}`;
+      if (err.status === 401) {
+        return `Access token ${accessToken ? 'refused' : 'needed'} (401): ${err.message}. `
+          + 'Open the page with the address the server printed (…/?token=…).';
+      }
       if (err.status === 0) return err.message;
       return `Request failed (${err.status}): ${err.message}`;
     }
@@ -118,7 +151,8 @@
     let data;
     try {
       data = await api('GET', 'avatars');
-    } catch (_) {
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) showError(err); // say so before Connect fails
       return;
     }
     const items = Array.isArray(data) ? data : (data && data.avatars) || [];
@@ -474,7 +508,7 @@
   ui.playAudio.addEventListener('change', () => { ui.audio.muted = !ui.playAudio.checked; });
   window.addEventListener('pagehide', () => {
     // keepalive lets the DELETE outlive the page, so the server frees the session at once.
-    if (session.id) fetch(`sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE', keepalive: true });
+    if (session.id) fetch(`sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE', keepalive: true, headers: authorized() });
   });
 
   // Read-only view for tests and debugging (window.avatarClient in the console).
@@ -489,6 +523,7 @@
     get serverStats() { return session.serverStats; },
     get videoStats() { return session.videoStats; },
     get audioStats() { return session.audioStats; },
+    get hasAccessToken() { return Boolean(accessToken); },
   };
 
   setButtons('idle');
