@@ -84,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     from aiohttp import web
 
+    from live_avatar.core.engines import EngineUnavailable, check_engine_available
     from live_avatar.server.app import create_app
     from live_avatar.server.config import load_server_config
 
     try:
         config = load_server_config(args.config, host=args.host, port=args.port, engine=args.engine, avatar=args.avatar)
+        # an engine whose extra is not installed (liveavatar without torch): one line, before anything loads
+        check_engine_available(config.engine)
         config.engine_options.update(_engine_options(args))
         if args.max_sessions is not None:
             config.sessions.max_sessions = args.max_sessions
@@ -97,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         if args.stun:
             config.webrtc.ice_servers = [{"urls": url} for url in args.stun]
         _check_before_loading(config)
+    except EngineUnavailable as exc:
+        print(f"avatar serve: the {config.engine} engine cannot start: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"avatar serve: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=announce_ready)
     except (AvatarError, ValueError) as exc:  # a bad --avatar portrait or engine option
-        print(f"avatar serve: {exc}", file=sys.stderr)
+        prefix = f"the {config.engine} engine cannot start: " if isinstance(exc, EngineUnavailable) else ""
+        print(f"avatar serve: {prefix}{exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"avatar serve: {exc}", file=sys.stderr)
