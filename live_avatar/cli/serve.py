@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -12,7 +13,12 @@ from pathlib import Path
 DESCRIPTION = """Run the live avatar server.
 
 Open http://HOST:PORT/ in a browser, allow the microphone, and the portrait speaks with you.
-Settings come from --config (default configs/server.yaml); flags override them."""
+Settings come from --config (default configs/server.yaml); flags override them.
+
+Access: with tokens (--token, else the AVATAR_TOKEN environment variable, else auth.tokens in the
+config) every API route needs "Authorization: Bearer TOKEN" (or ?token=TOKEN); the page, its files
+and /healthz stay open. Bound beyond loopback with no token, the server makes a random one and
+prints the page URL that carries it, unless --no-auth says to run open."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="host ICE candidate address to offer (repeatable; default follows --host)")
     p.add_argument("--stun", action="append", default=None, metavar="URL",
                    help="STUN/TURN server URL (repeatable; default none)")
+    p.add_argument("--token", action="append", default=None, metavar="TOKEN",
+                   help="access token the API requires (repeatable; replaces AVATAR_TOKEN and auth.tokens)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no access token, even when listening beyond loopback (prints a warning)")
     eng = p.add_argument_group("engine options (passed to load_engine)")
     eng.add_argument("--weights", default=None, metavar="DIR", help="liveavatar: folder with the checkpoints")
     eng.add_argument("--tiny", action="store_true", help="liveavatar: tiny random-weight configuration (tests)")
@@ -86,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     from live_avatar.core.engines import EngineUnavailable, check_engine_available
     from live_avatar.server.app import create_app
+    from live_avatar.server.auth import configure_access
     from live_avatar.server.config import load_server_config
 
     try:
@@ -99,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             config.webrtc.ice_host_addresses = list(args.ice_host)
         if args.stun:
             config.webrtc.ice_servers = [{"urls": url} for url in args.stun]
+        access = configure_access(config, args.token, args.no_auth, os.environ)
         _check_before_loading(config)
     except EngineUnavailable as exc:
         print(f"avatar serve: the {config.engine} engine cannot start: {exc}", file=sys.stderr)
@@ -117,11 +129,21 @@ def run(args: argparse.Namespace) -> int:
         pass
     from live_avatar.core.contract import AvatarError
 
-    url = f"http://{config.host}:{config.port}/"
+    if access.warning:
+        print(f"avatar serve: {access.warning}", file=sys.stderr)
     print(f"Live avatar server: loading the {config.engine} engine...", file=sys.stderr)
 
     def announce_ready(_aiohttp_banner: str) -> None:  # aiohttp calls this once the socket listens
-        print(f"Live avatar server ({config.engine} engine) ready on {url}", file=sys.stderr)
+        first, *others = access.page_urls
+        print(f"Live avatar server ({config.engine} engine) ready on {first}", file=sys.stderr)
+        for url in others:
+            print(f"    or {url}", file=sys.stderr)
+        if access.generated_token:
+            print("    (a random access token, made because the server listens beyond loopback; give your own with "
+                  "--token or AVATAR_TOKEN, or run open with --no-auth)", file=sys.stderr)
+        elif access.tokens_required:
+            print("    (an access token is required: send Authorization: Bearer TOKEN, or open the page with ?token=TOKEN)",
+                  file=sys.stderr)
 
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=announce_ready)

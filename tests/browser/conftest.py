@@ -39,6 +39,7 @@ class BrowserTestConfig:
 
 
 CONFIG = BrowserTestConfig()
+BROWSER_TEST_TOKEN = "browser-test-token-3f9c2a71"
 
 
 @pytest.fixture(scope="session")
@@ -47,20 +48,15 @@ def http():
     return http_json
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory) -> str:
-    """`avatar serve` with the default (lite) engine on a free loopback port; stopped after the module.
-
-    AVATAR_TEST_SERVER_URL points the tests at a server that is already running instead.
-    """
-    if os.environ.get("AVATAR_TEST_SERVER_URL"):
-        yield os.environ["AVATAR_TEST_SERVER_URL"].rstrip("/")
-        return
+def _serve(serve_args: list[str], log_dir: Path):
+    """`avatar serve *serve_args` with the default (lite) engine on a free loopback port, yielding
+    its URL until the module is done."""
     server = ServerProcess(
-        [],
-        tmp_path_factory.mktemp("server") / "server.log",
+        serve_args,
+        log_dir / "server.log",
         start_timeout_s=CONFIG.server_start_timeout_s,
-        env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        # only the flags decide whether the server needs a token
+        env={**{k: v for k, v in os.environ.items() if k != "AVATAR_TOKEN"}, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
     try:
         server.start()
@@ -72,6 +68,29 @@ def server_url(tmp_path_factory) -> str:
         server.stop()
         if os.environ.get("AVATAR_TEST_SHOW_SERVER_LOG"):
             print(server.log_tail(5000))
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory) -> str:
+    """`avatar serve` with the default (lite) engine on a free loopback port; stopped after the module.
+
+    AVATAR_TEST_SERVER_URL points the tests at a server that is already running instead.
+    """
+    if os.environ.get("AVATAR_TEST_SERVER_URL"):
+        yield os.environ["AVATAR_TEST_SERVER_URL"].rstrip("/")
+        return
+    yield from _serve([], tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(scope="session")
+def access_token() -> str:
+    return BROWSER_TEST_TOKEN
+
+
+@pytest.fixture(scope="module")
+def token_server_url(tmp_path_factory, access_token) -> str:
+    """`avatar serve --token TOKEN`: every API route needs ``access_token``."""
+    yield from _serve(["--token", access_token], tmp_path_factory.mktemp("token-server"))
 
 
 @pytest.fixture(scope="module")

@@ -193,3 +193,62 @@ def test_page_reports_a_busy_server(chromium_page, server_url):
     assert page.is_enabled("#connect")
     # the microphone was opened for the attempt and released with it
     assert page.evaluate("window.avatarClient.lastMicState") == "ended"
+
+
+def test_page_with_a_token_in_its_url_works_and_without_says_it_needs_one(chromium_page, token_server_url, access_token, http, tmp_path):
+    """A server started with --token: the page opened without the token says so; opened with
+    ?token= it keeps the token (also across a reload), drops it from the address bar and sends it
+    on every request: avatar list, upload, offer, stats, interrupt, disconnect."""
+    from skimage import data
+
+    page = chromium_page
+    bearer = {"Authorization": f"Bearer {access_token}"}
+    page.goto(token_server_url + "/")
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    text = page.text_content("#error-text")
+    assert "Access token needed (401)" in text and "?token=" in text, text
+
+    page.goto(f"{token_server_url}/?token={access_token}")
+    page.evaluate("() => window.avatarClient.avatarsLoaded")
+    assert "token" not in page.url, page.url  # taken out of the address bar
+    page.reload()  # kept for the tab
+    page.evaluate("() => window.avatarClient.avatarsLoaded")
+    assert page.evaluate("window.avatarClient.hasAccessToken")
+    assert page.is_visible("#error") is False, page.text_content("#error-text")
+
+    page.set_input_files("#avatar-file", _png(tmp_path / "portrait.png", data.astronaut()))
+    page.wait_for_function(
+        "() => /uploaded/.test(document.getElementById('avatar-select').selectedOptions[0].textContent)",
+        timeout=60_000,
+    )
+    avatar_id = page.eval_on_selector("#avatar-select", "s => s.value")
+    status, listing = http("GET", f"{token_server_url}/avatars", headers=bearer)
+    assert status == 200 and avatar_id in [a["avatar_id"] for a in listing["avatars"]], listing  # the token's upload
+
+    page.click("#connect")
+    page.wait_for_function(
+        "() => window.avatarClient.connected && window.avatarClient.framesPresented > 0", timeout=CONNECT_TIMEOUT_MS
+    )
+    session_id = page.evaluate("window.avatarClient.sessionId")
+    before = _frames(page)
+    page.wait_for_timeout(MEASURE_WINDOW_S * 1000)
+    decoded = _frames(page)["total"] - before["total"]
+    assert decoded >= MIN_FRAMES_IN_WINDOW, f"only {decoded} video frames in {MEASURE_WINDOW_S} s; console: {page.console_log[-10:]}"
+    page.wait_for_function(  # the overlay's numbers come from the stats route, with the token
+        "() => /^\\d+ ms$/.test(document.getElementById('stat-first-frame').textContent.trim())", timeout=5000
+    )
+    assert http("GET", f"{token_server_url}/sessions/{session_id}/stats")[0] == 401
+    status, stats = http("GET", f"{token_server_url}/sessions/{session_id}/stats", headers=bearer)
+    assert status == 200 and stats["state"] == "live", stats
+
+    page.click("#interrupt")
+    page.wait_for_timeout(500)
+    assert page.is_visible("#error") is False, page.text_content("#error-text")
+    page.click("#disconnect")
+    page.wait_for_function("() => document.getElementById('state').dataset.state === 'idle'", timeout=5000)
+    for _ in range(20):
+        status, _ = http("GET", f"{token_server_url}/sessions/{session_id}/stats", headers=bearer)
+        if status == 404:
+            break
+        page.wait_for_timeout(100)
+    assert status == 404, "the server still knows the session after Disconnect"
