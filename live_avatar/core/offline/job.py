@@ -291,6 +291,12 @@ class GenerateJob:
 
         # 1. Options: preset <- explicit options; cheap checks first, before any file is touched.
         settings, seed, max_area = self._settings()
+        try:  # a missing extra is said before any decoding (find_spec only: nothing heavy is imported)
+            from live_avatar.core.engines import check_engine_available
+
+            check_engine_available(request.engine)
+        except ValueError as exc:
+            raise GenerateRefused(f"the {request.engine} engine cannot start: {exc}") from None
         image = _read_image(request.image)
         if not request.audio.is_file():
             raise GenerateRefused(f"--audio {request.audio}: no such file")
