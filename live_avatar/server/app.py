@@ -20,6 +20,7 @@ from live_avatar.core.portraits import PortraitLimits
 from live_avatar.server.auth import AccessGuard
 from live_avatar.server.avatars import AvatarStore
 from live_avatar.server.config import ServerConfig
+from live_avatar.server.http_errors import install_json_http_errors, json_errors
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.origins import OriginPolicy
 from live_avatar.server.routes import Api
@@ -31,22 +32,6 @@ log = logging.getLogger(__name__)
 STATE_KEY = web.AppKey("avatar_server", dict)
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler):
-    """Every error leaves as JSON {"error": ...}; unexpected ones are logged, never shown raw."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json" or exc.status < 400:
-            raise
-        return web.json_response({"error": exc.reason if exc.text is None else exc.text.strip()}, status=exc.status, headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response({"error": "internal server error (see the server log)"}, status=500)
-
-
 def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Application:
     config = config or ServerConfig()
     origins = OriginPolicy(config.cors.allow_origins)
@@ -55,6 +40,7 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
         middlewares=[origins.middleware, json_errors, guard.middleware],
         client_max_size=config.limits.max_upload_bytes + 1024 * 1024,
     )
+    install_json_http_errors(app)  # aiohttp's own errors (malformed requests) as JSON too
     state: dict[str, Any] = {"config": config, "engine": engine, "metrics": ServerMetrics()}
     app[STATE_KEY] = state
 

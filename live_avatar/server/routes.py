@@ -12,13 +12,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from live_avatar.core.contract import AvatarError
 from live_avatar.resources import CLIENT_DIR
 from live_avatar.server.auth import Caller, caller_of
 from live_avatar.server.avatars import AvatarStore
 from live_avatar.server.config import ServerConfig
+from live_avatar.server.http_errors import describe_multipart_error
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.rate_limits import SlidingWindowLimit
 from live_avatar.server.sessions import CapacityError, ClientLimitError, SessionManager
@@ -199,10 +201,11 @@ class Api:
             return json_error(413, f"the upload is too large (more than {limit // (1024 * 1024)} MiB)")
         if not request.content_type.startswith("multipart/"):
             return json_error(415, "upload the image as multipart/form-data with a field named 'image'")
+        data, name = None, "upload"
         try:
-            reader = await request.multipart()
-            data, name = None, "upload"
-            async for part in reader:
+            async for part in await request.multipart():
+                if not isinstance(part, BodyPartReader):  # a nested multipart/mixed holds no image field
+                    continue
                 if part.name in IMAGE_FIELD_NAMES or part.filename:
                     chunks, size = [], 0
                     while chunk := await part.read_chunk(64 * 1024):
@@ -212,8 +215,10 @@ class Api:
                         chunks.append(chunk)
                     data, name = b"".join(chunks), part.filename or "upload"
                     break
-        except ValueError as exc:  # malformed multipart
-            return json_error(400, f"malformed multipart upload: {exc}")
+        # aiohttp's multipart reader: ValueError (boundaries, framing), RuntimeError (a bad _charset_
+        # field), its HTTP parser's errors (part headers)
+        except (ValueError, RuntimeError, HttpProcessingError) as exc:
+            return json_error(400, describe_multipart_error(exc))
         if data is None:
             return json_error(400, "no image in the upload: send a multipart field named 'image'")
         try:
