@@ -2,11 +2,23 @@
 
 Every failure is an ``AvatarError`` with a message a user can act on: wrong type, too large,
 too small, unreadable. Face detection is the engine's job (``Engine.prepare_avatar``).
+
+Decoding is bounded before it starts. The size comes from the header (nothing decoded yet) and is
+checked against ``PortraitLimits``; images longer than ``max_side`` come out reduced to it. A JPEG
+is reduced inside the decoder (libjpeg's 1/2, 1/4, 1/8 scaled IDCT, OpenCV ``IMREAD_REDUCED_*``),
+so a 40 MP photo costs the work and memory of a 10 MP one or less (a progressive JPEG still buffers
+its coefficients at full size: ``max_jpeg_buffer_bytes``). PNG, WebP and BMP decoders have no such
+scaling: those are decoded at full size and reduced right away, so they have a lower pixel cap
+(``max_unscaled_pixels``). At most ``DECODE_CONCURRENCY`` decodes run at once in this process,
+which bounds the memory they take together and leaves cores to live sessions.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +33,7 @@ _SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
     ("webp", b"WEBP", 8),
     ("bmp", b"BM", 0),
 )
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,25 @@ class PortraitLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000  # refuse decompression bombs before decoding
     min_side: int = 64
+    # A portrait never needs more: the engines' frames are 512 to ~1280 px a side by default, the
+    # lite face detector looks at 1024 px (tiles at 2048). Larger images are reduced to this long side while decoding.
+    max_side: int = 2048
+    # PNG, WebP and BMP decode at full size before they can be reduced (about 2x3 bytes a pixel at
+    # the peak, ~15 ms a megapixel): capped lower than JPEG, which is reduced inside the decoder.
+    max_unscaled_pixels: int = 4096 * 4096
+    # A progressive (multi-scan) JPEG is decoded through libjpeg's whole-image coefficient buffer,
+    # 2 bytes a sample at full size whatever the output scale: 4:2:0 40 MP takes 120 MB, 4:4:4 240 MB.
+    max_jpeg_buffer_bytes: int = 128 * 1024 * 1024
+
+
+def _decode_concurrency() -> int:
+    """Decodes that may run at once: half the cores this process may use, 1 to 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
+
+
+DECODE_CONCURRENCY = _decode_concurrency()
+_decode_slots = threading.BoundedSemaphore(DECODE_CONCURRENCY)
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -40,20 +72,100 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def _pixel_count_from_header(data: bytes) -> int:
-    """Width*height read from the header only (PIL opens lazily), so huge images are refused cheaply."""
+def _too_many_pixels(pixels: float, cap: int, kind: str | None = None) -> AvatarError:
+    if kind is None:
+        return AvatarError(f"the image has too many pixels ({pixels / 1e6:.0f} MP > {cap / 1e6:.0f} MP)")
+    side = math.isqrt(cap)
+    return AvatarError(
+        f"the {kind.upper()} image has too many pixels ({pixels / 1e6:.1f} MP > {cap / 1e6:.1f} MP for PNG, WebP "
+        f"and BMP, e.g. {side}x{side}); downscale it or upload a JPEG"
+    )
+
+
+@dataclass(frozen=True)
+class _Header:
+    width: int  # as stored, before EXIF orientation
+    height: int
+    samples_per_pixel: float = 3.0  # JPEG: 1.5 for 4:2:0 chroma, 3 for 4:4:4, 1 gray, 4 CMYK
+
+
+def _read_header(data: bytes, kind: str, limits: PortraitLimits) -> _Header:
+    """The header only: PIL opens lazily, so huge images are refused before any pixel is decoded."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as im:
             width, height = im.size
+            layers = getattr(im, "layer", None) if kind == "jpeg" else None  # JPEG: (id, h, v, table) a component
+    except Image.DecompressionBombError:  # PIL's own cap (~179 MP), far above ours
+        raise AvatarError(f"the image has too many pixels (more than {limits.max_pixels / 1e6:.0f} MP)") from None
     except Exception as exc:  # PIL raises many types for corrupt headers
         raise AvatarError(f"the image could not be read ({exc.__class__.__name__}); upload a JPEG, PNG or WebP photo") from None
-    return int(width) * int(height)
+    if layers:
+        h_max, v_max = max(c[1] for c in layers), max(c[2] for c in layers)
+        return _Header(int(width), int(height), sum(c[1] * c[2] for c in layers) / (h_max * v_max))
+    return _Header(int(width), int(height))
+
+
+def _jpeg_scan_count(data: bytes) -> int:
+    """Scans in the (first) image of a JPEG: more than one (progressive, or sequential with one
+    scan a component) makes libjpeg buffer the whole image's coefficients. Markers up to the first
+    scan are walked by their lengths (an EXIF thumbnail has scans of its own); after it, entropy-coded
+    data never holds 0xFF followed by a marker code, so the remaining scans are counted up to EOI."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 1  # malformed: the decoder will say so
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # the first scan
+            end = data.find(b"\xff\xd9", pos)
+            return 1 + data.count(b"\xff\xda", pos + 2, end if end >= 0 else len(data))
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return 1
+
+
+def reduced_size(width: int, height: int, limits: PortraitLimits = PortraitLimits()) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is reduced to: the long side at most
+    ``max_side``, the aspect kept, and never a short side below ``min_side`` because of it."""
+    scale = min(1.0, max(limits.max_side / max(width, height), limits.min_side / max(1, min(width, height))))
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _jpeg_reduction(width: int, height: int, limits: PortraitLimits) -> int:
+    """The largest libjpeg scale denominator (8, 4, 2 or 1) that still decodes to at least the reduced size."""
+    target_w, target_h = reduced_size(width, height, limits)
+    for factor in (8, 4, 2):
+        if -(-width // factor) >= target_w and -(-height // factor) >= target_h:
+            return factor
+    return 1
+
+
+def _decode_bgr(data: bytes, kind: str, width: int, height: int, limits: PortraitLimits) -> np.ndarray | None:
+    """Decode (JPEG: at a reduced scale) and reduce to ``reduced_size``; BGR uint8, None if undecodable."""
+    import cv2
+
+    # IMREAD_COLOR (and its reduced variants) applies EXIF orientation and drops alpha.
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+    factor = _jpeg_reduction(width, height, limits) if kind == "jpeg" else 1
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags[factor])
+    if bgr is None:
+        return None
+    target = reduced_size(bgr.shape[1], bgr.shape[0], limits)
+    if target != (bgr.shape[1], bgr.shape[0]):
+        bgr = cv2.resize(bgr, target, interpolation=cv2.INTER_AREA)  # the full-size image is freed here
+    return bgr
 
 
 def load_portrait_bytes(data: bytes, limits: PortraitLimits = PortraitLimits()) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8 [H, W, 3] (EXIF orientation applied, alpha dropped)."""
+    """Encoded image bytes -> RGB uint8 [H, W, 3] (EXIF orientation applied, alpha dropped),
+    reduced to at most ``limits.max_side`` on its long side."""
     import cv2
 
     if not data:
@@ -63,14 +175,24 @@ def load_portrait_bytes(data: bytes, limits: PortraitLimits = PortraitLimits()) 
     kind = sniff_image_type(data)
     if kind is None:
         raise AvatarError("unsupported image type; upload a JPEG, PNG, WebP or BMP photo")
-    pixels = _pixel_count_from_header(data)
+    header = _read_header(data, kind, limits)
+    pixels = header.width * header.height
     if pixels > limits.max_pixels:
-        raise AvatarError(f"the image has too many pixels ({pixels / 1e6:.0f} MP > {limits.max_pixels / 1e6:.0f} MP)")
-    # IMREAD_COLOR applies EXIF orientation and drops alpha.
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise AvatarError(f"the {kind.upper()} image could not be decoded (corrupt or truncated file)")
-    return validate_portrait(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), limits)
+        raise _too_many_pixels(pixels, limits.max_pixels)
+    if kind != "jpeg" and pixels > limits.max_unscaled_pixels:
+        raise _too_many_pixels(pixels, limits.max_unscaled_pixels, kind)
+    if kind == "jpeg" and 2 * pixels * header.samples_per_pixel > limits.max_jpeg_buffer_bytes and _jpeg_scan_count(data) > 1:
+        cap = limits.max_jpeg_buffer_bytes / (2 * header.samples_per_pixel)
+        raise AvatarError(
+            f"the progressive JPEG has too many pixels ({pixels / 1e6:.1f} MP > {cap / 1e6:.1f} MP for a progressive "
+            "JPEG with this colour sampling); save it as a standard (baseline) JPEG or downscale it"
+        )
+    with _decode_slots:
+        bgr = _decode_bgr(data, kind, header.width, header.height, limits)
+        if bgr is None:
+            raise AvatarError(f"the {kind.upper()} image could not be decoded (corrupt or truncated file)")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return validate_portrait(rgb, limits)
 
 
 def load_portrait(source: bytes | str | Path | np.ndarray, limits: PortraitLimits = PortraitLimits()) -> np.ndarray:
