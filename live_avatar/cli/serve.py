@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from live_avatar.server.app import create_app
     from live_avatar.server.auth import configure_access
     from live_avatar.server.config import load_server_config
+    from live_avatar.server.gc_tuning import freeze_startup_objects
 
     try:
         config = load_server_config(args.config, host=args.host, port=args.port, engine=args.engine, avatar=args.avatar)
@@ -146,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
 
     try:
-        web.run_app(create_app(config), host=config.host, port=config.port, print=announce_ready)
+        app = create_app(config)
+        app.on_startup.append(freeze_startup_objects)  # after the engine's start-up: see server/gc_tuning.py
+        web.run_app(app, host=config.host, port=config.port, print=announce_ready)
     except (AvatarError, ValueError) as exc:  # a bad --avatar portrait or engine option
         prefix = f"the {config.engine} engine cannot start: " if isinstance(exc, EngineUnavailable) else ""
         print(f"avatar serve: {prefix}{exc}", file=sys.stderr)

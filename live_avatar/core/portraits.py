@@ -99,8 +99,10 @@ def _read_header(data: bytes, kind: str, limits: PortraitLimits) -> _Header:
             layers = getattr(im, "layer", None) if kind == "jpeg" else None  # JPEG: (id, h, v, table) a component
     except Image.DecompressionBombError:  # PIL's own cap (~179 MP), far above ours
         raise AvatarError(f"the image has too many pixels (more than {limits.max_pixels / 1e6:.0f} MP)") from None
-    except Exception as exc:  # PIL raises many types for corrupt headers
-        raise AvatarError(f"the image could not be read ({exc.__class__.__name__}); upload a JPEG, PNG or WebP photo") from None
+    except Exception:  # PIL raises many types for corrupt headers; none of them helps a user
+        raise AvatarError(
+            f"the {kind.upper()} image's header is damaged or truncated; upload a JPEG, PNG or WebP photo"
+        ) from None
     if layers:
         h_max, v_max = max(c[1] for c in layers), max(c[2] for c in layers)
         return _Header(int(width), int(height), sum(c[1] * c[2] for c in layers) / (h_max * v_max))

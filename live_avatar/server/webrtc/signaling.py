@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from live_avatar.server.config import ServerConfig
+from live_avatar.server.gc_tuning import collect_soon
 from live_avatar.server.session import AvatarSession
 from live_avatar.server.sessions import SessionManager
 from live_avatar.server.webrtc.aiortc_hooks import set_audio_jitter_prefetch
@@ -238,9 +239,12 @@ class PeerConnector:
             set_audio_jitter_prefetch(pc, self._config.webrtc.audio_jitter_prefetch)
             session = await self._sessions.create(avatar, prompt, client)
             self._wire(pc, session, offer, incoming)
-            answer = await pc.createAnswer()
-            with pinned_host_addresses(self._config.ice_host_addresses()):
-                await pc.setLocalDescription(answer)
+            try:  # check_offer covers what these need; anything it missed is still the offer's fault
+                answer = await pc.createAnswer()
+                with pinned_host_addresses(self._config.ice_host_addresses()):
+                    await pc.setLocalDescription(answer)
+            except Exception as exc:
+                raise offer_error_from_aiortc(exc) from None
             session.start()
             self._expect_connection(pc, session)
             return session, pc.localDescription
@@ -304,6 +308,7 @@ class PeerConnector:
             await pc.close()
         except Exception:
             log.exception("closing a peer connection failed")
+        collect_soon()  # the closed connection is cyclic garbage that holds native encoder threads
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self._close_pc(pc) for pc in list(self._peers)), return_exceptions=True)

@@ -8,6 +8,7 @@ frames: ``MotionModel`` (audio -> pose, stateful) then ``Renderer`` (pose -> fra
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from live_avatar.core.engines.lite.motion import MotionModel
 from live_avatar.core.engines.lite.renderer import Renderer
 from live_avatar.core.engines.lite.rig import FaceRig, Pose, build_rig
 from live_avatar.core.portraits import validate_portrait
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +154,8 @@ class LiteEngine:
         try:
             rig = build_rig(frame, points, self.config.rig)
         except Exception as exc:  # degenerate landmark geometry (e.g. scipy's Qhull refusing it)
-            raise AvatarError(f"the face could not be rigged ({exc.__class__.__name__}); use a clearer, frontal photo") from exc
+            log.info("rigging failed: %r", exc)
+            raise AvatarError("the face could not be rigged (its landmarks are degenerate); use a clearer, frontal photo") from exc
         avatar = LiteAvatar(rig, landmarks, key)
         with self._lock:
             self._avatars[key] = avatar
@@ -173,7 +177,9 @@ class LiteEngine:
         return LiteGenerator(avatar, self.config, seed=seed)
 
     def open_session(self, avatar: Any, prompt: str | None = None, **options: Any):
-        from live_avatar.core.stream import StreamSession  # imported lazily: the runtime imports engines too
+        from live_avatar.core.stream import (
+            StreamSession,  # imported lazily: the runtime imports engines too
+        )
 
         stream_config = options.pop("config", None)
         generator = self.new_generator(avatar, prompt, **options)

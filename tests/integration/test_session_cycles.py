@@ -1,0 +1,22 @@
+"""Sessions opened and ended over and over leave nothing behind in the server: no thread, no file
+descriptor, no session (``avatar bench cycles`` runs the same for 200 cycles and measures RSS)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.server_process import ServerProcess
+
+cycles = pytest.importorskip("bench.cycles")
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
+
+
+async def test_open_and_close_cycles_leak_no_threads_or_descriptors(tmp_path):
+    with ServerProcess([], tmp_path / "server.log") as server:
+        samples = await cycles.run_cycles(server.url, server.proc.pid, cycles=14, warmup=6, stream_s=0.3)
+    summary = cycles.summarize(samples, warmup=6)
+    assert all(s.frames > 0 for s in samples), "every session streamed"
+    growth = summary["growth"]
+    assert growth["threads"] <= 0 and growth["fds"] <= 0, summary
+    assert growth["threads_max_after_warmup"] <= 2, summary  # a worker thread may still be winding down
