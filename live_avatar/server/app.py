@@ -57,7 +57,10 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
         capacity = await asyncio.to_thread(lambda: getattr(engine, "capacity", None))
         log.info("%s engine ready: capacity %s real-time sessions", getattr(engine, "name", config.engine), capacity)
         limits = PortraitLimits(max_bytes=config.limits.max_upload_bytes, max_pixels=config.limits.max_image_pixels)
-        avatars = AvatarStore(engine, limits, max_avatars=config.limits.max_avatars)
+        avatars = AvatarStore(
+            engine, limits, max_avatars=config.limits.max_avatars, max_total=config.limits.max_avatars_total,
+            owner_idle_s=config.limits.avatar_owner_idle_s,
+        )
         await avatars.load_default(config.avatar)
         sessions = SessionManager(engine, config.sessions, state["metrics"], max_per_client=config.limits.max_sessions_per_client)
         connector = PeerConnector(config, sessions)

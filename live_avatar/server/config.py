@@ -39,11 +39,13 @@ class LimitsConfig:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_avatars: int = 32  # per owner
+    max_avatars_total: int = 256  # all owners; when full, idle owners' uploads go (else 503)
+    avatar_owner_idle_s: float = 3600.0
     max_sessions_per_client: int = 2
     uploads_per_minute: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("max_avatars", "max_sessions_per_client", "uploads_per_minute"):
+        for name in ("max_avatars", "max_avatars_total", "max_sessions_per_client", "uploads_per_minute"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"must be at least 1, got {getattr(self, name)}", key=f"limits.{name}")
 

@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from live_avatar.core.contract import AvatarError
 from live_avatar.resources import CLIENT_DIR
 from live_avatar.server.auth import Caller, caller_of
-from live_avatar.server.avatars import AvatarStore
+from live_avatar.server.avatars import AvatarStore, StoreFull
 from live_avatar.server.config import ServerConfig
 from live_avatar.server.http_errors import describe_multipart_error
 from live_avatar.server.metrics import ServerMetrics
@@ -181,7 +181,9 @@ class Api:
 
     async def whip_patch(self, request: web.Request) -> web.Response:
         # RFC 9725: a server without trickle ICE / ICE restarts answers PATCH with 405
-        return json_error(405, "trickle ICE and ICE restarts are not supported; send a complete offer")
+        response = json_error(405, "trickle ICE and ICE restarts are not supported; send a complete offer")
+        response.headers["Allow"] = "DELETE"
+        return response
 
     # -- avatars -------------------------------------------------------------------------------
     async def list_avatars(self, request: web.Request) -> web.Response:
@@ -223,6 +225,8 @@ class Api:
             return json_error(400, "no image in the upload: send a multipart field named 'image'")
         try:
             avatar_id = await self.avatars.add_upload(data, name, caller.owner)
+        except StoreFull as exc:
+            return json_error(503, str(exc), reason="avatars")
         except AvatarError as exc:
             return json_error(422, str(exc))
         return web.json_response({"avatar_id": avatar_id}, status=201)

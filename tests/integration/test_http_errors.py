@@ -159,6 +159,15 @@ async def test_wrong_method_is_a_json_405_with_allow(server, server_log, method:
     assert_quiet_log(server_log, most=0)
 
 
+async def test_whip_patch_is_405_with_allow(server, server_log) -> None:
+    """RFC 9725: a server without trickle ICE or ICE restarts answers PATCH on the resource with 405."""
+    async with aiohttp.ClientSession() as http, http.patch(f"{server.url}/whip/abc") as resp:
+        message = assert_json_error(resp.status, resp.headers["Content-Type"], await resp.read(), 405)
+        assert resp.headers.get("Allow") == "DELETE"
+    assert "trickle ICE" in message
+    assert_quiet_log(server_log, most=0)
+
+
 # -- bodies ----------------------------------------------------------------------------------------
 async def post(server, path: str, body: bytes, content_type: str) -> tuple[int, str, bytes]:
     async with aiohttp.ClientSession() as http, http.post(f"{server.url}{path}", data=body, headers={"Content-Type": content_type}) as resp:

@@ -224,3 +224,24 @@ async def test_uploads_belong_to_their_owner_and_are_evicted_per_owner() -> None
     ids = [a["avatar_id"] for a in store.list("alice")]
     assert a1 in ids and a2 not in ids and len(ids) == 3
     assert len(store) == 4
+
+
+async def test_the_store_is_bounded_in_all_and_frees_only_idle_owners() -> None:
+    from live_avatar.server.avatars import StoreFull
+
+    now = [0.0]
+    store = AvatarStore(StubEngine(), PortraitLimits(), max_avatars=2, max_total=3, owner_idle_s=60.0, clock=lambda: now[0])
+    a = await store.add_upload(_png(), "a.png", "alice")
+    b = [await store.add_upload(_png(), f"b{i}.png", "bob") for i in range(2)]
+    now[0] = 30.0
+    with pytest.raises(StoreFull, match="keeps 3 uploaded portraits"):  # everyone active: refused, nobody evicted
+        await store.add_upload(_png(), "c.png", "carol")
+    assert len(store) == 3 and store.get(a, "alice") is not None  # alice is active again at t=30
+    b2 = await store.add_upload(_png(), "b2.png", "bob")  # at her own bound an owner replaces her oldest
+    assert [x["avatar_id"] for x in store.list("bob")] == [b[1], b2]  # (no default loaded here)
+    now[0] = 95.0  # bob idle since t=30 (65 s), alice since t=30 too, carol never stored anything
+    c = await store.add_upload(_png(), "c.png", "carol")
+    assert store.get(c, "carol") is not None
+    with pytest.raises(KeyError):
+        store.get(b2, "bob")  # the idle owners' uploads went to make room
+    assert len(store) == 1
