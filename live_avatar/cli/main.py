@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "serve": ("serve", "run the live avatar server (WebRTC, WHIP, HTTP API)"),
     "generate": ("generate", "render a talking-portrait video offline from an image and an audio file"),
     "bench": ("bench", "run reproducible benchmarks and write JSON results under bench/results/"),
+    "preflight": ("preflight", "say whether an engine configuration fits a GPU, how many sessions, what fps (no GPU needed)"),
 }
 
 

@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     eng.add_argument("--device", default=None, help="engine device, e.g. cpu or cuda:0")
     eng.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                      help="any other engine option (repeatable; VALUE parsed as YAML)")
+    fit = p.add_argument_group("preflight (liveavatar: does the configuration fit and hold real time? see avatar preflight)")
+    fit.add_argument("--gpu", default=None, metavar="NAME", help="the GPU, when it is not detected (H200, A100 80GB, ...)")
+    fit.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="GPU memory to check against")
+    fit.add_argument("--allow-slow", action="store_true",
+                     help="start even when the check says the configuration does not fit or cannot reach 25 fps")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -88,6 +93,60 @@ def _check_before_loading(config) -> None:
                 raise AddressInUse(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
 
 
+class PreflightRefused(ValueError):
+    """The liveavatar configuration does not fit the GPU or cannot hold real time (exit status 2)."""
+
+
+def _detect_gpu(device: str) -> tuple[str, float] | None:
+    """(name, memory GB) of the CUDA device the engine would use, or None (no torch, no CUDA, a CPU device)."""
+    try:
+        import torch
+
+        if device.startswith("cpu") or not torch.cuda.is_available():
+            return None
+        index = torch.device(device).index if device.startswith("cuda") else None
+        props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+    except (ImportError, RuntimeError, ValueError, AssertionError):
+        return None  # the engine reports a bad device itself
+    return props.name, props.total_memory / 2**30
+
+
+def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memory: float | None = None,
+                    allow_slow: bool = False, detect=_detect_gpu) -> str | None:
+    """``avatar preflight`` for the engine about to load: on a known GPU, or when ``gpu``/``gpu_memory`` is
+    given. Returns a line to print (or None); raises PreflightRefused with the whole answer when the
+    configuration does not fit or cannot reach 25 fps, unless ``allow_slow``. Skipped for CPU/tiny runs."""
+    if engine != "liveavatar" or options.get("tiny") or str(options.get("device") or "auto").startswith("cpu"):
+        return None
+    from live_avatar.core.engines.liveavatar.preflight import (
+        PreflightRequest,
+        estimate,
+        find_gpu,
+        format_report,
+    )
+
+    if gpu is None and gpu_memory is None:
+        found = detect(str(options.get("device") or "auto"))
+        if found is None:
+            return None
+        gpu, gpu_memory = found
+        try:
+            find_gpu(gpu)
+        except ValueError:
+            return f"preflight skipped: {gpu} is not in the table of known GPUs (give --gpu-memory GB to check)"
+    result = estimate(PreflightRequest(
+        size=str(options.get("size") or "704*384"), aspect=str(options.get("aspect") or "9:16"),
+        fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")), gpu=gpu, gpu_memory_gb=gpu_memory,
+        text_encoder=not options.get("random_weights"),
+    ))
+    if result.ok:
+        return (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps "
+                f"(an estimate from measured figures; avatar preflight for details)")
+    if allow_slow:
+        return "starting anyway (--allow-slow):\n" + format_report(result)
+    raise PreflightRefused("refused by the preflight check (--allow-slow starts anyway):\n" + format_report(result))
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
@@ -113,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             config.webrtc.ice_servers = [{"urls": url} for url in args.stun]
         access = configure_access(config, args.token, args.no_auth, os.environ)
         _check_before_loading(config)
+        fit = preflight_check(config.engine, config.engine_options, args.gpu, args.gpu_memory, args.allow_slow)
     except EngineUnavailable as exc:
         print(f"avatar serve: the {config.engine} engine cannot start: {exc}", file=sys.stderr)
         return 2
@@ -132,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
 
     if access.warning:
         print(f"avatar serve: {access.warning}", file=sys.stderr)
+    if fit:
+        print(f"avatar serve: {fit}", file=sys.stderr)
     print(f"Live avatar server: loading the {config.engine} engine...", file=sys.stderr)
 
     def announce_ready(_aiohttp_banner: str) -> None:  # aiohttp calls this once the socket listens

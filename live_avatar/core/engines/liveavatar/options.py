@@ -1,16 +1,18 @@
 """Options of the liveavatar engine: ``LiveAvatarOptions`` (documented in :mod:`.engine`), device/dtype
-resolution and the output frame size rule."""
+resolution and the output frame size rule. Importing it does not import torch (``avatar preflight`` uses
+the size rule on machines without it)."""
 
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from live_avatar.core.config_loading import ConfigError, from_mapping
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPT = "A person is talking to the camera with natural facial expressions and head movements."
 
@@ -63,6 +65,8 @@ class LiveAvatarOptions:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -75,6 +79,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}.get(name)

@@ -1,0 +1,57 @@
+"""``avatar preflight``: does an engine configuration fit a GPU, how many sessions, what fps (no torch, no GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DESCRIPTION = """Say, before anything loads, whether a liveavatar configuration fits a GPU (weights + per-session
+state), how many sessions fit (by memory and by compute: sessions share the GPU) and the fps to expect.
+
+The answer comes from figures measured on one H200 (live_avatar/configs/preflight/liveavatar.yaml, with
+the date and command of each), interpolated over frame sizes by latent tokens and scaled to other known
+GPUs (--gpu) by bf16 TFLOP/s and memory bandwidth: an estimate. Real time needs 25 fps (a 12-frame
+block within 480 ms, live overhead included).
+
+Exit status: 0 fits and holds real time; 1 does not (the answer names the nearest size that works);
+2 a bad request (unknown GPU, bad size)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["liveavatar"], default="liveavatar",
+                   help="engine (liveavatar; the lite engine runs on a CPU and needs no preflight)")
+    p.add_argument("--size", required=True, metavar="W*H", help='area cap, as the engine option size, e.g. "704*384"')
+    p.add_argument("--aspect", default="9:16", help="frame aspect W:H (default 9:16 portrait)")
+    p.add_argument("--fp8", action="store_true", help="DiT Linears in FP8 (engine option fp8)")
+    p.add_argument("--eager", action="store_true",
+                   help="no torch.compile (the engine's default; the measured figures are compiled: compile, compile_vae)")
+    p.add_argument("--gpu", default=None, metavar="NAME", help="a known GPU (H200, H100 SXM, A100 80GB, L40S, RTX 4090, ...)")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory per GPU (default: the GPU's)")
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs (estimated as N independent GPUs)")
+    p.add_argument("--live-factor", type=float, default=None, metavar="X",
+                   help="live session cost / direct block time (default from the table: 1.10)")
+    p.add_argument("--random-weights", action="store_true", help="14B random weights (benchmarks): no umT5 text encoder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from live_avatar.core.config_loading import ConfigError
+    from live_avatar.core.engines.liveavatar.preflight import (
+        PreflightError,
+        PreflightRequest,
+        estimate,
+        format_report,
+    )
+
+    request = PreflightRequest(
+        size=args.size, aspect=args.aspect, fp8=args.fp8, compiled=not args.eager, gpu=args.gpu,
+        gpu_memory_gb=args.gpu_memory, gpus=args.gpus, live_factor=args.live_factor, text_encoder=not args.random_weights,
+    )
+    try:
+        result = estimate(request)
+    except (PreflightError, ConfigError) as exc:
+        print(f"avatar preflight: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json()) if args.json else format_report(result))
+    return 0 if result.ok else 1

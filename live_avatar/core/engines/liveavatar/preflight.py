@@ -1,0 +1,398 @@
+"""Will a liveavatar configuration fit a GPU and hold real time? Answered before anything loads.
+
+``estimate(PreflightRequest(...))`` reads the measured H200 figures shipped in
+``configs/preflight/liveavatar.yaml`` (weights memory, per-session state and block time per frame size
+and mode, the live overhead factor, a table of known GPUs) and returns a :class:`PreflightEstimate`:
+whether weights + one session's state fit, how many sessions fit (by memory AND by compute: sessions
+share the GPU), the expected fps, and, when the answer is no, the nearest size of the same aspect that
+works. Sizes between measured points are interpolated by latent tokens per frame ((H/16)*(W/16)),
+outside them extrapolated; other GPUs are scaled from the H200 (DiT time by bf16 TFLOP/s, the rest of
+the block by memory bandwidth). Everything here is an estimate and says so.
+
+No torch here: ``avatar preflight`` runs on a machine without a GPU, and ``avatar serve`` calls
+:func:`estimate` before it loads the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
+from live_avatar.resources import config_path
+
+from .options import frame_size
+
+TABLE_PATH = config_path("preflight", "liveavatar.yaml")
+FRAMES_PER_BLOCK = 12
+TARGET_FPS = 25.0
+BLOCK_VIDEO_MS = 1000.0 * FRAMES_PER_BLOCK / TARGET_FPS  # 480 ms of video per block
+BASE_MODE = "fp8-compiled"
+MULTI_GPU_NOTE = ("the multi-GPU step pipeline is not built yet: estimated as N independent GPUs, "
+                  "each holding its own copy of the weights and running its own sessions")
+
+
+class PreflightError(ValueError):
+    """A request preflight cannot answer (bad size, unknown GPU, ...): a one-line, user-facing message."""
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    frame: tuple[int, int]  # (width, height)
+    block_ms: float  # median direct block time (12 frames)
+    dit_ms: float
+    vae_ms: float
+    state_gb: float  # per-session GPU state
+    measured: str  # date
+    command: str
+    fp8_compiled_block_ms: float | None = None  # the fp8-compiled block of the same run (modes other than fp8-compiled)
+
+    @property
+    def tokens(self) -> int:
+        return latent_tokens(self.frame)
+
+
+@dataclass(frozen=True)
+class ModeTable:
+    description: str
+    points: list[MeasuredPoint]
+
+
+@dataclass(frozen=True)
+class WeightsTable:
+    bf16_gb: float
+    fp8_gb: float
+    text_encoder_gb: float
+    source: str
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    memory_gb: float
+    bf16_tflops: float
+    bandwidth_tbs: float
+    fp8: bool
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreflightTable:
+    reference_gpu: str
+    live_factor: float
+    headroom_gb: float
+    smallest_suggested_tokens: int
+    weights: WeightsTable
+    modes: dict[str, Any]  # mode name -> ModeTable (converted in load_table)
+    gpus: list[GpuSpec]
+
+    def __post_init__(self) -> None:
+        if self.live_factor < 1.0:
+            raise ValueError("live_factor must be >= 1")
+
+
+@functools.lru_cache(maxsize=4)
+def load_table(path: str | Path = TABLE_PATH) -> PreflightTable:
+    source = Path(path).name
+    table = from_mapping(PreflightTable, read_yaml_mapping(path), source)
+    modes = {name: from_mapping(ModeTable, value, source, f"modes.{name}") for name, value in table.modes.items()}
+    for name in ("fp8-compiled", "compiled", "fp8-eager", "eager"):
+        if not modes.get(name) or not modes[name].points:
+            raise ConfigError("needs measured points", source, f"modes.{name}")
+    for name, mode in modes.items():
+        if name != BASE_MODE and any(p.fp8_compiled_block_ms is None for p in mode.points):
+            raise ConfigError("every point needs fp8_compiled_block_ms (the ratio's base)", source, f"modes.{name}")
+    object.__setattr__(table, "modes", {n: ModeTable(m.description, sorted(m.points, key=lambda p: p.tokens)) for n, m in modes.items()})
+    find_gpu(table.reference_gpu, table)
+    return table
+
+
+def latent_tokens(frame: tuple[int, int]) -> int:
+    width, height = frame
+    return (width // 16) * (height // 16)
+
+
+def _normalise(name: str) -> str:
+    text = "".join(c for c in name.lower() if c.isalnum())
+    for word in ("nvidia", "geforce"):
+        text = text.replace(word, "")
+    return text
+
+
+def find_gpu(name: str, table: PreflightTable | None = None) -> GpuSpec:
+    table = table or load_table()
+    wanted = _normalise(name)
+    for gpu in table.gpus:
+        if wanted in {_normalise(n) for n in [gpu.name, *gpu.aliases]}:
+            return gpu
+    known = ", ".join(g.name for g in table.gpus)
+    raise PreflightError(f"unknown GPU {name!r}; known: {known} (for another GPU give --gpu-memory GB: its speed is then taken as the H200's)")
+
+
+def _interpolate(points: list[tuple[int, float]], tokens: int) -> tuple[float, str]:
+    """Linear in tokens between measured points; the nearest segment's line outside them."""
+    if len(points) == 1:
+        (t0, v0), = points
+        return v0 * tokens / t0, ("measured" if tokens == t0 else "extrapolated")
+    for t, v in points:
+        if t == tokens:
+            return v, "measured"
+    if tokens < points[0][0]:
+        (t0, v0), (t1, v1), kind = points[0], points[1], "extrapolated"
+    elif tokens > points[-1][0]:
+        (t0, v0), (t1, v1), kind = points[-2], points[-1], "extrapolated"
+    else:
+        i = next(i for i, (t, _) in enumerate(points) if t > tokens)
+        (t0, v0), (t1, v1), kind = points[i - 1], points[i], "interpolated"
+    value = v0 + (v1 - v0) * (tokens - t0) / (t1 - t0)
+    return max(value, v0 * tokens / t0 * 0.5), kind  # never below half the proportional value
+
+
+def _clamped_ratio(points: list[tuple[int, float]], tokens: int) -> float:
+    if tokens <= points[0][0]:
+        return points[0][1]
+    if tokens >= points[-1][0]:
+        return points[-1][1]
+    return _interpolate(points, tokens)[0]
+
+
+def mode_name(fp8: bool, compiled: bool) -> str:
+    return ("fp8-" if fp8 else "") + ("compiled" if compiled else "eager")
+
+
+@dataclass(frozen=True)
+class PreflightRequest:
+    size: str
+    aspect: str = "9:16"
+    fp8: bool = False
+    compiled: bool = True
+    gpu: str | None = None  # a known GPU name; None: the reference H200 unless gpu_memory_gb is given
+    gpu_memory_gb: float | None = None
+    gpus: int = 1
+    live_factor: float | None = None  # None: the table's
+    text_encoder: bool = True  # a real checkpoint holds umT5-XXL on the GPU; random weights do not
+
+
+@dataclass
+class PreflightEstimate:
+    size: str
+    aspect: str
+    frame: tuple[int, int]
+    tokens: int
+    mode: str
+    gpu: str  # a known GPU's name, or "GPU not named (--gpu)"
+    gpu_memory_gb: float
+    gpus: int
+    weights_gb: float
+    weights_detail: str
+    per_session_gb: float
+    headroom_gb: float
+    block_ms: float  # direct block time on this GPU (estimated)
+    live_factor: float
+    expected_fps: float  # one session alone, live
+    sessions_by_memory: int  # per GPU
+    sessions_by_compute: int  # per GPU
+    sessions: int  # all GPUs
+    fits: bool  # weights + one session's state fit
+    realtime: bool  # one session reaches 25 fps
+    basis: dict[str, str]
+    notes: list[str]
+    suggestion: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.fits and self.realtime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "fits": self.fits, "realtime": self.realtime, "sessions": self.sessions,
+            "sessions_by_memory_per_gpu": self.sessions_by_memory, "sessions_by_compute_per_gpu": self.sessions_by_compute,
+            "expected_fps": round(self.expected_fps, 1), "target_fps": TARGET_FPS,
+            "weights_gb": round(self.weights_gb, 2), "per_session_gb": round(self.per_session_gb, 2),
+            "headroom_gb": self.headroom_gb, "gpu_memory_gb": round(self.gpu_memory_gb, 1),
+            "block_ms": round(self.block_ms, 1), "live_block_ms": round(self.block_ms * self.live_factor, 1),
+            "live_factor": self.live_factor, "size": self.size, "aspect": self.aspect, "frame": list(self.frame),
+            "tokens_per_latent_frame": self.tokens, "mode": self.mode, "gpu": self.gpu, "gpus": self.gpus,
+            "basis": self.basis, "notes": self.notes, "suggestion": self.suggestion,
+        }
+
+
+def estimate(request: PreflightRequest, table: PreflightTable | None = None, *, suggest: bool = True) -> PreflightEstimate:
+    table = table or load_table()
+    if request.gpus < 1:
+        raise PreflightError(f"--gpus must be >= 1, got {request.gpus}")
+    if request.gpu_memory_gb is not None and not request.gpu_memory_gb > 0:
+        raise PreflightError(f"--gpu-memory must be a positive number of GB, got {request.gpu_memory_gb}")
+    live_factor = table.live_factor if request.live_factor is None else request.live_factor
+    if live_factor < 1.0:
+        raise PreflightError(f"--live-factor must be >= 1, got {live_factor}")
+    try:
+        frame = frame_size(request.size, request.aspect)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    reference = find_gpu(table.reference_gpu, table)
+    gpu = find_gpu(request.gpu, table) if request.gpu else (None if request.gpu_memory_gb is not None else reference)
+    if request.fp8 and gpu is not None and not gpu.fp8:
+        raise PreflightError(f"--fp8: the {gpu.name} has no FP8 tensor cores (the FP8 DiT needs Ada, Hopper or newer)")
+    result = _evaluate(table, request, frame, request.fp8, request.compiled, gpu, reference, live_factor)
+    if suggest and not result.ok:
+        result.suggestion = _suggest(table, request, result, gpu, reference, live_factor)
+    return result
+
+
+def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int, int], fp8: bool, compiled: bool,
+              gpu: GpuSpec | None, reference: GpuSpec, live_factor: float) -> PreflightEstimate:
+    tokens = latent_tokens(frame)
+    base = table.modes[BASE_MODE].points
+    mode = mode_name(fp8, compiled)
+    state_gb, state_kind = _interpolate([(p.tokens, p.state_gb) for p in base], tokens)
+    block_ms, timing_kind = _interpolate([(p.tokens, p.block_ms) for p in base], tokens)
+    dit_share = _clamped_ratio([(p.tokens, p.dit_ms / p.block_ms) for p in base], tokens)
+    if mode != BASE_MODE:
+        points = table.modes[mode].points
+        exact = next((p for p in points if p.tokens == tokens), None)
+        if exact is not None:
+            block_ms, timing_kind = exact.block_ms, "measured"
+        else:
+            block_ms *= _clamped_ratio([(p.tokens, p.block_ms / p.fp8_compiled_block_ms) for p in points], tokens)
+            timing_kind = f"estimated ({BASE_MODE} {timing_kind} x the {mode}/{BASE_MODE} ratio measured at "
+            timing_kind += ", ".join(f"{p.frame[0]}x{p.frame[1]}" for p in points) + ")"
+        dit_share = _clamped_ratio([(p.tokens, p.dit_ms / p.block_ms) for p in points], tokens)
+
+    notes: list[str] = []
+    if gpu is None:
+        scaling = f"GPU speed unknown: the {reference.name} figures, unscaled (a slower GPU is slower)"
+    elif gpu.name == reference.name:
+        scaling = f"measured GPU ({reference.name}): no scaling"
+    else:
+        flops, bandwidth = reference.bf16_tflops / gpu.bf16_tflops, reference.bandwidth_tbs / gpu.bandwidth_tbs
+        block_ms *= dit_share * flops + (1.0 - dit_share) * bandwidth
+        scaling = (f"scaled from the {reference.name}: DiT ({dit_share:.0%} of the block) by bf16 dense TFLOP/s "
+                   f"({reference.bf16_tflops:g} -> {gpu.bf16_tflops:g}), the rest by memory bandwidth "
+                   f"({reference.bandwidth_tbs:g} -> {gpu.bandwidth_tbs:g} TB/s)")
+    memory = request.gpu_memory_gb if request.gpu_memory_gb is not None else (gpu or reference).memory_gb
+
+    w = table.weights
+    dit_gb = w.fp8_gb if fp8 else w.bf16_gb
+    weights_gb = dit_gb + (w.text_encoder_gb if request.text_encoder else 0.0)
+    detail = f"DiT {'FP8' if fp8 else 'bf16'} + VAE + wav2vec2 {dit_gb:.1f} (measured)"
+    detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (random weights: no text encoder)"
+    free = memory - table.headroom_gb - weights_gb
+    by_memory = max(0, math.floor(free / state_gb)) if free > 0 else 0
+    fps = 1000.0 * FRAMES_PER_BLOCK / (block_ms * live_factor)
+    by_compute = math.floor(fps / TARGET_FPS + 1e-9)
+    if request.gpus > 1:
+        notes.append(f"--gpus {request.gpus}: {MULTI_GPU_NOTE}")
+    if "extrapolated" in state_kind or "extrapolated" in timing_kind:
+        lo, hi = base[0].frame, base[-1].frame
+        notes.append(f"{frame[0]}x{frame[1]} is outside the measured range ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): extrapolated")
+    return PreflightEstimate(
+        size=request.size, aspect=request.aspect, frame=frame, tokens=tokens, mode=mode,
+        gpu=gpu.name if gpu else "GPU not named (--gpu)", gpu_memory_gb=memory, gpus=request.gpus,
+        weights_gb=weights_gb, weights_detail=detail, per_session_gb=state_gb, headroom_gb=table.headroom_gb,
+        block_ms=block_ms, live_factor=live_factor, expected_fps=fps, sessions_by_memory=by_memory,
+        sessions_by_compute=by_compute, sessions=min(by_memory, by_compute) * request.gpus,
+        fits=by_memory >= 1, realtime=fps >= TARGET_FPS,
+        basis={"memory": f"per-session state {state_kind}; weights measured (text encoder from its checkpoint size)",
+               "timing": timing_kind, "gpu": scaling,
+               "measurements": f"one {reference.name}, 14B random weights, avatar bench liveavatar, median of 8 blocks, 2026-11",
+               "live_factor": f"{live_factor:g} x the direct block time (live sessions measured 1.08-1.36x)",
+               "estimate": "an estimate from measured figures, not a measurement of this configuration"},
+        notes=notes,
+    )
+
+
+def _candidate_frames(aspect: str, largest_tokens: int, smallest_tokens: int) -> list[tuple[int, int]]:
+    """Frames of ``aspect`` the size rule makes, largest first, between the two token counts."""
+    frames: set[tuple[int, int]] = set()
+    for n in range(1, 1 + min(largest_tokens * 256 // 4096 + 1, 1024)):  # area caps in steps of 64*64
+        frame = frame_size(f"{n * 4096}*1", aspect)
+        if smallest_tokens <= latent_tokens(frame) <= largest_tokens:
+            frames.add(frame)
+    return sorted(frames, key=lambda f: (latent_tokens(f), f), reverse=True)
+
+
+def _suggest(table: PreflightTable, request: PreflightRequest, result: PreflightEstimate, gpu: GpuSpec | None,
+             reference: GpuSpec, live_factor: float) -> dict[str, Any]:
+    """The largest frame of the same aspect that works, first with the requested options, then with FP8
+    and/or compile where those are not on; failing that, the memory the smallest working frame needs."""
+    fp8_ok = gpu is None or gpu.fp8
+    variants = [(request.fp8, request.compiled), (request.fp8 or fp8_ok, request.compiled), (request.fp8, True), (request.fp8 or fp8_ok, True)]
+    variants = list(dict.fromkeys(variants))
+    frames = _candidate_frames(request.aspect, result.tokens, table.smallest_suggested_tokens)
+    for fp8, compiled in variants:
+        for frame in frames:
+            r = _evaluate(table, request, frame, fp8, compiled, gpu, reference, live_factor)
+            if r.ok:
+                return _suggestion(r, request, fp8, compiled)
+    fp8, compiled = variants[-1]
+    for frame in reversed(frames):  # smallest first: the least memory that holds real time
+        r = _evaluate(table, request, frame, fp8, compiled, gpu, reference, live_factor)
+        if r.realtime:
+            needed = r.weights_gb + r.per_session_gb + r.headroom_gb
+            s = _suggestion(r, request, fp8, compiled)
+            s.update(size=None, sessions=None, smallest_size=s["size"], works_on_this_gpu=False, needs_gpu_memory_gb=round(needed, 1),
+                     text=f"no {request.aspect} size fits {result.gpu_memory_gb:g} GB: the smallest that holds real time, "
+                          f"{s['text']}, needs about {needed:.0f} GB per GPU")
+            return s
+    return {"size": None, "works_on_this_gpu": False,
+            "text": f"no {request.aspect} size down to {table.smallest_suggested_tokens} latent tokens per frame holds real time on this GPU"}
+
+
+def _suggestion(r: PreflightEstimate, request: PreflightRequest, fp8: bool, compiled: bool) -> dict[str, Any]:
+    changes = []
+    if fp8 and not request.fp8:
+        changes.append("--fp8")
+    if compiled and not request.compiled:
+        changes.append("compiled (drop --eager)")
+    size = f"{r.frame[0]}*{r.frame[1]}"
+    timing = r.basis["timing"].split(" (")[0]  # measured, interpolated, extrapolated or estimated
+    text = f"--size {size} --aspect {request.aspect}" + "".join(f" {c}" for c in changes)
+    text += f" (frame {r.frame[0]}x{r.frame[1]}, {r.expected_fps:.1f} fps {timing}"
+    text += f", {r.sessions} session{'s' if r.sessions != 1 else ''})" if r.ok else ")"
+    return {"size": size, "frame": list(r.frame), "aspect": request.aspect, "fp8": fp8, "compiled": compiled,
+            "changes": changes, "works_on_this_gpu": True, "expected_fps": round(r.expected_fps, 1), "timing": timing,
+            "sessions": r.sessions, "weights_gb": round(r.weights_gb, 2), "per_session_gb": round(r.per_session_gb, 2), "text": text}
+
+
+def engine_options_for(fp8: bool, compiled: bool) -> str:
+    """The serve flags that select a mode."""
+    opts = (["fp8=true"] if fp8 else []) + (["compile=true", "compile_vae=true"] if compiled else [])
+    return " ".join(f"--engine-option {o}" for o in opts) or "(no engine options: the defaults are bf16 eager)"
+
+
+def format_report(r: PreflightEstimate) -> str:
+    w, h = r.frame
+    gpus = f"{r.gpus} x " if r.gpus > 1 else ""
+    lines = [
+        f"liveavatar 14B, --size {r.size} --aspect {r.aspect}: frame {w}x{h} ({r.tokens} latent tokens per frame), mode {r.mode}",
+        f"GPU: {gpus}{r.gpu}, {r.gpu_memory_gb:g} GB each",
+        f"  weights            {r.weights_gb:6.1f} GB   {r.weights_detail}",
+        f"  per session        {r.per_session_gb:6.1f} GB   (+ {r.headroom_gb:g} GB headroom)",
+        f"  sessions by memory {r.sessions_by_memory:6d}      per GPU",
+        (f"  block (12 frames)  {r.block_ms:6.0f} ms   direct; x{r.live_factor:g} live = {r.block_ms * r.live_factor:.0f} ms "
+         f"for {BLOCK_VIDEO_MS:.0f} ms of video"),
+        f"  expected fps       {r.expected_fps:6.1f}      one session ({TARGET_FPS:g} needed for real time)",
+        f"  sessions by compute{r.sessions_by_compute:6d}      per GPU (sessions share it: total fps / {TARGET_FPS:g})",
+        f"  sessions           {r.sessions:6d}      {'in all' if r.gpus > 1 else ''}".rstrip(),
+    ]
+    if r.ok:
+        lines.append(f"Answer: fits, {r.sessions} real-time session{'s' if r.sessions != 1 else ''} "
+                     f"(serve with {engine_options_for(r.mode.startswith('fp8'), r.mode.endswith('compiled'))}).")
+    elif not r.fits:
+        need = r.weights_gb + r.per_session_gb + r.headroom_gb
+        lines.append(f"Answer: does not fit: weights + one session need {need:.1f} GB, the GPU has {r.gpu_memory_gb:g} GB"
+                     + ("" if r.realtime else f", and it would run at {r.expected_fps:.1f} fps < {TARGET_FPS:g}") + ".")
+    else:
+        lines.append(f"Answer: fits in memory ({r.sessions_by_memory} session{'s' if r.sessions_by_memory != 1 else ''}) "
+                     f"but cannot hold real time: {r.expected_fps:.1f} fps < {TARGET_FPS:g}.")
+    if r.suggestion:
+        s = r.suggestion
+        lines.append(("Nearest size that works: " if s.get("works_on_this_gpu") else "Suggestion: ") + s["text"] + ".")
+    lines.extend(f"Note: {n}." for n in r.notes)
+    lines.append("Basis (an estimate, not a measurement of this configuration):")
+    lines.extend(f"  {key}: {r.basis[key]}" for key in ("measurements", "timing", "memory", "gpu", "live_factor"))
+    return "\n".join(lines)
