@@ -98,8 +98,9 @@ async def one_cycle(url: str, speech_48k: np.ndarray, index: int, stream_s: floa
 
 
 async def run_cycles(url: str, pid: int, cycles: int, warmup: int, stream_s: float,
-                     progress: bool = False) -> list[CycleSample]:
-    """Run the cycles against a started server; one sample after each cycle, once it has no session."""
+                     progress: bool = False, settle_s: float = 1.0) -> list[CycleSample]:
+    """Run the cycles against a started server; one sample after each cycle, ``settle_s`` after it
+    has no session (the server collects a closed connection's garbage 0.5 s after closing it)."""
     from tests.support.speech import espeak_speech
 
     speech = espeak_speech("Hello, this is one more short session.", 48000)
@@ -108,6 +109,7 @@ async def run_cycles(url: str, pid: int, cycles: int, warmup: int, stream_s: flo
         t0 = time.monotonic()
         frames = await one_cycle(url, speech, i, stream_s)
         await wait_for_no_sessions(url)
+        await asyncio.sleep(settle_s)
         rss, threads, fds = process_usage(pid)
         samples.append(CycleSample(i + 1, rss, threads, fds, time.monotonic() - t0, frames))
         if progress and (i + 1) % 10 == 0:

@@ -97,22 +97,8 @@ class PreflightRefused(ValueError):
     """The liveavatar configuration does not fit the GPU or cannot hold real time (exit status 2)."""
 
 
-def _detect_gpu(device: str) -> tuple[str, float] | None:
-    """(name, memory GB) of the CUDA device the engine would use, or None (no torch, no CUDA, a CPU device)."""
-    try:
-        import torch
-
-        if device.startswith("cpu") or not torch.cuda.is_available():
-            return None
-        index = torch.device(device).index if device.startswith("cuda") else None
-        props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
-    except (ImportError, RuntimeError, ValueError, AssertionError):
-        return None  # the engine reports a bad device itself
-    return props.name, props.total_memory / 2**30
-
-
 def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memory: float | None = None,
-                    allow_slow: bool = False, detect=_detect_gpu) -> str | None:
+                    allow_slow: bool = False, detect=None) -> str | None:
     """``avatar preflight`` for the engine about to load: on a known GPU, or when ``gpu``/``gpu_memory`` is
     given. Returns a line to print (or None); raises PreflightRefused with the whole answer when the
     configuration does not fit or cannot reach 25 fps, unless ``allow_slow``. Skipped for CPU/tiny runs."""
@@ -126,6 +112,8 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
     )
 
     if gpu is None and gpu_memory is None:
+        if detect is None:
+            from live_avatar.core.engines.liveavatar.options import detect_cuda_gpu as detect
         found = detect(str(options.get("device") or "auto"))
         if found is None:
             return None

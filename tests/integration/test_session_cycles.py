@@ -19,4 +19,3 @@ async def test_open_and_close_cycles_leak_no_threads_or_descriptors(tmp_path):
     assert all(s.frames > 0 for s in samples), "every session streamed"
     growth = summary["growth"]
     assert growth["threads"] <= 0 and growth["fds"] <= 0, summary
-    assert growth["threads_max_after_warmup"] <= 2, summary  # a worker thread may still be winding down

@@ -64,6 +64,21 @@ class LiveAvatarOptions:
             raise EngineConfigError(exc.problem, exc.source, exc.key) from None
 
 
+def detect_cuda_gpu(device: str) -> tuple[str, float] | None:
+    """(name, memory GiB) of the CUDA device the engine would use, or None (no torch, no CUDA, a CPU
+    device); for the start-up preflight check, before the engine loads."""
+    try:
+        import torch
+
+        if device.startswith("cpu") or not torch.cuda.is_available():
+            return None
+        index = torch.device(device).index if device.startswith("cuda") else None
+        props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+    except (ImportError, RuntimeError, ValueError, AssertionError):
+        return None  # the engine reports a bad device itself
+    return props.name, props.total_memory / 2**30
+
+
 def resolve_device(name: str) -> torch.device:
     import torch
 
