@@ -27,8 +27,10 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from live_avatar.server.webrtc.ice import pinned_host_addresses
-from live_avatar.server.webrtc.aiortc_hooks import set_audio_jitter_prefetch
+from live_avatar.server.webrtc.aiortc_hooks import (
+    pinned_host_addresses,
+    set_audio_jitter_prefetch,
+)
 
 log = logging.getLogger(__name__)
 

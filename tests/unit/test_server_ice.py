@@ -7,7 +7,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from live_avatar.server.config import ServerConfig
-from live_avatar.server.webrtc.ice import pinned_host_addresses, rtc_configuration
+from live_avatar.server.webrtc.aiortc_hooks import pinned_host_addresses
+from live_avatar.server.webrtc.ice import rtc_configuration
 
 
 def candidate_lines(sdp: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Which ICE servers a peer connection uses (and, re-exported, which host candidates it offers).
+"""Which ICE servers a peer connection uses.
 
 aiortc adds Google's public STUN server when no ``iceServers`` are given; a server must contact no
 outside server unless configured to. Host-candidate pinning is an aiortc internals hook and lives
@@ -11,9 +11,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer
 
-from live_avatar.server.webrtc.aiortc_hooks import pinned_host_addresses
-
-__all__ = ["pinned_host_addresses", "rtc_configuration"]
+__all__ = ["rtc_configuration"]
 
 
 def rtc_configuration(ice_servers: list[dict[str, Any]]) -> RTCConfiguration:

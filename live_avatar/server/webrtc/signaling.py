@@ -22,8 +22,11 @@ from live_avatar.server.config import ServerConfig
 from live_avatar.server.gc_tuning import collect_soon
 from live_avatar.server.session import AvatarSession
 from live_avatar.server.sessions import SessionManager
-from live_avatar.server.webrtc.aiortc_hooks import set_audio_jitter_prefetch
-from live_avatar.server.webrtc.ice import pinned_host_addresses, rtc_configuration
+from live_avatar.server.webrtc.aiortc_hooks import (
+    pinned_host_addresses,
+    set_audio_jitter_prefetch,
+)
+from live_avatar.server.webrtc.ice import rtc_configuration
 
 log = logging.getLogger(__name__)
 
