@@ -53,6 +53,8 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
             log.info("loading the %s engine", config.engine)
             state["engine"] = await asyncio.to_thread(load_engine, config.engine, **config.engine_options)
         engine = state["engine"]
+        if getattr(engine, "wants_warmup", False):  # compile and autotune now, not in the first user's session
+            await asyncio.to_thread(engine.warm_up, log.info)
         # an engine may measure its capacity on first use (seconds of rendering): not on the loop
         capacity = await asyncio.to_thread(lambda: getattr(engine, "capacity", None))
         log.info("%s engine ready: capacity %s real-time sessions", getattr(engine, "name", config.engine), capacity)

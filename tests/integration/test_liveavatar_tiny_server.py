@@ -22,20 +22,43 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 TINY_SIZE = (64, 128)  # (width, height) of the tiny engine's frames
 
 
-@pytest.fixture()
-def tiny_server(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
     server = ServerProcess(
-        ["--engine", "liveavatar", "--tiny", "--device", "cpu"],
-        tmp_path / "server.log",
+        # compiled with dynamo's eager backend (graphs traced and counted, no code generation): the server
+        # warms up before it says ready, and no session compiles anything after that
+        ["--engine", "liveavatar", "--tiny", "--device", "cpu",
+         "--engine-option", "compile=true", "--engine-option", "compile_backend=eager"],
+        tmp_path_factory.mktemp("tiny-server") / "server.log",
         start_timeout_s=240.0,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     with server:
-        yield server.url
+        yield server
+
+
+async def test_tiny_liveavatar_server_warms_up_before_ready_and_sessions_compile_nothing(tiny_server, speech_with_silence_wav):
+    log = tiny_server.log_path.read_text()
+    assert "liveavatar warm-up at 64x128" in log and "graphs compiled" in log, log[-2000:]
+    assert log.index("graphs compiled") < log.index("ready on"), "the warm-up ends before the server says ready"
+    peer = LoopbackPeer.from_wav(speech_with_silence_wav)
+    try:
+        session_id = await peer.connect_offer(tiny_server.url)
+        await peer.wait_sent(extra_s=1.0, timeout=180.0)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{tiny_server.url}/sessions/{session_id}/stats") as resp:
+                stats = (await resp.json())["stream"]
+    finally:
+        await peer.close()
+    assert stats["blocks"] >= 5, stats  # past the clip boundary (4 blocks a clip): the sink refresh ran too
+    assert stats["engine"]["compiles_since_ready"] == 0, stats["engine"]
+    assert stats["compute_budget_ms"] == pytest.approx(480.0)
+    assert stats["compute_margin_pct"] is not None
+    assert set(stats["engine"]["last_block_ms"]) == {"audio", "sink_refresh", "dit", "vae", "total"}
 
 
 async def test_tiny_liveavatar_server_streams_generated_frames(tiny_server, speech_with_silence_wav):
-    url = tiny_server
+    url = tiny_server.url
     peer = LoopbackPeer.from_wav(speech_with_silence_wav)
     try:
         session_id = await peer.connect_offer(url)

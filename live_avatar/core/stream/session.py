@@ -27,6 +27,7 @@ import numpy as np
 
 from live_avatar.core.audio.timeline import AudioTimeline
 from live_avatar.core.contract import AudioBlock, BlockGenerator, BlockTimings, Chunk
+from live_avatar.core.stream.budget import ComputeBudget
 from live_avatar.core.stream.config import StreamConfig
 from live_avatar.core.stream.input_clock import LiveInputClock
 from live_avatar.core.stream.onsets import SpeechTracker
@@ -84,6 +85,7 @@ class StreamSession:
         self.sample_rate = sample_rate
         self.samples_per_frame = sample_rate // fps
         self.block_frames = block_frames
+        self._budget = ComputeBudget(block_frames / fps, name=f"{type(generator).__name__} session")
         self._context = context
         self._lookahead = lookahead
 
@@ -245,7 +247,7 @@ class StreamSession:
 
     def stats(self) -> dict:
         with self._cond:
-            return session_stats(
+            stats = session_stats(
                 self._counters,
                 state=self._state,
                 error=self._error,
@@ -260,6 +262,11 @@ class StreamSession:
                 output_queue_max=self.config.output_queue_chunks,
                 input_backlog_samples=self._timeline.write_cursor - self._next_frame * self.samples_per_frame,
             )
+            stats.update(self._budget.stats())
+        engine_stats = getattr(self.generator, "engine_stats", None)  # engine-specific figures, optional
+        if callable(engine_stats):
+            stats["engine"] = engine_stats()
+        return stats
 
     @property
     def state(self) -> str:
@@ -416,6 +423,7 @@ class StreamSession:
         )
         with self._cond:
             self._schedule.record_compute(finished - started)
+            self._budget.note(finished - started)
             if job.epoch != self._epoch:
                 return  # interrupted meanwhile: interrupt() already rewound next_frame
             self._in_progress = None

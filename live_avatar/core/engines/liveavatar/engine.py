@@ -14,6 +14,10 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``device``         "auto" (cuda if available), "cuda", "cuda:1", "cpu"
 ``dtype``          "auto" (bf16 on GPU, float32 on CPU), "bfloat16", "float32"
 ``compile``        torch.compile the DiT blocks (GPU; the first session compiles for ~45 s)
+``compile_mode``   torch.compile mode of the DiT halves (None; "max-autotune-no-cudagraphs"; "reduce-overhead": CUDA graphs)
+``compile_backend`` "inductor" (default); "eager" traces with dynamo only (tests count graphs on a CPU)
+``warmup``         run one throwaway session before serving (default: when compiling or on a GPU), so that no
+                   live session compiles; see :mod:`.warmup`
 ``compile_vae``    also torch.compile the streaming VAE decoder (-70 ms a block on an H200; a later session may
                    recompile parts of it, seen stalling a session start for ~25 s, hence off by default)
 ``fp8``            FP8 (e4m3) Linears in the DiT (spec §9; Hopper/Ada GPUs), quantised after the LoRA merge
@@ -69,6 +73,7 @@ from live_avatar.core.contract import AvatarError, EngineBusyError
 from .generator import LiveAvatar, LiveAvatarGenerator
 from .options import EngineConfigError, LiveAvatarOptions, frame_size, resolve_device, resolve_dtype
 from .parts import load_parts, random_full_parts, tiny_parts
+from .warmup import WarmupReport, compiled_graphs, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +111,32 @@ class LiveAvatarEngine:
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         if opts.compile:
-            self.parts.dit.compile_blocks()  # the dense block halves; attention and caches stay eager
+            compile_kwargs = {"backend": opts.compile_backend}
+            if opts.compile_mode:
+                compile_kwargs["mode"] = opts.compile_mode
+            self.parts.dit.compile_blocks(**compile_kwargs)  # the dense block halves; attention and caches stay eager
         if opts.compile_vae:
             self.parts.codec.compile_decoder()
+        self.warmup_report: WarmupReport | None = None
+        self._graphs_at_ready = compiled_graphs()
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
                     self.dtype, *self.size, time.perf_counter() - t0)
+
+    @property
+    def wants_warmup(self) -> bool:
+        opts = self.options
+        return opts.warmup if opts.warmup is not None else (opts.compile or opts.compile_vae or self.device.type == "cuda")
+
+    def warm_up(self, progress=None) -> WarmupReport:
+        """One throwaway session at the engine's size (see :mod:`.warmup`); sessions opened afterwards
+        should compile nothing (``compiles_since_warmup`` in their stats)."""
+        self.warmup_report = warm_up(self, progress)
+        self._graphs_at_ready = compiled_graphs()
+        return self.warmup_report
+
+    def compiles_since_ready(self) -> int:
+        """Graphs compiled since the engine was ready (after its warm-up, when it ran one)."""
+        return compiled_graphs() - self._graphs_at_ready
 
     def set_size(self, size: str, aspect: str | None = None) -> tuple[int, int]:
         """Change the output size (reference --size rule) for avatars prepared and sessions opened from now on."""

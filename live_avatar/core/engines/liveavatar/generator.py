@@ -139,6 +139,16 @@ class LiveAvatarGenerator:
         self.blocks_done += 1
         return frames
 
+    def engine_stats(self) -> dict[str, Any]:
+        """The last block's stages (ms) and the graphs compiled since the engine was ready (should stay 0)."""
+        t = self.timings
+        return {
+            "last_block_ms": {"audio": 1000 * t.audio_s, "sink_refresh": 1000 * t.refresh_s, "dit": 1000 * t.dit_s,
+                              "vae": 1000 * t.vae_s, "total": 1000 * t.total_s},
+            "stage_times_synchronised": self.sync_timing,
+            "compiles_since_ready": self.engine.compiles_since_ready(),
+        }
+
     def reset_motion_to_idle(self) -> None:
         """Nothing to reset: the DiT has no explicit mouth state; the next blocks follow the (silent) audio."""
 

@@ -31,6 +31,9 @@ class LiveAvatarOptions:
     dtype: str = "auto"
     compile: bool = False
     compile_vae: bool = False
+    compile_mode: str | None = None  # torch.compile mode: None (default), "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs)
+    compile_backend: str = "inductor"  # "eager": dynamo traces and counts graphs without code generation (tests)
+    warmup: bool | None = None  # None: warm up at start-up when compiling or on a GPU
     fp8: bool = False
     size: str | None = None  # None: "704*384" (real), "128*64" (tiny)
     aspect: str = "9:16"

@@ -1,0 +1,93 @@
+"""Start-up warm-up of the liveavatar engine, and the count of graph compilations after it.
+
+A compiled DiT (``torch.compile``) builds its graphs on first use: one per block, half and call kind
+(sink prefill, denoising step), and autotunes kernels for each shape. Left to the first session, that
+is 17-25 s (up to ~70 s cold) of a user looking at nothing, and a session closed meanwhile keeps the
+engine busy. So the server runs one throwaway session of the engine's own size before it says ready:
+prefill, the blocks of a whole clip, the clip-boundary sink refresh and one block after it, which is
+every call kind a live session makes. Afterwards no session should compile anything; the dynamo
+counters tell whether one did (``compiles_since_warmup`` in the session stats, and a test).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from live_avatar.core.contract import AudioBlock
+
+if TYPE_CHECKING:
+    from .engine import LiveAvatarEngine
+
+logger = logging.getLogger(__name__)
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (0 without torch.compile)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return 0
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+@dataclass
+class WarmupReport:
+    size: tuple[int, int]
+    blocks: int
+    seconds: float
+    first_block_s: float
+    steady_block_s: float
+    graphs_compiled: int
+
+    def describe(self) -> str:
+        w, h = self.size
+        return (f"warm-up {w}x{h}: {self.blocks} blocks in {self.seconds:.1f} s (first {self.first_block_s:.1f} s, "
+                f"then {self.steady_block_s * 1000:.0f} ms a block), {self.graphs_compiled} graphs compiled")
+
+
+def warmup_audio_block(context: int, lookahead: int, first_frame: int, num_frames: int, seed: int) -> AudioBlock:
+    """A block of voiced-looking audio (a harmonic tone in noise): the shapes a live block has."""
+    n = context + num_frames * 640 + lookahead
+    t = np.arange(n) / 16000.0
+    rng = np.random.default_rng(seed)
+    samples = 0.2 * np.sin(2 * np.pi * 160 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(n)
+    return AudioBlock(samples=samples.astype(np.float32), first_frame=first_frame, num_frames=num_frames,
+                      context=context, lookahead=lookahead, speech=np.ones(num_frames, bool))
+
+
+def warm_up(engine: "LiveAvatarEngine", progress: Callable[[str], None] | None = None) -> WarmupReport:
+    """One throwaway session at the engine's size: prefill, a clip, the sink refresh, one more block."""
+    from live_avatar.core.portraits import default_portrait
+
+    say = progress or logger.info
+    streaming = engine.parts.model_config.streaming
+    blocks = streaming.blocks_per_clip + 1  # across the clip boundary: the sink refresh and the next clip's first call
+    graphs_before = compiled_graphs()
+    t0 = time.perf_counter()
+    w, h = engine.size
+    say(f"liveavatar warm-up at {w}x{h}: preparing the portrait (compiling and autotuning may take minutes the first time)")
+    avatar = engine.prepare_avatar(default_portrait())
+    generator = engine.new_generator(avatar)
+    block_times = []
+    try:
+        for k in range(blocks):
+            started = time.perf_counter()
+            generator.generate(warmup_audio_block(generator.context_samples, generator.lookahead_samples,
+                                                  k * generator.block_frames, generator.block_frames, seed=k))
+            block_times.append(time.perf_counter() - started)
+            say(f"liveavatar warm-up at {w}x{h}: block {k + 1}/{blocks} in {block_times[-1]:.1f} s")
+    finally:
+        generator.close()
+    report = WarmupReport(
+        size=(w, h), blocks=blocks, seconds=time.perf_counter() - t0, first_block_s=block_times[0],
+        steady_block_s=float(np.median(block_times[1:])) if blocks > 1 else block_times[0],
+        graphs_compiled=compiled_graphs() - graphs_before,
+    )
+    say(report.describe())
+    return report
