@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+# a block's compute time as a share of its real-time budget (frames / fps): above 1.0 the session falls behind
+BUDGET_SHARE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1, 1.25, 1.5, 2.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -31,6 +33,19 @@ class ServerMetrics:
         self.frames_dropped = Counter("frames_dropped", "Generated frames never sent (late or backlog)", registry=r)
         self.active_sessions = Gauge("active_sessions", "Live sessions", registry=r)
         self.sessions_refused = Counter("sessions_refused", "Sessions refused (capacity)", registry=r)
+        self.block_compute = Histogram(
+            "block_compute_seconds", "Wall time of the engine's generate() per block", buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.block_budget_share = Histogram(
+            "block_compute_budget_share",
+            "A block's compute time over its real-time budget (frames / fps); the margin is 1 - this, warned below 0.1",
+            buckets=BUDGET_SHARE_BUCKETS,
+            registry=r,
+        )
+
+    def observe_block_compute(self, compute_s: float, budget_s: float) -> None:
+        self.block_compute.observe(compute_s)
+        self.block_budget_share.observe(compute_s / budget_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

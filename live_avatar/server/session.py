@@ -114,7 +114,9 @@ class AvatarSession:
             self.close_soon(f"internal error in {task.get_name()}: {exc}")
 
     async def _pump_chunks(self) -> None:
+        budget_s = self.stream.block_frames / self.stream.fps
         async for chunk in self.stream.chunks():
+            self.metrics.observe_block_compute(chunk.timings.compute_s, budget_s)
             self.playout.add_chunk(chunk, self.clock.now())
         if self.state != "closed":
             self.close_soon("generator finished")

@@ -145,5 +145,9 @@ async def test_metrics_health_and_client_page(server) -> None:
     assert metric(text, "first_frame_latency_seconds_count") >= 2
     assert metric(text, "speech_to_lips_latency_seconds_count") >= 2
     assert metric(text, "frames_sent_total") > 200
+    # every generated block was timed against its real-time budget; the lite engine has a margin
+    blocks = metric(text, "block_compute_budget_share_count")
+    assert blocks > 50 and metric(text, "block_compute_seconds_count") == blocks
+    assert metric(text, 'block_compute_budget_share_bucket{le="1.0"}') >= 0.9 * blocks
     assert metric(text, "active_sessions") == len(server.state["sessions"])
     assert health["status"] == "ok" and health["engine"] == "lite"
