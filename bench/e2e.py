@@ -31,7 +31,20 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
 * fps and the longest stall: arrival times of decoded video frames (and of their first packet).
 * frames repeated/dropped: the server's counters.
 * memory: RSS of the server process (psutil), sampled every second; reported at
-  ``--rss-baseline`` (default 60 s) and at the end; growth = end - baseline.
+  ``--rss-baseline`` (default 60 s) and at the end; growth = end - baseline. On a machine with
+  nvidia-smi, the GPU's used memory too (the server is the only process using it), growth from
+  minute 1 to the end.
+
+The GPU engine: ``avatar bench e2e --engine liveavatar --random-weights --size 320*512
+--engine-option fp8=true --engine-option compile=true`` (engine options go to ``avatar serve
+--engine-option``; the server warms up before it says ready, and a configuration slower than real
+time is benchmarked anyway: ``--allow-slow`` is passed). Its targets are the GPU ones (issue 8).
+Without espeak-ng (the GPU machine), ``AVATAR_SPEECH_CACHE=DIR`` reads the speech synthesised into
+that folder by a run on a machine that has it (tests/support/speech.py).
+
+The JSON's ``summary`` holds the headline figures under fixed keys (gpu, size, duration_s,
+fps_received, frames_skipped, frames_repeated, speech_to_lips_peer_p50_ms/_p95_ms,
+first_frame_peer_ms, av_offset_p95_abs_ms, gpu_memory_growth_mb).
 
 Results go to bench/results/e2e.json (``--output``); targets are checked and reported there.
 """
@@ -80,6 +93,12 @@ class Targets:
     max_stall_ms: float = 120.0
     max_abs_av_offset_ms: float = 40.0
     max_rss_growth_mb: float = 30.0
+    max_first_frame_ms: float | None = None  # at the peer, from its first sent audio
+
+
+# the diffusion engine on one GPU (issue 8): 12-frame blocks, so lips follow ~1 s after speech
+GPU_TARGETS = Targets(s2l_p50_ms=1000.0, s2l_p95_ms=1300.0, fps=25.0, fps_tolerance=0.1, max_stall_ms=200.0,
+                      max_abs_av_offset_ms=40.0, max_rss_growth_mb=200.0, max_first_frame_ms=1500.0)
 
 
 @dataclass
@@ -88,6 +107,7 @@ class E2EConfig:
     rss_baseline_s: float = 60.0
     tail_s: float = 300.0  # A/V offset is also reported over the run's last tail_s seconds
     engine: str = "lite"
+    engine_options: list[str] = field(default_factory=list)  # KEY=VALUE, passed to avatar serve --engine-option
     avatar: str | None = None
     server_config: str | None = None
     output: Path = DEFAULT_OUTPUT
@@ -213,6 +233,10 @@ class BenchServer(ServerProcess):
 
     def __init__(self, cfg: E2EConfig, log_path: Path) -> None:
         args = ["--engine", cfg.engine]
+        for option in cfg.engine_options:
+            args += ["--engine-option", option]
+        if cfg.engine != "lite":
+            args.append("--allow-slow")  # a benchmark measures a configuration slower than real time too
         if cfg.avatar:
             args += ["--avatar", cfg.avatar]
         if cfg.server_config:
@@ -520,6 +544,41 @@ class RssSampler:
         return min(self.samples, key=lambda s: abs(s[0] - t))[1]
 
 
+class GpuMemorySampler:
+    """Used memory of GPU 0 (nvidia-smi, MiB) every few seconds; nothing where there is no nvidia-smi."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        import shutil
+
+        self.interval_s = interval_s
+        self.available = shutil.which("nvidia-smi") is not None
+        self.samples: list[tuple[float, float]] = []
+        self.gpu_name: str | None = None
+
+    def _query(self, field_name: str) -> str:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+    async def run(self, t_start: float) -> None:
+        if not self.available:
+            return
+        self.gpu_name = await asyncio.to_thread(self._query, "name")
+        while True:
+            try:
+                used = float(await asyncio.to_thread(self._query, "memory.used"))
+            except (ValueError, OSError):
+                return
+            self.samples.append((time.monotonic() - t_start, used))
+            await asyncio.sleep(self.interval_s)
+
+    def growth_mb(self, from_s: float) -> float | None:
+        later = [(t, m) for t, m in self.samples if t >= from_s]
+        return None if len(later) < 2 else later[-1][1] - later[0][1]
+
+
 async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     import soxr
 
@@ -539,8 +598,10 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
               f"({len(program.utterance_starts_s)} utterances)", flush=True)
         poller = StatsPoller(f"{server.url}/sessions/{session_id}/stats")
         rss = RssSampler(server)
+        gpu = GpuMemorySampler()
         t_start = time.monotonic()
-        tasks = [asyncio.create_task(poller.run()), asyncio.create_task(rss.run(t_start))]
+        tasks = [asyncio.create_task(poller.run()), asyncio.create_task(rss.run(t_start)),
+                 asyncio.create_task(gpu.run(t_start))]
         progress = asyncio.create_task(_progress(cfg.duration_s, t_start, poller, rss))
         tasks.append(progress)
         await peer.wait_sent(extra_s=1.5, timeout=cfg.duration_s + 120)
@@ -599,10 +660,33 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
             "end_at_s": rss.samples[-1][0] if rss.samples else None,
             "growth_mb": None if rss_base is None or rss_end is None else (rss_end - rss_base) / mb,
             "series_mb_every_30s": [round(b / mb, 1) for t, b in rss.samples[::30]],
+            "gpu_used_mb_every_30s": [round(m) for t, m in gpu.samples[:: max(1, round(30 / gpu.interval_s))]],
+            "gpu_growth_mb_from_60s": gpu.growth_mb(60.0),
         },
+        "gpu": gpu.gpu_name,
     }
+    result["summary"] = summarize(result, cfg, peer.video_size)
     result["targets"] = check_targets(result, cfg.targets)
     return result
+
+
+def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int] | None) -> dict[str, Any]:
+    """The headline figures under fixed keys (see the module docstring)."""
+    peer, server = result["peer"], result["server"]
+    stream = server.get("stream") or {}
+    return {
+        "gpu": result.get("gpu"),
+        "size": f"{video_size[0]}x{video_size[1]}" if video_size else None,
+        "duration_s": cfg.duration_s,
+        "fps_received": peer["video"]["fps"],
+        "frames_skipped": stream.get("frames_skipped"),
+        "frames_repeated": server.get("frames_repeated"),
+        "speech_to_lips_peer_p50_ms": peer["speech_to_lips_peer_ms"]["p50"],
+        "speech_to_lips_peer_p95_ms": peer["speech_to_lips_peer_ms"]["p95"],
+        "first_frame_peer_ms": peer["first_frame_latency_peer_ms"],
+        "av_offset_p95_abs_ms": peer["av_offset_ms"]["wire_p95_abs"],
+        "gpu_memory_growth_mb": result["memory"]["gpu_growth_mb_from_60s"],
+    }
 
 
 async def _progress(duration_s: float, t_start: float, poller: StatsPoller, rss: RssSampler) -> None:
@@ -638,6 +722,10 @@ def check_targets(result: dict[str, Any], t: Targets) -> dict[str, Any]:
     tail = av["wire_p95_abs_tail"]
     check("abs_av_offset_tail_ms", tail, None if tail is None else tail <= t.max_abs_av_offset_ms,
           f"<= {t.max_abs_av_offset_ms} (wire p95 over the last {av['tail_s']:.0f} s)")
+    first = peer["first_frame_latency_peer_ms"]
+    if t.max_first_frame_ms is not None:
+        check("first_frame_peer_ms", first, None if first is None else first <= t.max_first_frame_ms,
+              f"<= {t.max_first_frame_ms}")
     growth = memory["growth_mb"]
     check("rss_growth_mb", growth, None if growth is None else growth < t.max_rss_growth_mb,
           f"< {t.max_rss_growth_mb} from {memory['baseline_at_s']} s to the end")
@@ -654,6 +742,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="second at which the RSS baseline is taken (default 60); growth = end - baseline")
     p.add_argument("--quick", action="store_true", help="sanity run: 45 s, RSS baseline at 15 s")
     p.add_argument("--engine", default=d.engine, help="engine of the server (default lite)")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option for the server (repeatable), e.g. fp8=true")
+    p.add_argument("--random-weights", action="store_true", help="liveavatar: the 14B architecture with random weights")
+    p.add_argument("--size", default=None, help="liveavatar: output size W*H, e.g. 320*512")
+    p.add_argument("--start-timeout", type=float, default=None,
+                   help="seconds for the server to load, warm up and say ready (default 120; 900 for liveavatar)")
     p.add_argument("--avatar", default=None, help="portrait image for the server's default avatar")
     p.add_argument("--config", default=None, help="server YAML config (default configs/server.yaml)")
     p.add_argument("--seed", type=int, default=d.seed, help="order of sentences and pause lengths")
@@ -666,6 +760,10 @@ def run(args: argparse.Namespace) -> int:
         duration_s=45.0 if args.quick else args.duration,
         rss_baseline_s=15.0 if args.quick else args.rss_baseline,
         engine=args.engine,
+        engine_options=list(args.engine_option) + (["random_weights=true"] if args.random_weights else [])
+        + ([f"size={args.size}"] if args.size else []),
+        server_start_timeout_s=args.start_timeout or (120.0 if args.engine == "lite" else 900.0),
+        targets=Targets() if args.engine == "lite" else GPU_TARGETS,
         avatar=args.avatar,
         server_config=args.config,
         seed=args.seed,

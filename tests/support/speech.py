@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,11 +19,28 @@ class NoSpeechSynthesizer(RuntimeError):
     """espeak-ng is not installed (scripts/test.sh installs it)."""
 
 
+# A folder of espeak-ng WAVs made on a machine that has espeak-ng, for one that has not (the GPU
+# machine): set AVATAR_SPEECH_CACHE on both; the first synthesises and keeps, the second reads.
+SPEECH_CACHE_ENV = "AVATAR_SPEECH_CACHE"
+
+
 def espeak_wav(path: Path, text: str = SPEECH_TEXT, *, words_per_minute: int = 150) -> Path:
     """``text`` spoken by espeak-ng into the WAV file ``path`` (espeak's own rate, 22.05 kHz)."""
+    cache = os.environ.get(SPEECH_CACHE_ENV)
+    cached = None
+    if cache:
+        key = hashlib.sha256(f"{words_per_minute}|{text}".encode()).hexdigest()[:24]
+        cached = Path(cache) / f"espeak-{key}.wav"
+        if cached.is_file():
+            shutil.copyfile(cached, path)
+            return Path(path)
     if shutil.which("espeak-ng") is None:
-        raise NoSpeechSynthesizer("espeak-ng is not installed (apt-get install espeak-ng; scripts/test.sh does)")
+        raise NoSpeechSynthesizer("espeak-ng is not installed (apt-get install espeak-ng; scripts/test.sh does)"
+                                  + (f", and {cached} is not in the speech cache" if cached else ""))
     subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", str(path), text], check=True, capture_output=True)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, cached)
     return Path(path)
 
 
