@@ -48,6 +48,7 @@ async def test_tiny_liveavatar_server_warms_up_before_ready_and_sessions_compile
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{tiny_server.url}/sessions/{session_id}/stats") as resp:
                 stats = (await resp.json())["stream"]
+        await peer.delete_session()  # the engine holds one session; the next test opens its own
     finally:
         await peer.close()
     assert stats["blocks"] >= 5, stats  # past the clip boundary (4 blocks a clip): the sink refresh ran too

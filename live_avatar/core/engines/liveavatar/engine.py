@@ -18,6 +18,10 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``compile_backend`` "inductor" (default); "eager" traces with dynamo only (tests count graphs on a CPU)
 ``warmup``         run one throwaway session before serving (default: when compiling or on a GPU), so that no
                    live session compiles; see :mod:`.warmup`
+``gil_switch_interval_ms`` the interpreter's GIL switch interval (``sys.setswitchinterval``) while the
+                   engine runs; the DiT thread issues thousands of kernel launches a block under the GIL, and
+                   with Python's default 5 ms another busy thread (the event loop: RTP, encoding) can hold
+                   the GIL for 5 ms at a time while the GPU runs dry
 ``compile_vae``    also torch.compile the streaming VAE decoder (-70 ms a block on an H200; a later session may
                    recompile parts of it, seen stalling a session start for ~25 s, hence off by default)
 ``fp8``            FP8 (e4m3) Linears in the DiT (spec §9; Hopper/Ada GPUs), quantised after the LoRA merge
@@ -61,6 +65,7 @@ discovery and the models an engine holds), :mod:`.generator` (the prepared avata
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -117,6 +122,8 @@ class LiveAvatarEngine:
             self.parts.dit.compile_blocks(**compile_kwargs)  # the dense block halves; attention and caches stay eager
         if opts.compile_vae:
             self.parts.codec.compile_decoder()
+        if opts.gil_switch_interval_ms is not None:
+            sys.setswitchinterval(opts.gil_switch_interval_ms / 1000.0)
         self.warmup_report: WarmupReport | None = None
         self._graphs_at_ready = compiled_graphs()
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
@@ -202,6 +209,12 @@ class LiveAvatarEngine:
 
         config = options.pop("config", None)
         generator = self.new_generator(avatar, prompt, **options)
+        try:
+            # the sink prefill and VAE priming (~0.4 s warm) now, while the peer connects, not after its first audio
+            generator.start()
+        except BaseException:
+            generator.close()
+            raise
         return StreamSession(generator, fps=self.fps, sample_rate=self.sample_rate, config=config)
 
     def close(self) -> None:

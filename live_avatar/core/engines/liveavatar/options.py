@@ -34,6 +34,9 @@ class LiveAvatarOptions:
     compile_mode: str | None = None  # torch.compile mode: None (default), "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs)
     compile_backend: str = "inductor"  # "eager": dynamo traces and counts graphs without code generation (tests)
     warmup: bool | None = None  # None: warm up at start-up when compiling or on a GPU
+    # Python's GIL hand-over interval for the whole process while this engine runs (None: Python's 5 ms);
+    # the DiT thread launches kernels under the GIL, so a long hand-over starves the GPU (see engine.py)
+    gil_switch_interval_ms: float | None = None
     fp8: bool = False
     size: str | None = None  # None: "704*384" (real), "128*64" (tiny)
     aspect: str = "9:16"
@@ -54,6 +57,8 @@ class LiveAvatarOptions:
             )
         if self.capacity < 1:
             raise EngineConfigError("capacity must be >= 1")
+        if self.gil_switch_interval_ms is not None and not 0.01 <= self.gil_switch_interval_ms <= 100:
+            raise EngineConfigError("gil_switch_interval_ms must be between 0.01 and 100")
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "LiveAvatarOptions":
