@@ -40,7 +40,7 @@ from tests.support.speech import write_wav
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = "live-avatar-server"
-EXTRA_MODULES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")  # the [liveavatar] extra
+EXTRA_MODULES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers", "ftfy")  # the [liveavatar] extra
 INSTALL_HINT = "pip install 'live-avatar-server[liveavatar]'"
 
 # Not copied for the build: VCS data, virtualenvs, build output, caches, benchmark results.

@@ -20,7 +20,7 @@ ENGINES = {
 
 # engine -> (extra, top-level modules that extra provides and the engine imports)
 ENGINE_EXTRAS = {
-    "liveavatar": ("liveavatar", ("torch", "transformers", "diffusers", "safetensors", "tokenizers")),
+    "liveavatar": ("liveavatar", ("torch", "transformers", "diffusers", "safetensors", "tokenizers", "ftfy")),
 }
 
 DISTRIBUTION = "live-avatar-server"

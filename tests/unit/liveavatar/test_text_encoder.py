@@ -103,3 +103,15 @@ def test_missing_folders_give_clear_errors(folder, tmp_path):
     (tmp_path / "tokenizer").symlink_to(folder / "tokenizer")
     with pytest.raises(FileNotFoundError, match=WAN_T5_FILE):
         PromptEncoder.from_folder(tmp_path)
+
+
+def test_prompts_are_cleaned_as_the_reference_tokenizer_does(encoder):
+    clean = PromptEncoder.clean
+    assert clean("  A  person\n talking\t") == "A person talking"
+    assert clean("Tom &amp;amp; Jerry &lt;3") == "Tom & Jerry <3"  # escaped twice on a web page
+    assert clean("The cafÃ© is open") == "The café is open"  # mojibake (UTF-8 read as Latin-1)
+    # the same cleaned prompt is one cache entry: no second encoder run
+    encoder.encode("A person &amp; a dog")
+    calls = encoder.encode_calls
+    encoder.encode("A   person & a dog")
+    assert encoder.encode_calls == calls

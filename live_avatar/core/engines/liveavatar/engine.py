@@ -121,7 +121,7 @@ class LiveAvatarEngine:
                 compile_kwargs["mode"] = opts.compile_mode
             self.parts.dit.compile_blocks(**compile_kwargs)  # the dense block halves; attention and caches stay eager
         if opts.compile_vae:
-            self.parts.codec.compile_decoder()
+            self.parts.codec.compile_decoder(backend=opts.compile_backend)
         if opts.gil_switch_interval_ms is not None:
             sys.setswitchinterval(opts.gil_switch_interval_ms / 1000.0)
         self.warmup_report: WarmupReport | None = None

@@ -10,7 +10,7 @@ transformers ``UMT5EncoderModel`` plus its tokenizer, loaded from a local folder
   renaming has been checked against the module structure only, not against the real file.
 
 A prompt is encoded once per session; results are kept in a small LRU cache (prompts repeat across
-sessions). Tokens: whitespace-normalised text, truncated to ``text_len`` (512), the EOS appended by
+sessions). Tokens: cleaned text (``TextEncoder.clean``: ftfy, HTML unescape, whitespace), truncated to ``text_len`` (512), the EOS appended by
 the tokenizer; the output rows of real tokens only (the DiT zero-pads to 512 itself, spec §2.5).
 If no tokenizer folder can be found the engine cannot build one offline: it raises a clear error.
 """
@@ -128,7 +128,15 @@ class PromptEncoder:
 
     @staticmethod
     def clean(prompt: str) -> str:
-        return " ".join(prompt.split())
+        """The reference tokenizer's cleaning: mojibake and odd Unicode fixed (ftfy), HTML entities
+        unescaped (twice: prompts pasted from web pages are often escaped twice), whitespace collapsed.
+        The same prompt then gives the same tokens as the reference, and the same cache entry."""
+        import html
+
+        import ftfy
+
+        text = html.unescape(html.unescape(ftfy.fix_text(prompt)))
+        return " ".join(text.split())
 
     @torch.inference_mode()
     def _run(self, prompt: str) -> torch.Tensor:
