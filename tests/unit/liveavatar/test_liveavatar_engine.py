@@ -70,21 +70,51 @@ def test_frames_shape_determinism_and_audio_dependence(engine, avatar):
         b.close()
 
 
-def test_sink_refresh_before_clip_one(engine, avatar):
-    gen = engine.new_generator(avatar, None)
+def _frames_kept(engine, avatar) -> int:
+    gen = engine.new_generator(avatar)
     try:
-        for k in range(4):
-            gen.generate(_block(gen, k, seed=k))
-        sink_before = gen.stepper.sink.k.clone()
-        assert gen._first_latent is not None
-        gen.generate(_block(gen, 4, seed=4))  # first block of clip 1 rebuilds the sink
-        assert gen._first_latent is None
-        assert (gen.stepper.sink.k - sink_before).abs().max() > 1e-4
-        sink_after = gen.stepper.sink.k.clone()
-        gen.generate(_block(gen, 5, seed=5))  # no further refresh
-        torch.testing.assert_close(gen.stepper.sink.k, sink_after, atol=0, rtol=0)
+        return gen._recent.maxlen
     finally:
         gen.close()
+
+
+def _sink_after_each_block(engine, avatar, blocks: int = 6) -> list[torch.Tensor]:
+    gen = engine.new_generator(avatar, None)
+    try:
+        sinks = []
+        for k in range(blocks):
+            gen.generate(_block(gen, k, seed=k))
+            sinks.append(gen.stepper.sink.k.clone())
+        assert gen._first_latent is None  # used by the refresh before block 4
+        return sinks
+    finally:
+        gen.close()
+
+
+def test_sink_refresh_before_clip_one(engine, avatar):
+    """Default keep_motion (the reference's streaming pipeline): the sink is rebuilt once, before the
+    first block of clip 1, from the first generated latent; the portrait's motion latents stay; no
+    frames are kept for it."""
+    assert engine.options.sink_refresh == "keep_motion"
+    assert _frames_kept(engine, avatar) == 0, "frames kept without a re-encode"
+    sinks = _sink_after_each_block(engine, avatar)
+    for k in (1, 2, 3):
+        torch.testing.assert_close(sinks[k], sinks[0], atol=0, rtol=0)
+    assert (sinks[4] - sinks[3]).abs().max() > 1e-4  # first block of clip 1: rebuilt
+    torch.testing.assert_close(sinks[5], sinks[4], atol=0, rtol=0)  # no further refresh
+
+
+def test_sink_refresh_reencode_uses_the_generated_frames(engine, avatar):
+    """"reencode" (online-decode semantics) rebuilds the sink from the last 73 frames' VAE encoding:
+    another sink than keep_motion's from the same session."""
+    other = load_engine("liveavatar", tiny=True, capacity=1, seed=7, sink_refresh="reencode")
+    other.parts = engine.parts  # the same seeded tiny models, built once
+    avatar_other = other.prepare_avatar(avatar.image)
+    assert _frames_kept(other, avatar_other) == 73, "no frames kept for the re-encode"
+    reencoded = _sink_after_each_block(other, avatar_other)
+    kept = _sink_after_each_block(engine, avatar)
+    torch.testing.assert_close(reencoded[3], kept[3], atol=0, rtol=0)  # the same until the refresh
+    assert (reencoded[4] - kept[4]).abs().max() > 1e-4
 
 
 def test_capacity_resume_and_bad_input(engine, avatar):

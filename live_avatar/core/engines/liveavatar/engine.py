@@ -29,9 +29,14 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``aspect``         "9:16" (portrait, default), "16:9", "1:1", ... : the output frame's aspect ratio
 ``prompt``         default prompt; ``seed`` noise seed (clip r uses seed + r)
 ``context_s`` / ``lookahead_s``   the live audio window (left context / lookahead, seconds)
-``sink_refresh``   "reencode" (default, online-decode semantics: before clip 1 the sink is rebuilt from
-                   the first generated latent and the VAE encoding of the last 73 frames), "keep_motion"
-                   (TPP semantics: same motion latents), "none" (sink of clip 0 kept forever)
+``sink_refresh``   before clip 1 the sink is rebuilt once from the first generated latent, with
+                   "keep_motion" (default: the reference's streaming (TPP) pipeline, spec §3.4: the motion
+                   latents stay the portrait's), "reencode" (the single-GPU online-decode script: motion =
+                   VAE encoding of the last 73 frames) or "none" (the sink of clip 0 kept forever).
+                   Why keep_motion: it is what the real-time reference runs, and "reencode" costs a VAE
+                   encode of 73 frames at the clip boundary (sink refresh 0.51-0.56 s on an H200 at
+                   320x512, more than a whole block's 480 ms budget: a session skips frames at every
+                   first clip boundary) and keeps 73 full-size frames per session for it
 ``capacity``       real-time sessions at once (default 1: one session holds one GPU)
 ``config``         optional engine YAML (``dit:``/``streaming:``/``weights:`` sections, see ``config.py``)
 =================  ===================================================================================

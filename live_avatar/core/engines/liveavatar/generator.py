@@ -74,8 +74,8 @@ class LiveAvatarGenerator:
         self._prompt = prompt if prompt else engine.options.prompt
         self._started = False
         self._first_latent: torch.Tensor | None = None
-        # last frames in [-1, 1] for the "reencode" sink refresh (motion = VAE(last 73 frames))
-        self._recent = deque(maxlen=parts.codec.config.motion_frames)
+        # last frames in [-1, 1] for the "reencode" sink refresh (motion = VAE(last 73 frames)); only then
+        self._recent = deque(maxlen=parts.codec.config.motion_frames if engine.options.sink_refresh == "reencode" else 0)
         self.blocks_done = 0
 
     def _sync(self) -> float:

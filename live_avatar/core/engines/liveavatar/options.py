@@ -44,7 +44,7 @@ class LiveAvatarOptions:
     seed: int = 420
     context_s: float = 2.0
     lookahead_s: float = 0.16
-    sink_refresh: Literal["reencode", "keep_motion", "none"] = "reencode"
+    sink_refresh: Literal["reencode", "keep_motion", "none"] = "keep_motion"
     capacity: int = 1
     config: str | None = None
     lora_path: str | None = None  # default: found in weights_dir; "none" skips the LoRA
