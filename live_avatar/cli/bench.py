@@ -17,10 +17,11 @@ BENCHMARKS = {
     "generate": "offline generation: peak RSS and real-time factor vs. length",
     "liveavatar": "liveavatar engine: per-block latency, first block, VAE decode, peak memory (GPU)",
     "cycles": "sessions opened and ended 200 times: server RSS, threads and file descriptors must not grow",
+    "audio-windows": "liveavatar: live rolling wav2vec windows against whole-file features (cosine per frame)",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(
-    f"  {name:<11} {help_text}" for name, help_text in BENCHMARKS.items()
+    f"  {name:<14} {help_text}" for name, help_text in BENCHMARKS.items()
 )
 
 
@@ -50,7 +51,7 @@ def benchmark_parser(name: str, prog: str = "avatar bench") -> argparse.Argument
     root = str(checkout_root())
     if root not in sys.path:
         sys.path.insert(0, root)
-    module = importlib.import_module(f"bench.{name}")
+    module = importlib.import_module(f"bench.{name.replace('-', '_')}")
     parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=BENCHMARKS[name])
     module.add_arguments(parser)
     parser.set_defaults(_bench=module)

@@ -154,10 +154,24 @@ def tiny_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.dtype
     return LiveAvatarParts(dit, model_config, codec, audio, text, description="tiny random models")
 
 
+def random_wav2vec2_large(device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    """The wav2vec2-large-xlsr-53 architecture with seeded random weights."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        conv_dim=(512,) * 7, conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True,
+        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, vocab_size=33,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Wav2Vec2ForCTC(config)
+    return model.to(device, dtype)
+
+
 def random_full_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.dtype) -> LiveAvatarParts:
     """The real 14B DiT, Wan2.1 VAE and wav2vec2-large architectures with random weights (benchmarks)."""
     from diffusers import AutoencoderKLWan
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     from .loader import build_meta_model, materialize_empty_, random_init_
 
@@ -167,13 +181,7 @@ def random_full_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torc
     random_init_(dit, seed=opts.seed)
     with torch.device(device):
         vae = AutoencoderKLWan()
-        w2v_cfg = Wav2Vec2Config(  # wav2vec2-large-xlsr-53 architecture
-            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-            conv_dim=(512,) * 7, conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True,
-            num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, vocab_size=33,
-        )
-        w2v = Wav2Vec2ForCTC(w2v_cfg)
     codec = WanVaeCodec(vae.to(device, dtype))
-    audio = Wav2VecFeatures(w2v.to(device, dtype), config=_audio_config(opts))
+    audio = Wav2VecFeatures(random_wav2vec2_large(device, dtype, opts.seed), config=_audio_config(opts))
     text = _RandomPromptContext(model_config.dit.text_dim, device, dtype)
     return LiveAvatarParts(dit, model_config, codec, audio, text, description="14B architecture, random weights")
