@@ -25,6 +25,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    the first generated latent and the VAE encoding of the last 73 frames), "keep_motion"
                    (TPP semantics: same motion latents), "none" (sink of clip 0 kept forever)
 ``capacity``       real-time sessions at once (default 1: one session holds one GPU)
+``num_gpus_dit``   N > 1: the 4 steps of a block over N ranks, one process per device (:mod:`.pipeline`);
+                   ``vae_gpu`` decodes on a rank of its own; ``share_device`` puts every rank on one device
 ``config``         optional engine YAML (``dit:``/``streaming:``/``weights:`` sections, see ``config.py``)
 =================  ===================================================================================
 
@@ -109,6 +111,12 @@ class LiveAvatarEngine:
             self.parts.dit.compile_blocks()  # the dense block halves; attention and caches stay eager
         if opts.compile_vae:
             self.parts.codec.compile_decoder()
+        self.pipeline = None
+        if opts.num_gpus_dit > 1 or opts.vae_gpu:
+            from .pipeline.driver import StepPipeline
+
+            self.pipeline = StepPipeline(self)  # starts ranks 1..N-1 and waits for their models
+            self.capacity = self.pipeline.capacity
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
                     self.dtype, *self.size, time.perf_counter() - t0)
 
@@ -166,6 +174,10 @@ class LiveAvatarEngine:
             raise EngineConfigError(f"unknown generator option(s): {', '.join(unknown)}")
         self._acquire_session()
         try:
+            if self.pipeline is not None:
+                from .pipeline.driver import PipelinedGenerator
+
+                return PipelinedGenerator(self, self.pipeline, avatar, prompt)
             return LiveAvatarGenerator(self, avatar, prompt, sync_timing=bool(options.get("sync_timing", False)))
         except BaseException:
             self._release_session()
@@ -179,4 +191,7 @@ class LiveAvatarEngine:
         return StreamSession(generator, fps=self.fps, sample_rate=self.sample_rate, config=config)
 
     def close(self) -> None:
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close()
+            self.pipeline = None
         self.parts = None
