@@ -26,7 +26,7 @@ import torch
 
 from live_avatar.core.contract import AudioBlock
 
-from ..generator import BlockStageTimes, LiveAvatar
+from ..generator import BlockStageTimes, LiveAvatar, LiveAvatarGenerator
 from .launcher import RankGroup, check_failed, make_plan
 from .transport import PipelineError
 from .worker import RankWorker, draw_offsets
@@ -195,26 +195,26 @@ class PipelinedGenerator:
         self.submit(block)
         return self.collect()
 
-    def reset_motion_to_idle(self) -> None:
-        """Nothing to reset (as the single-process generator)."""
+    # the same answers as the single-process generator: no mouth state, no resumable state
+    reset_motion_to_idle = LiveAvatarGenerator.reset_motion_to_idle
+    load_state_dict = LiveAvatarGenerator.load_state_dict
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError("the liveavatar engine cannot save a session for --resume: its state is the KV rings "
                                   "and sink on every pipeline rank; re-run the clip instead")
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError("the liveavatar engine cannot resume a session (see state_dict)")
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._started and not self.pipeline.failure:
-                for rank in dict.fromkeys((*self.pipe.ranks, self.pipe.vae_rank)):
-                    self.pipeline.emit(rank, {"kind": "end", "sid": self.sid})
-        except PipelineError:
-            pass
-        finally:
-            self.pipeline.release(self.index)
-            self.engine._release_session()
+        # the ranks forget the session; blocks still in flight for it are dropped where they arrive
+        ended = not self._started or bool(self.pipeline.failure)
+        for rank in dict.fromkeys((*self.pipe.ranks, self.pipe.vae_rank)):
+            if ended:
+                break
+            try:
+                self.pipeline.emit(rank, {"kind": "end", "sid": self.sid})
+            except PipelineError:
+                ended = True  # the pipeline is down; its failure is kept for the next session
+        self.pipeline.release(self.index)
+        self.engine._release_session()
