@@ -95,7 +95,8 @@ class StepPipeline:
 class PipelinedGenerator:
     """BlockGenerator of one session over the step pipeline (same frames as :class:`LiveAvatarGenerator`)."""
 
-    def __init__(self, engine: LiveAvatarEngine, pipeline: StepPipeline, avatar: LiveAvatar, prompt: str | None) -> None:
+    def __init__(self, engine: LiveAvatarEngine, pipeline: StepPipeline, avatar: LiveAvatar, prompt: str | None, *,
+                 return_latents: bool = False) -> None:
         from ..config import LatentGeometry
         from ..sampler import ClipNoise
 
@@ -124,6 +125,8 @@ class PipelinedGenerator:
         self.blocks_done = 0
         self._pending: deque[tuple[int, float]] = deque()
         self.timings = BlockStageTimes()
+        self.return_latents = return_latents
+        self.last_latents: torch.Tensor | None = None  # the clean latents of the last collected block (return_latents)
         self.traces: list[dict] = []  # per finished block: when it was submitted/collected and each rank's record
 
     def start(self) -> None:
@@ -132,7 +135,8 @@ class PipelinedGenerator:
             context = self.engine.parts.text.encode(self._prompt)
         body = {"kind": "session", "sid": self.sid, "pipeline": self.index, "size": self.size,
                 "ref": self.avatar.reference_latent, "motion": self.avatar.motion_latents, "text": context,
-                "pixels": self.avatar.pixels, "sink_refresh": self.engine.options.sink_refresh}
+                "pixels": self.avatar.pixels, "sink_refresh": self.engine.options.sink_refresh,
+                "return_latents": self.return_latents}
         for rank in dict.fromkeys((*self.pipe.ranks, self.pipe.vae_rank)):
             with self.engine.compute_lock:
                 self.pipeline.emit(rank, body if rank == self.pipe.vae_rank else {**body, "pixels": None})
@@ -170,7 +174,8 @@ class PipelinedGenerator:
             packet = {"kind": "latents", "sid": self.sid, "block": k, "step": 0, "x": self.noise.block(k),
                       "tokens": tokens, "glob": glob, "offsets": draw_offsets(self.rope_rng, self.streaming),
                       "refresh": refresh,
-                      "trace": [{"rank": 0, "role": "front", "compute_s": t_front - t_refresh,
+                      "trace": [{"rank": 0, "role": "front", "start": t_refresh, "end": t_front, "sent_at": t_front,
+                                 "compute_s": t_front - t_refresh,
                                  "refresh_wait_s": t_refresh - t0}]}
             self.pipeline.emit(self.pipe.owner(0), packet)
         self.submitted += 1
@@ -185,9 +190,11 @@ class PipelinedGenerator:
             lambda m: m.body["kind"] == "frames" and m.body["sid"] == self.sid and m.body["block"] == k,
             f"the frames of block {k}")
         now = time.perf_counter()
+        message.body["trace"].append({"rank": 0, "role": "collect", "received_at": message.received_at})
         self.traces.append({"block": k, "submitted": t_submit, "collected": now, "ranks": message.body["trace"]})
         del self.traces[:-64]
         self.timings = BlockStageTimes(total_s=now - t_submit, extra={"ranks": message.body["trace"]})
+        self.last_latents = message.body.get("latents")
         self.blocks_done += 1
         return message.body["frames"]
 

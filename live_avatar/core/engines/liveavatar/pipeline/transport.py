@@ -73,11 +73,21 @@ class Channel:
                 dist.send(header, dst, tag=HEADER_TAG)
                 dist.send(payload, dst, tag=BODY_TAG)
             except RuntimeError as exc:
-                raise PipelineError(f"rank {self.rank} could not send to rank {dst}: {self.alive() or exc}") from None
+                raise PipelineError(f"rank {self.rank} could not send to rank {dst}: {self._why_gone(exc)}") from None
         took = time.perf_counter() - t0
         self.bytes_sent += payload.numel()
         self.send_s += took
         return took
+
+    def _why_gone(self, error: BaseException) -> str:
+        """Which peer is gone, once the watcher sees it (a dead peer's socket usually fails first)."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            gone = self.alive()
+            if gone:
+                return gone
+            time.sleep(0.05)
+        return f"connection lost ({str(error).split(' This is typically')[0]})"
 
     def _receive_forever(self) -> None:
         try:
@@ -115,7 +125,7 @@ class Channel:
                     if isinstance(item, BaseException):
                         self.inbox.put(item)  # every later wait fails the same way
                         raise PipelineError(f"rank {self.rank} lost its connection while waiting for {what}: "
-                                            f"{self.alive() or item}") from None
+                                            f"{self._why_gone(item)}") from None
                     if item is not None:
                         self._held.append(item)
                     self._cond.notify_all()

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 class _Session:
     pipeline: int
     sink_refresh: str
+    return_latents: bool = False  # frames messages carry the clean latents too (tests, parity checks)
     stepper: Any = None  # CausalStepper holding this rank's steps
     stream: Any = None  # LatentVideoStream (decoding rank)
     recent: deque = field(default_factory=deque)
@@ -94,7 +95,7 @@ class RankWorker:
         from ..stepper import CausalStepper
 
         pipe = self.plan.pipelines[body["pipeline"]]
-        session = _Session(body["pipeline"], body["sink_refresh"])
+        session = _Session(body["pipeline"], body["sink_refresh"], bool(body.get("return_latents")))
         w, h = body["size"]
         steps = pipe.steps_of(self.rank)
         with torch.inference_mode():
@@ -135,18 +136,21 @@ class RankWorker:
             stepper.advance()
             self._sync()
         t_done = time.perf_counter()
-        record = {"rank": self.rank, "role": "steps", "compute_s": t_done - t_in,
+        record = {"rank": self.rank, "role": "steps", "received_at": body.get("received_at"), "start": t_in,
+                  "end": t_done, "compute_s": t_done - t_in,
                   "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
         session.last_done = t_done
         trace = body["trace"] + [record]
         pipe = self.plan.pipelines[session.pipeline]
         last = stepper.owned_steps[-1]
+        # perf_counter is the host's monotonic clock: a receiver's received_at minus this is the hand-off time
+        record["sent_at"] = time.perf_counter()
         if last + 1 < self.streaming.num_steps:
-            out = {**body, "step": last + 1, "x": x, "refresh": refresh, "trace": trace}
-            record["send_s"] = self.emit(pipe.owner(last + 1), out)
+            self.emit(pipe.owner(last + 1), {**body, "step": last + 1, "x": x, "refresh": refresh, "trace": trace,
+                                             "received_at": None})
         else:
-            record["send_s"] = self.emit(pipe.vae_rank, {"kind": "clean", "sid": body["sid"], "block": body["block"],
-                                                         "x": x, "trace": trace})
+            self.emit(pipe.vae_rank, {"kind": "clean", "sid": body["sid"], "block": body["block"], "x": x,
+                                      "trace": trace})
 
     def _decode(self, body: dict) -> None:
         from ..vae_stream import to_uint8_frames
@@ -170,11 +174,13 @@ class RankWorker:
                 self.emit(0, {"kind": "refresh", "sid": body["sid"], "ref": session.first_latent, "motion": motion})
             self._sync()
         t_done = time.perf_counter()
-        record = {"rank": self.rank, "role": "vae", "compute_s": t_done - t_in,
+        record = {"rank": self.rank, "role": "vae", "received_at": body.get("received_at"), "start": t_in,
+                  "end": t_done, "compute_s": t_done - t_in,
                   "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
         session.last_done = t_done
+        record["sent_at"] = time.perf_counter()
         self.emit(0, {"kind": "frames", "sid": body["sid"], "block": block, "frames": frames,
-                      "trace": body["trace"] + [record]})
+                      "latents": x if session.return_latents else None, "trace": body["trace"] + [record]})
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -201,6 +207,7 @@ def worker_main() -> int:
                          "dit": parts.dit is not None, "vae": parts.codec is not None})
         while True:
             message = channel.wait_for(lambda m: True, None, "the next message")
+            message.body["received_at"] = message.received_at
             if not worker.handle(message.body):
                 break
         return 0
