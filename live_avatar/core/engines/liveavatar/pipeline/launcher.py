@@ -128,14 +128,22 @@ class RankGroup:
             self._rendezvous(env)
             self.channel = Channel(0, alive=self.first_dead)
             deadline = time.monotonic() + opts.pipeline_timeout_s * 5  # loading 14B weights takes a while
+            # ranks sharing one device load one after another: 14B weights are briefly held twice while loading
+            for rank in range(1, plan.world_size):
+                self.channel.send(rank, {"kind": "load"})
+                if opts.share_device:
+                    self._wait_ready(deadline)
             while len(self.ready) < plan.world_size - 1:
-                message = self.channel.wait_for(lambda m: m.body["kind"] in ("ready", "failed"),
-                                                max(1.0, deadline - time.monotonic()), "the ranks to load their models")
-                check_failed(message.body)
-                self.ready[message.body["rank"]] = message.body
+                self._wait_ready(deadline)
         except BaseException:
             self.close()
             raise
+
+    def _wait_ready(self, deadline: float) -> None:
+        message = self.channel.wait_for(lambda m: m.body["kind"] in ("ready", "failed"),
+                                        max(1.0, deadline - time.monotonic()), "the ranks to load their models")
+        check_failed(message.body)
+        self.ready[message.body["rank"]] = message.body
 
     def _rendezvous(self, env: WorkerEnvironment) -> None:
         # init_process_group blocks until every rank joined: run it with the children watched

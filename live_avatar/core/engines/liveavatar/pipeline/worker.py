@@ -137,7 +137,7 @@ class RankWorker:
             self._sync()
         t_done = time.perf_counter()
         record = {"rank": self.rank, "role": "steps", "received_at": body.get("received_at"), "start": t_in,
-                  "end": t_done, "compute_s": t_done - t_in,
+                  "end": t_done, "compute_s": t_done - t_in, "peak_memory_bytes": self._peak_memory(),
                   "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
         session.last_done = t_done
         trace = body["trace"] + [record]
@@ -175,7 +175,7 @@ class RankWorker:
             self._sync()
         t_done = time.perf_counter()
         record = {"rank": self.rank, "role": "vae", "received_at": body.get("received_at"), "start": t_in,
-                  "end": t_done, "compute_s": t_done - t_in,
+                  "end": t_done, "compute_s": t_done - t_in, "peak_memory_bytes": self._peak_memory(),
                   "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
         session.last_done = t_done
         record["sent_at"] = time.perf_counter()
@@ -185,6 +185,9 @@ class RankWorker:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _peak_memory(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
 
 
 def worker_main() -> int:
@@ -196,6 +199,7 @@ def worker_main() -> int:
     try:
         channel, plan = launcher.join(env)
         opts = LiveAvatarOptions.from_kwargs(env.options)
+        channel.wait_for(lambda m: m.body["kind"] == "load", None, "rank 0's go-ahead to load")
         device, dtype = launcher.rank_device(env, opts)
         from .rank_parts import load_rank_parts
 
