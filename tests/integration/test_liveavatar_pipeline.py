@@ -135,3 +135,30 @@ def test_a_killed_rank_ends_the_render_with_a_clear_error(tmp_path, speech_with_
     assert proc.returncode not in (0, None)
     assert "rank 1" in err and ("exited with status" in err or "lost its connection" in err), err[-2000:]
     assert "failed" in err
+
+
+@pytest.mark.slow
+def test_serve_reports_the_pipeline_and_a_dead_rank_on_healthz(tmp_path):
+    import psutil
+
+    from tests.support.server_process import ServerProcess, http_json
+
+    server = ServerProcess(["--engine", "liveavatar", "--tiny", "--device", "cpu", "--num_gpus_dit", "2"],
+                           tmp_path / "server.log", start_timeout_s=240.0, env=ENV)
+    with server:
+        status, health = http_json("GET", f"{server.url}/healthz")
+        assert status == 200 and health["status"] == "ok", health
+        assert health["pipeline"]["world_size"] == 2 and health["pipeline"]["failure"] is None
+        assert "rank 1: steps [2, 3]" in health["pipeline"]["plan"]
+        workers = [c for c in psutil.Process(server.proc.pid).children(recursive=True)
+                   if "pipeline.worker" in " ".join(c.cmdline())]
+        assert len(workers) == 1
+        workers[0].kill()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, health = http_json("GET", f"{server.url}/healthz")
+            if health["status"] != "ok":
+                break
+            time.sleep(0.2)
+        assert status == 200 and health["status"] == "degraded", health  # the server stays up and says why
+        assert "rank 1" in health["pipeline"]["failure"] and "exited" in health["pipeline"]["failure"]

@@ -57,6 +57,7 @@ class StepPipeline:
 
     def acquire(self) -> tuple[int, int]:
         with self._lock:
+            self.failure = self.failure or self.ranks.first_dead()
             if self.failure:
                 raise PipelineError(f"the step pipeline is down: {self.failure}")
             if not self._free:
@@ -85,7 +86,9 @@ class StepPipeline:
             raise
 
     def status(self) -> dict:
-        return {"num_gpus_dit": self.plan.world_size, "plan": self.plan.describe(), "failure": self.failure,
+        """For /healthz: the plan, the ranks' devices and loaded parts, and the failure once a rank is gone."""
+        self.failure = self.failure or self.ranks.first_dead()
+        return {"world_size": self.plan.world_size, "plan": self.plan.describe(), "failure": self.failure,
                 "ranks": {rank: {k: v for k, v in info.items() if k != "kind"} for rank, info in self.ranks.ready.items()}}
 
     def close(self) -> None:
