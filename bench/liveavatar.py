@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=None, help="JSON file (default bench/results/liveavatar_<device>.json)")
     p.add_argument("--merge", action="store_true", help="keep the other modes/sizes already in --output")
     p.add_argument("--seed", type=int, default=420)
+    pipe = p.add_argument_group("step pipeline (bench/liveavatar_pipeline.py): first --sizes entry, first --modes entry")
+    pipe.add_argument("--num_gpus_dit", type=int, default=1, help="N > 1: the 4 steps over N ranks (one process each)")
+    pipe.add_argument("--vae_gpu", action="store_true", help="the VAE on a rank of its own")
+    pipe.add_argument("--share-gpu", action="store_true", help="every rank on one GPU (14B shapes and memory per rank)")
 
 
 def _synthetic_block(k: int, context: int, lookahead: int):
@@ -325,6 +329,10 @@ def run(args: argparse.Namespace) -> int:
     if args.blocks < 1 or args.warmup < 1:
         print("--blocks and --warmup must be >= 1", file=sys.stderr)
         return 2
+    if args.num_gpus_dit > 1 or args.vae_gpu:
+        from bench.liveavatar_pipeline import run_pipeline
+
+        return run_pipeline(args)
     sizes = args.sizes or (["128*64"] if args.tiny else list(DEFAULT_SIZES))
     if args.device == "auto" and not torch.cuda.is_available() and not args.tiny:
         print("no GPU: the 14B benchmark needs CUDA (use --tiny --device cpu to check the code path)", file=sys.stderr)

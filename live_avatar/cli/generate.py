@@ -80,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--offload_model", action=argparse.BooleanOptionalAction, default=None, help="the reference's switch for GPUs with little memory (model parts parked in CPU memory between uses); accepted for compatibility and reported as unused: neither engine offloads yet")
     run.add_argument("--weights_dir", type=Path, default=None, help="liveavatar: the checkpoint folder (Wan2.2-S2V-14B + the Live Avatar LoRA, see the engine's documentation)")
     run.add_argument("--tiny", action="store_true", help="liveavatar: the tiny random-weight configuration that runs on a CPU (tests; the video is noise)")
+    run.add_argument("--num_gpus_dit", type=int, default=1, help="liveavatar: spread the 4 denoising steps of each block over N devices, one process each, started by this command (CPU processes without GPUs); 2: two steps each, 4: one each; the frames are the same whatever N")
+    run.add_argument("--vae_gpu", action="store_true", help="liveavatar with --num_gpus_dit: decode the VAE on a device of its own (one more process)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted render of the same OUTPUT from its last finished clip (same options required); without a saved state it starts from the beginning")
 
     audio = p.add_argument_group("audio preparation")

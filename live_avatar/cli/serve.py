@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     eng.add_argument("--weights", default=None, metavar="DIR", help="liveavatar: folder with the checkpoints")
     eng.add_argument("--tiny", action="store_true", help="liveavatar: tiny random-weight configuration (tests)")
     eng.add_argument("--device", default=None, help="engine device, e.g. cpu or cuda:0")
+    eng.add_argument("--num_gpus_dit", type=int, default=None, metavar="N",
+                     help="liveavatar: the 4 denoising steps over N devices, one process each (started by the server)")
+    eng.add_argument("--vae_gpu", action="store_true", help="liveavatar with --num_gpus_dit: the VAE on a device of its own")
     eng.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                      help="any other engine option (repeatable; VALUE parsed as YAML)")
     fit = p.add_argument_group("preflight (liveavatar: does the configuration fit and hold real time? see avatar preflight)")
@@ -60,6 +63,10 @@ def _engine_options(args: argparse.Namespace) -> dict:
         options["tiny"] = True
     if args.device:
         options["device"] = args.device
+    if args.num_gpus_dit is not None:
+        options["num_gpus_dit"] = args.num_gpus_dit
+    if args.vae_gpu:
+        options["vae_gpu"] = True
     for item in args.engine_option:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -125,7 +132,7 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
     result = estimate(PreflightRequest(
         size=str(options.get("size") or "704*384"), aspect=str(options.get("aspect") or "9:16"),
         fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")), gpu=gpu, gpu_memory_gb=gpu_memory,
-        text_encoder=not options.get("random_weights"),
+        text_encoder=not options.get("random_weights"), gpus=int(options.get("num_gpus_dit") or 1),
     ))
     if result.ok:
         return (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps "

@@ -91,9 +91,13 @@ class Api:
         return handler
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit}
-        )
+        body = {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit}
+        pipeline = getattr(self.sessions.engine, "pipeline", None)  # liveavatar --num_gpus_dit N
+        if pipeline is not None:
+            body["pipeline"] = pipeline.status()
+            if body["pipeline"]["failure"]:
+                body["status"] = "degraded"
+        return web.json_response(body)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         for session in self.sessions.all():

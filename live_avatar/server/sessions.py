@@ -36,6 +36,10 @@ class SessionManager:
         self._opening_by_client: Counter[str] = Counter()
 
     @property
+    def engine(self) -> Any:
+        return self._engine
+
+    @property
     def limit(self) -> int:
         capacity = getattr(self._engine, "capacity", None)
         limit = self._config.max_sessions

@@ -82,11 +82,21 @@ def test_a_size_that_works_exits_0_and_other_gpus_are_scaled(capsys) -> None:
     assert "scaled from the H200" in slower["basis"]["gpu"] and slower["gpu_memory_gb"] == pytest.approx(79.1)
 
 
-def test_several_gpus_are_independent_pipelines(capsys) -> None:
-    one = _json(capsys, ["--size", "256*384", "--fp8"])[1]
-    code, four = _json(capsys, ["--size", "256*384", "--fp8", "--gpus", "4"])
-    assert four["sessions"] == 4 * one["sessions"] and code == 0
-    assert any("multi-GPU step pipeline is not built yet" in n for n in four["notes"])
+def test_several_gpus_run_the_step_pipeline(capsys) -> None:
+    """--gpus N: the 4 steps over N GPUs (issue 9): the slowest rank sets the block time; one session per pipeline."""
+    one = _json(capsys, ["--size", "384*640", "--fp8"])[1]
+    code, four = _json(capsys, ["--size", "384*640", "--fp8", "--gpus", "4"])
+    assert code == 0 and four["ok"] and not one["realtime"]
+    # one step + the VAE on the last rank, plus a hand-off: well under half the single-GPU block
+    assert one["block_ms"] / 4 < four["block_ms"] < one["block_ms"] / 2
+    assert four["sessions"] == 1 and four["per_session_gb"] == pytest.approx(one["per_session_gb"] / 4)
+    two = _json(capsys, ["--size", "384*640", "--fp8", "--gpus", "2"])[1]
+    assert four["block_ms"] < two["block_ms"] < one["block_ms"]
+    eight = _json(capsys, ["--size", "384*640", "--fp8", "--gpus", "8"])[1]
+    assert eight["sessions"] == 2 and eight["block_ms"] == four["block_ms"]
+    assert any("step pipeline" in n for n in four["notes"])
+    assert main(["preflight", "--size", "384*640", "--fp8", "--gpus", "4"]) == 0
+    assert "--num_gpus_dit 4" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,8 @@ class GenerateRequest:
     offload_model: bool | None = None
     weights_dir: Path | None = None
     tiny: bool = False
+    num_gpus_dit: int = 1  # liveavatar: the 4 steps over this many devices (same frames whatever N)
+    vae_gpu: bool = False
     resume: bool = False
     trim_silence: bool = False
     normalize_loudness: float | None = None  # target LUFS
@@ -192,6 +194,8 @@ def _engine_config(
             ("--offload_model", bool(request.offload_model)),
             ("--tiny", request.tiny),
             ("--weights_dir", request.weights_dir is not None),
+            ("--num_gpus_dit", request.num_gpus_dit != 1),
+            ("--vae_gpu", request.vae_gpu),
         ]
         notes += [flag for flag, given in unused if given]
         return config, notes
@@ -201,6 +205,8 @@ def _engine_config(
         config["tiny"] = True
     elif request.weights_dir:
         config["weights_dir"] = str(request.weights_dir)
+    if request.num_gpus_dit != 1 or request.vae_gpu:
+        config.update(num_gpus_dit=request.num_gpus_dit, vae_gpu=request.vae_gpu)
     if settings.sample_steps not in (None, 4):
         notes.append(f"--sample_steps {settings.sample_steps} (the engine runs the distilled model's 4 steps)")
     if settings.offload_model:

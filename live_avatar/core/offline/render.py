@@ -14,6 +14,8 @@ length). Without it, frames are kept until the end like the reference tool; an i
 from __future__ import annotations
 
 import copy
+import itertools
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -103,17 +105,38 @@ class OfflineRenderer:
         )
 
     def _generate_clip(self, clip: int):
-        """Yield (frames, speech audio) block by block for one clip."""
-        spf = self.plan.samples_per_frame
-        first = clip * self.plan.infer_frames
-        for offset in range(0, self.plan.infer_frames, self.block_frames):
-            block = self.make_block(first + offset, self.block_frames)
-            frames = np.asarray(self.generator.generate(block))
-            if frames.dtype != np.uint8 or frames.shape[0] != block.num_frames or frames.ndim != 4:
-                raise RuntimeError(
-                    f"the engine returned frames {frames.dtype}{list(frames.shape)} for a {block.num_frames}-frame block"
-                )
-            yield frames, block.frame_samples(spf)
+        """Yield (frames, speech audio) block by block for one clip (from the stream ``run`` opened)."""
+        return itertools.islice(self._stream, self.plan.infer_frames // self.block_frames)
+
+    def _blocks(self, start_clip: int):
+        """(frames, speech audio) of every block from ``start_clip`` on, in order. A generator with
+        ``submit``/``collect`` (the liveavatar step pipeline) gets ``pipeline_depth`` blocks in flight, so block
+        k+1 enters the pipe while block k is still in it."""
+        spf, infer = self.plan.samples_per_frame, self.plan.infer_frames
+        blocks = (self.make_block(first, self.block_frames)
+                  for first in range(start_clip * infer, self.plan.clips * infer, self.block_frames))
+        depth = int(getattr(self.generator, "pipeline_depth", 1))
+        if depth <= 1:
+            for block in blocks:
+                yield self._checked(self.generator.generate(block), block), block.frame_samples(spf)
+            return
+        in_flight: deque[AudioBlock] = deque()
+        for block in itertools.chain(blocks, [None] * depth):
+            if block is not None:
+                self.generator.submit(block)
+                in_flight.append(block)
+            if in_flight and (block is None or len(in_flight) >= depth):
+                done = in_flight.popleft()
+                yield self._checked(self.generator.collect(), done), done.frame_samples(spf)
+
+    @staticmethod
+    def _checked(frames, block: AudioBlock) -> np.ndarray:
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.shape[0] != block.num_frames or frames.ndim != 4:
+            raise RuntimeError(
+                f"the engine returned frames {frames.dtype}{list(frames.shape)} for a {block.num_frames}-frame block"
+            )
+        return frames
 
     # -- state ---------------------------------------------------------------------------------
     def _generator_state(self) -> dict | None:
@@ -137,6 +160,7 @@ class OfflineRenderer:
     def run(self, start_clip: int = 0) -> None:
         """Render clips [start_clip, plan.clips); KeyboardInterrupt/exceptions propagate after the
         finished clips and their state are on disk."""
+        self._stream = self._blocks(start_clip)
         if self.online_decode:
             return self._run_online(start_clip)
         return self._run_kept(start_clip)

@@ -38,6 +38,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    320x512, more than a whole block's 480 ms budget: a session skips frames at every
                    first clip boundary) and keeps 73 full-size frames per session for it
 ``capacity``       real-time sessions at once (default 1: one session holds one GPU)
+``num_gpus_dit``   N > 1: the 4 steps of a block over N ranks, one process per device (:mod:`.pipeline`);
+                   ``vae_gpu`` decodes on a rank of its own; ``share_device`` puts every rank on one device
 ``config``         optional engine YAML (``dit:``/``streaming:``/``weights:`` sections, see ``config.py``)
 =================  ===================================================================================
 
@@ -129,6 +131,12 @@ class LiveAvatarEngine:
             self.parts.codec.compile_decoder(backend=opts.compile_backend)
         if opts.gil_switch_interval_ms is not None:
             sys.setswitchinterval(opts.gil_switch_interval_ms / 1000.0)
+        self.pipeline = None
+        if opts.num_gpus_dit > 1 or opts.vae_gpu:
+            from .pipeline.driver import StepPipeline
+
+            self.pipeline = StepPipeline(self)  # starts ranks 1..N-1 and waits for their models
+            self.capacity = self.pipeline.capacity
         self.warmup_report: WarmupReport | None = None
         self._graphs_at_ready = compiled_graphs()
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
@@ -204,6 +212,10 @@ class LiveAvatarEngine:
             raise EngineConfigError(f"unknown generator option(s): {', '.join(unknown)}")
         self._acquire_session()
         try:
+            if self.pipeline is not None:
+                from .pipeline.driver import PipelinedGenerator
+
+                return PipelinedGenerator(self, self.pipeline, avatar, prompt)
             return LiveAvatarGenerator(self, avatar, prompt, sync_timing=bool(options.get("sync_timing", False)))
         except BaseException:
             self._release_session()
@@ -223,4 +235,7 @@ class LiveAvatarEngine:
         return StreamSession(generator, fps=self.fps, sample_rate=self.sample_rate, config=config)
 
     def close(self) -> None:
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close()
+            self.pipeline = None
         self.parts = None

@@ -48,6 +48,11 @@ class LiveAvatarOptions:
     capacity: int = 1
     config: str | None = None
     lora_path: str | None = None  # default: found in weights_dir; "none" skips the LoRA
+    # step pipeline (issue 9, pipeline/): DiT devices, a device of its own for the VAE, every rank on one device
+    num_gpus_dit: int = 1
+    vae_gpu: bool = False
+    share_device: bool = False
+    pipeline_timeout_s: float = 120.0  # a block that takes longer than this on some rank ends the session
 
     def __post_init__(self) -> None:
         if sum([bool(self.weights_dir), bool(self.tiny), bool(self.random_weights)]) != 1:
@@ -59,6 +64,8 @@ class LiveAvatarOptions:
             raise EngineConfigError("capacity must be >= 1")
         if self.gil_switch_interval_ms is not None and not 0.01 <= self.gil_switch_interval_ms <= 100:
             raise EngineConfigError("gil_switch_interval_ms must be between 0.01 and 100")
+        if self.num_gpus_dit < 1:
+            raise EngineConfigError(f"num_gpus_dit must be >= 1, got {self.num_gpus_dit}")
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "LiveAvatarOptions":

@@ -31,8 +31,9 @@ FRAMES_PER_BLOCK = 12
 TARGET_FPS = 25.0
 BLOCK_VIDEO_MS = 1000.0 * FRAMES_PER_BLOCK / TARGET_FPS  # 480 ms of video per block
 BASE_MODE = "fp8-compiled"
-MULTI_GPU_NOTE = ("the multi-GPU step pipeline is not built yet: estimated as N independent GPUs, "
-                  "each holding its own copy of the weights and running its own sessions")
+# one latent block + audio tokens (~0.4 MB) between two ranks through host memory; an assumption until the
+# pipeline bench (avatar bench liveavatar --num_gpus_dit N) measures it on GPUs
+PIPELINE_HANDOFF_MS = 2.0
 
 
 class PreflightError(ValueError):
@@ -280,12 +281,15 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     weights_gb = dit_gb + (w.text_encoder_gb if request.text_encoder else 0.0)
     detail = f"DiT {'FP8' if fp8 else 'bf16'} + VAE + wav2vec2 {dit_gb:.1f} (measured)"
     detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (random weights: no text encoder)"
+    pipelines = 1
+    if request.gpus > 1:  # the step pipeline: every rank holds the DiT and the KV rings of its own steps
+        vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else base)], tokens)
+        block_ms, state_gb, pipelines, note = _pipeline_estimate(request.gpus, block_ms, dit_share, vae_share, state_gb)
+        notes.append(note)
     free = memory - table.headroom_gb - weights_gb
     by_memory = max(0, math.floor(free / state_gb)) if free > 0 else 0
     fps = 1000.0 * FRAMES_PER_BLOCK / (block_ms * live_factor)
     by_compute = math.floor(fps / TARGET_FPS + 1e-9)
-    if request.gpus > 1:
-        notes.append(f"--gpus {request.gpus}: {MULTI_GPU_NOTE}")
     if "extrapolated" in state_kind or "extrapolated" in timing_kind:
         lo, hi = base[0].frame, base[-1].frame
         notes.append(f"{frame[0]}x{frame[1]} is outside the measured range ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): extrapolated")
@@ -294,7 +298,8 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
         gpu=gpu.name if gpu else "GPU not named (--gpu)", gpu_memory_gb=memory, gpus=request.gpus,
         weights_gb=weights_gb, weights_detail=detail, per_session_gb=state_gb, headroom_gb=table.headroom_gb,
         block_ms=block_ms, live_factor=live_factor, expected_fps=fps, sessions_by_memory=by_memory,
-        sessions_by_compute=by_compute, sessions=min(by_memory, by_compute) * request.gpus,
+        sessions_by_compute=by_compute,
+        sessions=min(by_memory, by_compute) if request.gpus == 1 else min(by_memory, by_compute, 1) * pipelines,
         fits=by_memory >= 1, realtime=fps >= TARGET_FPS,
         basis={"memory": f"per-session state {state_kind}; weights measured (text encoder from its checkpoint size)",
                "timing": timing_kind, "gpu": scaling,
@@ -303,6 +308,24 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
                "estimate": "an estimate from measured figures, not a measurement of this configuration"},
         notes=notes,
     )
+
+
+def _pipeline_estimate(gpus: int, block_ms: float, dit_share: float, vae_share: float,
+                       state_gb: float) -> tuple[float, float, int, str]:
+    """(block ms of one session, state GB on the fullest rank, pipelines, note) for the step pipeline on ``gpus``
+    devices: a step costs a quarter of the DiT share of the measured block; the slowest rank sets the pace."""
+    from .pipeline.plan import StageCosts, plan_pipeline
+
+    dit_ms, vae_ms = block_ms * dit_share, block_ms * vae_share
+    costs = StageCosts(step=dit_ms / 4, vae=vae_ms, front=max(0.0, block_ms - dit_ms - vae_ms))
+    plan = plan_pipeline(gpus, 4, costs=costs)
+    first = plan.pipelines[0]
+    loads = plan_pipeline(len(first.ranks), 4, costs=costs).loads(costs)  # one pipeline alone
+    most_steps = max(len(steps) for steps in first.steps)
+    note = (f"--gpus {gpus}: the step pipeline, {len(plan.pipelines)} pipeline(s) of {len(first.ranks)} GPU(s), one session "
+            f"each ({plan.describe()}); a step is a quarter of the measured DiT time, {PIPELINE_HANDOFF_MS:g} ms "
+            "per hand-off assumed; per-session memory is the fullest rank's rings")
+    return max(loads) + PIPELINE_HANDOFF_MS, state_gb * most_steps / 4, len(plan.pipelines), note
 
 
 def _candidate_frames(aspect: str, largest_tokens: int, smallest_tokens: int) -> list[tuple[int, int]]:
@@ -380,8 +403,9 @@ def format_report(r: PreflightEstimate) -> str:
         f"  sessions           {r.sessions:6d}      {'in all' if r.gpus > 1 else ''}".rstrip(),
     ]
     if r.ok:
+        pipeline = f" --num_gpus_dit {r.gpus}" if r.gpus > 1 else ""
         lines.append(f"Answer: fits, {r.sessions} real-time session{'s' if r.sessions != 1 else ''} "
-                     f"(serve with {engine_options_for(r.mode.startswith('fp8'), r.mode.endswith('compiled'))}).")
+                     f"(serve with {engine_options_for(r.mode.startswith('fp8'), r.mode.endswith('compiled'))}{pipeline}).")
     elif not r.fits:
         need = r.weights_gb + r.per_session_gb + r.headroom_gb
         lines.append(f"Answer: does not fit: weights + one session need {need:.1f} GB, the GPU has {r.gpu_memory_gb:g} GB"

@@ -3,7 +3,7 @@
 Nothing is downloaded: the VAE is a small ``AutoencoderKLWan``; wav2vec2 and umT5 are tiny random
 transformers configs written to a local folder with ``save_pretrained`` (the engine then loads them
 through the same ``from_folder`` code as the real checkpoint), and the umT5 tokenizer is a small
-Unigram tokenizer trained offline with the ``tokenizers`` library. The tiny DiT comes from the DiT
+Unigram tokenizer over a fixed vocabulary (``tokenizers`` library). The tiny DiT comes from the DiT
 module's own tiny configuration (``loader``/``config``) and is loaded by the engine.
 
 The shapes that cross module borders are kept: 16 latent channels, 25 wav2vec hidden states, the
@@ -12,6 +12,7 @@ wav2vec conv stack (320-sample hop), and the text width the DiT expects.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,18 +104,36 @@ _TOKENIZER_CORPUS = (
 
 
 def build_tiny_tokenizer(vocab_size: int = 256):
-    """A T5-style (Unigram, </s>-terminated) fast tokenizer trained offline on a small built-in corpus."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A T5-style (Unigram, </s>-terminated) fast tokenizer over a fixed vocabulary from a small built-in corpus.
+
+    The vocabulary is written out, not trained: the Unigram trainer breaks score ties in a per-process
+    order (Rust hash maps, threads), so two processes got different token ids for the same prompt, hence
+    different text contexts and renders up to 19 grey levels apart (issue 9, point 5).
+    """
+    from collections import Counter
+
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import T5TokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    specials = ["<pad>", "</s>", "<unk>"]
+    text = _TOKENIZER_CORPUS.lower()
+    words = Counter("\u2581" + w for w in re.findall(r"[a-z]+", text))
+    chars = sorted(set(text.replace(" ", "")) | {"\u2581"})
+    # whole words (most frequent first, then alphabetical) are likelier than spelling them out by characters
+    pieces = [(p, 0.0) for p in specials]
+    pieces += [(w, -1.0 - 1.0 / n) for w, n in sorted(words.items(), key=lambda item: (-item[1], item[0]))]
+    pieces += [(c, -10.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces[:vocab_size], unk_id=specials.index("<unk>"), byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    tok.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer=trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
