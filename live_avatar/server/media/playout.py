@@ -77,8 +77,12 @@ class Playout:
         playout_delay_s: float,
         max_buffered_frames: int,
         on_slot: Callable[[OutputSlot, list[float]], None] | None = None,
+        keep_every_frame: bool = False,
     ) -> None:
         self.clock = clock
+        # pushed speech (a buffered stream, generated ahead by design): a surplus is not latency
+        # to trim and frames are dropped only beyond max_buffered_frames, so no speech is lost
+        self._keep_every_frame = keep_every_frame
         self.fanout = fanout
         self._upsample = upsample
         self._playout_delay_s = playout_delay_s
@@ -152,6 +156,8 @@ class Playout:
         return pending[:need]
 
     def _ahead_limit(self) -> int:
+        if self._keep_every_frame:
+            return self._max_buffered
         return min(self._max_buffered, 2 * self._largest_chunk + self._delay_frames + 2)
 
     def _bound_backlog(self) -> None:
@@ -163,6 +169,8 @@ class Playout:
         """A repeat makes the next frames go out one slot later (absorbing jitter). If for a
         whole window the buffer never ran lower than the configured delay, that surplus is latency
         nobody needs: drop it to win those slots back."""
+        if self._keep_every_frame:
+            return
         self._min_depth = min(self._min_depth, len(self._buffer))
         self._window_slots += 1
         if self._window_slots < TRIM_WINDOW_SLOTS:

@@ -1,0 +1,185 @@
+"""Speech pushed over the audio WebSocket into a session an aiortc peer watches (issue 11 points 1, 6).
+
+The peer opens its session with ``"audio_source": "websocket"`` (its own microphone is ignored), a
+WebSocket client pushes espeak-ng speech 3x faster than real time, and what the peer receives is
+checked: 25 fps video, a mouth that moves with the speech and rests in the pauses, the speech
+itself in its audio, events in order with positions that match what was pushed; an interrupt; a
+portrait change with PATCH. Bounds are loose where a shared 2-core CPU makes timing noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from live_avatar.core.portraits import default_portrait
+from live_avatar.server.config import ServerConfig
+from tests.support.inprocess import serve_in_process
+from tests.support.live_checks import assert_json_error, lite_engine_of_capacity, request, upload_form
+from tests.support.loopback_analysis import mouth_activity
+from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
+from tests.support.speech import espeak_speech, trim_silence
+from tests.support.speech_socket import SpeechSocket
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+RATE = 24000  # the pushed PCM's rate: resampled to the engine's 16 kHz by the server
+MOUTH_LANDMARKS = [61, 291, 0, 17, 13, 14, 78, 308]  # MediaPipe FaceMesh lips
+ENV_S = 0.02  # audio envelopes in 20 ms frames
+
+
+@pytest.fixture(scope="module")
+def utterances() -> tuple[np.ndarray, np.ndarray]:
+    first = trim_silence(espeak_speech("Hello everyone, welcome to the stream.", RATE), RATE)
+    second = trim_silence(espeak_speech("Today we talk about real time avatars and how they speak.", RATE), RATE)
+    return first, second
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server():
+    config = ServerConfig(port=0)
+    config.audio_socket.max_buffered_s = 20.0  # the bad-input test overfills it
+    async with serve_in_process(config, engine=lite_engine_of_capacity(4)) as running:
+        yield running
+
+
+def mouth_box(avatar) -> tuple[int, int, int, int]:
+    points = avatar.rig.landmarks[MOUTH_LANDMARKS]
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    pad = 0.25 * (x1 - x0)
+    return int(x0 - pad), int(y0 - pad), int(x1 + pad), int(y1 + 2 * pad)
+
+
+async def watch_pushed_session(server) -> LoopbackPeer:
+    """An aiortc peer whose session takes its speech from the WebSocket; it sends only silence."""
+    peer = LoopbackPeer(np.zeros(48000, np.float32), layout="sendrecv")
+    try:
+        await peer.connect_offer(server.url, options={"audio_source": "websocket"})
+        assert peer.offer_answer["audio_ws"] == f"/sessions/{peer.session_id}/audio"
+        await asyncio.wait_for(peer.connected.wait(), 20)
+        deadline = time.monotonic() + 20
+        while len(peer.video_frames) < 25 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(peer.video_frames) >= 25, "the session never started streaming"
+    except BaseException:
+        await peer.close()
+        raise
+    return peer
+
+
+def envelope(samples: np.ndarray, rate: int) -> np.ndarray:
+    hop = int(rate * ENV_S)
+    n = samples.size // hop
+    return np.sqrt((samples[: n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1) + 1e-12)
+
+
+def find_in(received_env: np.ndarray, reference_env: np.ndarray) -> tuple[int, float]:
+    """Offset (in envelope frames) where ``reference_env`` best matches ``received_env``, and the
+    normalised correlation there."""
+    ref = reference_env - reference_env.mean()
+    best = (0, -1.0)
+    for offset in range(0, received_env.size - reference_env.size + 1):
+        window = received_env[offset : offset + reference_env.size]
+        window = window - window.mean()
+        denom = np.linalg.norm(window) * np.linalg.norm(ref)
+        corr = float(window @ ref / denom) if denom > 0 else 0.0
+        if corr > best[1]:
+            best = (offset, corr)
+    return best
+
+
+def frames_between(peer: LoopbackPeer, t0: float, t1: float) -> list[ReceivedVideoFrame]:
+    return [f for f in peer.video_frames if t0 <= f.arrival < t1 and f.image is not None]
+
+
+def check_utterance_events(events: list[dict], pushed_s: float) -> None:
+    """started, positions (increasing, within the utterance), finished at the whole length."""
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "speaking_started" and kinds[-1] == "speaking_finished", kinds
+    assert set(kinds[1:-1]) <= {"playback_position"}, kinds
+    positions = [e["position_s"] for e in events]
+    assert all(b >= a for a, b in zip(positions, positions[1:])), positions
+    assert 0.0 <= positions[0] <= 0.1, positions
+    assert events[-1]["interrupted"] is False
+    assert abs(events[-1]["position_s"] - pushed_s) <= 0.03, (events[-1], pushed_s)
+
+
+async def test_speech_pushed_three_times_faster(server, utterances) -> None:
+    first, second = utterances
+    peer = await watch_pushed_session(server)
+    socket = await SpeechSocket.connect(server.url, peer.session_id)
+    try:
+        await asyncio.sleep(1.0)  # resting face before any speech
+        await socket.start(RATE)
+        pushed_at = await socket.push(first, RATE, speed=3.0)
+        push_took = time.monotonic() - pushed_at
+        await socket.send({"type": "end_of_speech"})
+        finished1 = await socket.wait_for("speaking_finished")
+        n1 = len(socket.events)
+        await asyncio.sleep(1.5)  # a pause: the mouth rests
+        await socket.push(second, RATE, speed=3.0)
+        await socket.send({"type": "end_of_speech"})
+        finished2 = await socket.wait_for("speaking_finished", after=n1)
+        await asyncio.sleep(0.5)
+        stats = (await request(server.url, "GET", f"/sessions/{peer.session_id}/stats")).body
+    finally:
+        await socket.close()
+        await peer.close()
+
+    print({k: stats[k] for k in ("frames_sent", "frames_repeated", "frames_dropped", "slots_skipped", "latency_trims")}, stats["stream"])
+    # -- pushed faster than real time, played at real time
+    len1, len2 = first.size / RATE, second.size / RATE
+    assert push_took < 0.6 * len1, f"pushing {len1:.2f} s of speech took {push_took:.2f} s"
+    events1 = [e.body for e in socket.events[:n1]]
+    events2 = [e.body for e in socket.events[n1:]]
+    check_utterance_events(events1, len1)
+    check_utterance_events(events2, len2)
+    started1, started2 = socket.events[0], socket.events[n1]
+    for started, finished, length in ((started1, finished1, len1), (started2, finished2, len2)):
+        played_in = finished.arrival - started.arrival
+        assert abs(played_in - length) < 0.35, f"{length:.2f} s of speech played in {played_in:.2f} s"
+        speaking = [e.arrival for e in socket.events if started.arrival <= e.arrival <= finished.arrival]
+        assert max(np.diff(speaking)) <= 0.55, "playback_position must come at least every 0.5 s"
+    assert stats["speech_input"]["pushed_s"] == pytest.approx(len1 + len2, abs=0.01)
+    assert stats["speech_input"]["refused_messages"] == 0 and stats["stream"]["mode"] == "buffered"
+
+    # -- 25 fps video without gaps
+    arrivals = np.array([f.arrival for f in peer.video_frames])
+    span = arrivals[(arrivals > started1.arrival - 1.0) & (arrivals < finished2.arrival)]
+    fps = (span.size - 1) / (span[-1] - span[0])
+    assert 22.0 <= fps <= 28.0, f"received {fps:.1f} fps"
+    assert np.diff(span).max() < 0.3, f"a {np.diff(span).max():.2f} s gap in the video"
+
+    # -- the mouth moves with the speech and rests in the pause (and before it)
+    box = mouth_box(server.state["avatars"].get(None))
+
+    def activity(t0: float, t1: float) -> np.ndarray:
+        frames = frames_between(peer, t0, t1)
+        return mouth_activity([f.image for f in frames], box)[1:]
+
+    talking = np.concatenate([activity(started1.arrival + 0.2, finished1.arrival - 0.2),
+                              activity(started2.arrival + 0.2, finished2.arrival - 0.2)])
+    pause = activity(finished1.arrival + 0.3, started2.arrival - 0.1)
+    before = activity(started1.arrival - 0.9, started1.arrival - 0.1)
+    print(f"mouth activity: talking {talking.mean():.2f}, pause {pause.mean():.2f}, before {before.mean():.2f}; fps {fps:.1f}")
+    assert talking.size > 50 and pause.size > 15 and before.size > 10
+    assert talking.mean() > 2.5 * pause.mean() and talking.mean() > 2.5 * before.mean()
+
+    # -- the audio the peer received is the pushed speech, in order, with the pause between
+    received = peer.audio_samples()
+    received_env = envelope(received, 48000)
+    offset1, corr1 = find_in(received_env, envelope(first, RATE))
+    offset2, corr2 = find_in(received_env, envelope(second, RATE))
+    gap_s = (offset2 - offset1) * ENV_S - len1
+    print(f"returned speech: correlation {corr1:.2f} / {corr2:.2f}, pause {gap_s:.2f} s")
+    np.savez("/tmp/io/dbg.npz", received=received, first=first, second=second)
+    assert corr1 > 0.8 and corr2 > 0.8, (corr1, corr2)
+    assert 1.2 < gap_s < 2.5, gap_s  # the client's 1.5 s pause (+ the event's and the push's latency)
+    pause_audio = received_env[offset1 + int(len1 / ENV_S) + 5 : offset2 - 5]
+    assert pause_audio.max() < 0.01, "the pause is not silent"
