@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import pytest_asyncio
+from yarl import URL
 
 from live_avatar.core.portraits import default_portrait
 from live_avatar.server.config import ServerConfig
@@ -178,8 +179,144 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     offset2, corr2 = find_in(received_env, envelope(second, RATE))
     gap_s = (offset2 - offset1) * ENV_S - len1
     print(f"returned speech: correlation {corr1:.2f} / {corr2:.2f}, pause {gap_s:.2f} s")
-    np.savez("/tmp/io/dbg.npz", received=received, first=first, second=second)
     assert corr1 > 0.8 and corr2 > 0.8, (corr1, corr2)
     assert 1.2 < gap_s < 2.5, gap_s  # the client's 1.5 s pause (+ the event's and the push's latency)
     pause_audio = received_env[offset1 + int(len1 / ENV_S) + 5 : offset2 - 5]
     assert pause_audio.max() < 0.01, "the pause is not silent"
+
+
+def mouth_opening(frames: list[np.ndarray], rest: np.ndarray, box: tuple[int, int, int, int], search: int = 6) -> np.ndarray:
+    """How far each grey frame's mouth is from the resting one: mean absolute difference in ``box``,
+    at the best small shift (the head moves a few pixels; an open mouth changes the region far more)."""
+    x0, y0, x1, y1 = box
+    template = rest[y0:y1, x0:x1].astype(np.float32)
+    out = np.empty(len(frames))
+    for i, frame in enumerate(frames):
+        f = frame.astype(np.float32)
+        out[i] = min(
+            float(np.abs(f[y0 + dy : y1 + dy, x0 + dx : x1 + dx] - template).mean())
+            for dy in range(-search, search + 1, 2)
+            for dx in range(-search, search + 1, 2)
+        )
+    return out
+
+
+async def test_interrupt_mid_utterance(server, utterances) -> None:
+    first, second = utterances
+    speech = np.concatenate([second, first])  # ~6 s: interrupted after ~2 s
+    peer = await watch_pushed_session(server)
+    socket = await SpeechSocket.connect(server.url, peer.session_id)
+    try:
+        await asyncio.sleep(1.0)
+        rest_frames = [f.image for f in frames_between(peer, time.monotonic() - 0.8, time.monotonic())]
+        await socket.start(RATE)
+        await socket.push(speech, RATE, speed=3.0)
+        started = await socket.wait_for("speaking_started")
+        await asyncio.sleep(max(0.0, started.arrival + 2.0 - time.monotonic()))
+        interrupted_at = await socket.send({"type": "interrupt"})
+        finished = await socket.wait_for("speaking_finished")
+        await asyncio.sleep(1.0)
+        stats = (await request(server.url, "GET", f"/sessions/{peer.session_id}/stats")).body
+    finally:
+        await socket.close()
+        await peer.close()
+
+    assert finished.body["interrupted"] is True, finished.body
+    position = finished.body["position_s"]
+    assert 1.7 < position < 2.4, position  # ~2 s after speaking_started
+    assert finished.arrival - interrupted_at < 0.2, "speaking_finished must answer the interrupt at once"
+    assert stats["speech_input"]["utterances_queued"] == 0 and stats["speech_input"]["queued_s"] == 0
+    assert stats["state"] == "live"
+
+    # -- the position is what the peer heard: the speech up to it, silence from just after it
+    received_env = envelope(peer.audio_samples(), 48000)
+    reference_env = envelope(speech, RATE)
+    head = reference_env[: int(1.0 / ENV_S)]
+    start, corr = find_in(received_env, head)
+    assert corr > 0.7, corr
+    heard = received_env[start : start + reference_env.size]
+    cut = int(round(position / ENV_S))
+    loud = reference_env > 0.02
+    before_cut = slice(0, cut - int(0.1 / ENV_S))
+    assert (heard[before_cut][loud[before_cut]] > 0.005).mean() > 0.9, "speech before the position was not heard"
+    after_cut = slice(cut + int(0.1 / ENV_S), cut + int(0.6 / ENV_S))
+    assert loud[after_cut].sum() >= 5, "the test should cut through speech"
+    assert heard[after_cut].max() < 0.005, f"speech was heard more than 100 ms after position_s={position}"
+
+    # -- the mouth closes within 200 ms of the interrupt
+    box = mouth_box(server.state["avatars"].get(None))
+    rest = np.median(np.stack(rest_frames), axis=0)
+    talking = frames_between(peer, started.arrival + 0.3, interrupted_at)
+    after = frames_between(peer, interrupted_at + 0.2, interrupted_at + 1.0)
+    open_talking = mouth_opening([f.image for f in talking], rest, box)
+    open_rest = mouth_opening(rest_frames, rest, box)
+    open_after = mouth_opening([f.image for f in after], rest, box)
+    near = frames_between(peer, interrupted_at - 0.2, interrupted_at + 0.4)
+    trace = mouth_opening([f.image for f in near], rest, box)
+    print("opening: talking p90 %.2f, rest max %.2f, after %.2f..%.2f; around the interrupt %s" % (
+        np.percentile(open_talking, 90), open_rest.max(), open_after.min(), open_after.max(),
+        [(round(f.arrival - interrupted_at, 2), round(v, 1)) for f, v in zip(near, trace)]))
+    closed = open_rest.max() + 0.25 * (np.percentile(open_talking, 90) - open_rest.max())
+    assert np.percentile(open_talking, 90) > 2 * open_rest.max() + 1.0
+    assert open_after.max() <= closed, (open_after.max(), closed)
+
+
+def other_portrait() -> np.ndarray:
+    """Another face for the change: the built-in portrait mirrored, its red and blue swapped."""
+    return np.ascontiguousarray(default_portrait()[:, ::-1, ::-1])
+
+
+def png(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert ok
+    return data.tobytes()
+
+
+async def test_patch_changes_the_face_without_a_gap(server) -> None:
+    engine = server.state["engine"]
+    old_still = cv2.cvtColor(server.state["avatars"].get(None).frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    new_still = cv2.cvtColor(engine.prepare_avatar(other_portrait()).frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:  # one owner
+        upload = await request(server.url, "POST", "/avatars", http=browser, data=upload_form(png(other_portrait())))
+        assert upload.status == 201, upload.body
+        new_id = upload.body["avatar_id"]
+        peer = await watch_pushed_session(server)
+        owner = browser.cookie_jar.filter_cookies(URL(server.url))["avatar_owner"].value  # the socket is the same browser
+        socket = await SpeechSocket.connect(server.url, peer.session_id, headers={"Cookie": f"avatar_owner={owner}"})
+        try:
+            await asyncio.sleep(1.0)
+            patched_at = time.monotonic()
+            answer = await request(server.url, "PATCH", f"/sessions/{peer.session_id}", http=browser, json={"avatar_id": new_id})
+            assert answer.status == 202, answer.body
+            assert answer.body["pending"] == {"avatar_id": new_id, "prompt": None}
+            updated = await socket.wait_for("updated")
+            await asyncio.sleep(max(0.0, patched_at + 2.0 - time.monotonic()))
+            stats = (await request(server.url, "GET", f"/sessions/{peer.session_id}/stats")).body
+            # the same change as a WebSocket message: the prompt this time (the lite engine keeps it for the stats)
+            n = len(socket.events)
+            await socket.send({"type": "update", "prompt": "a calm host"})
+            prompt_updated = await socket.wait_for("updated", after=n)
+            await socket.send({"type": "update", "avatar_id": "nope"})
+            refused = await socket.wait_for("error", after=n)
+        finally:
+            await socket.close()
+            await peer.close()
+
+    assert updated.body == {"type": "updated", "avatar_id": new_id, "prompt": None}
+    assert updated.arrival - patched_at < 1.0
+    assert stats["avatar"]["avatar_id"] == new_id and stats["avatar"]["pending"] is None
+    assert stats["avatar"]["changes_applied"] == 1
+    assert prompt_updated.body == {"type": "updated", "avatar_id": new_id, "prompt": "a calm host"}
+    assert "unknown avatar_id" in refused.body["error"]
+
+    frames = frames_between(peer, patched_at - 1.0, patched_at + 2.0)
+    nearer_new = np.array([np.abs(f.image - new_still).mean() < np.abs(f.image - old_still).mean() for f in frames])
+    arrivals = np.array([f.arrival for f in frames])
+    assert not nearer_new[arrivals < patched_at].any(), "the new face showed before the PATCH"
+    assert nearer_new[arrivals > patched_at + 1.0].all(), "the new face is not there one second after the PATCH"
+    switched = arrivals[nearer_new].min() - patched_at
+    gaps = np.diff(arrivals)
+    fps = (arrivals.size - 1) / (arrivals[-1] - arrivals[0])
+    print(f"new face after {switched * 1000:.0f} ms; fps {fps:.1f}, largest gap {gaps.max() * 1000:.0f} ms")
+    assert switched < 1.0
+    assert 22.0 <= fps <= 28.0 and gaps.max() < 0.25, (fps, gaps.max())
