@@ -44,6 +44,7 @@ class AudioSocket:
         self._change = change  # applies an update message; raises ChangeRefused
         self._events: asyncio.Queue[dict | None] = asyncio.Queue(maxsize=MAX_QUEUED_EVENTS)
         self._overflowed = False
+        self._ending = False
 
     def send(self, event: dict) -> None:
         if self._overflowed:
@@ -58,6 +59,11 @@ class AudioSocket:
     def error(self, message: str) -> None:
         self.send({"type": "error", "error": message})
 
+    def hang_up(self) -> None:
+        """The session ended: the writer sends what is queued, then closes the socket."""
+        self._ending = True
+        self._events.put_nowait(None) if not self._events.full() else asyncio.ensure_future(self.ws.close())
+
     async def _write(self) -> None:
         while (event := await self._events.get()) is not None:
             if self.ws.closed:
@@ -66,6 +72,8 @@ class AudioSocket:
                 await self.ws.send_str(json.dumps(event))
             except (ConnectionError, RuntimeError):
                 return
+        if self._ending:
+            await self.ws.close(code=1001, message=b"session ended")
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write(), name="audio-socket-writer")
@@ -142,7 +150,7 @@ async def serve_audio_socket(
         return web.json_response({"error": "this is a WebSocket endpoint: connect with Upgrade: websocket"}, status=426,
                                  headers={"Upgrade": "websocket"})
     socket = AudioSocket(ws, speech, change)
-    speech.attach(socket.send)  # before any await: a second socket racing this one is refused
+    speech.attach(socket.send, socket.hang_up)  # before any await: a second socket racing this one is refused
     try:
         await ws.prepare(request)
     except BaseException:

@@ -80,6 +80,7 @@ class SpeechInput:
         self._current: _Utterance | None = None  # the one receiving audio (not ended)
         self._played_end = 0  # timeline sample after the last one played
         self.listener: Callable[[dict], None] | None = None  # the connected socket's event sink
+        self._hang_up: Callable[[], None] | None = None  # ends the connected socket (session over)
         self.pushed_s = 0.0
         self.refused_messages = 0
         self.utterances_finished = 0
@@ -97,14 +98,14 @@ class SpeechInput:
     def attached(self) -> bool:
         return self.listener is not None
 
-    def attach(self, listener: Callable[[dict], None]) -> None:
-        self.listener = listener
+    def attach(self, listener: Callable[[dict], None], hang_up: Callable[[], None] | None = None) -> None:
+        self.listener, self._hang_up = listener, hang_up
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
 
     def detach(self) -> None:
-        self.listener = None
+        self.listener, self._hang_up = None, None
         self._in_rate, self._ingest = None, None  # a new socket starts with its own start message
         self._arm_expiry()
 
@@ -122,6 +123,8 @@ class SpeechInput:
             self._expiry.cancel()
         if self.listener is not None:
             self.listener({"type": "error", "error": f"the session ended: {self.session.close_reason}"})
+        if self._hang_up is not None:
+            self._hang_up()
 
     def _emit(self, event: dict) -> None:
         if self.listener is not None:

@@ -399,10 +399,10 @@ async def test_bad_input_gets_clear_errors_and_the_session_keeps_running(server)
         assert not socket.ws.closed
 
         # -- more than audio_socket.max_buffered_s (20 s here): refused with an error, not dropped silently
-        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000 * 5) / 16000)).astype(np.float32)
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000 * 3) / 16000)).astype(np.float32)
         n = len(socket.events)
-        for _ in range(5):  # 25 s at once
-            await socket.push(tone, 16000, speed=1000.0, chunk_s=5.0)
+        for _ in range(8):  # 24 s at once, in 3 s messages: 18 s fit for sure, 21 s not
+            await socket.push(tone, 16000, speed=1000.0, chunk_s=3.0)
         full = await socket.wait_for("error", after=n, timeout=5)
         assert "buffer full" in full.body["error"] and "not queued" in full.body["error"], full.body
         await socket.wait_for("speaking_started", after=n)
@@ -414,7 +414,9 @@ async def test_bad_input_gets_clear_errors_and_the_session_keeps_running(server)
         await asyncio.sleep(1.0)
         stats = (await request(url, "GET", f"/sessions/{sid}/stats")).body
         speech = stats["speech_input"]
-        assert speech["pushed_s"] == pytest.approx(20.0, abs=0.01) and speech["refused_messages"] == 2, speech
+        pushed = round(speech["pushed_s"] / 3)
+        assert pushed in (6, 7) and speech["pushed_s"] == pytest.approx(3 * pushed, abs=0.01), speech
+        assert speech["refused_messages"] == 1 + 8 - pushed, speech  # the odd-length message and the full ones
     finally:
         await socket.close()
 
@@ -425,7 +427,15 @@ async def test_bad_input_gets_clear_errors_and_the_session_keeps_running(server)
     later = (await request(url, "GET", f"/sessions/{sid}/stats")).body
     assert later["frames_sent"] + later["frames_repeated"] - frames >= 20  # real time with no consumer at all
     assert later["speech_input"]["socket_connected"] is False
-    assert (await request(url, "DELETE", f"/sessions/{sid}")).status == 200
+    socket = await SpeechSocket.connect(url, sid)  # a new socket may connect once the first is gone
+    try:
+        assert (await request(url, "DELETE", f"/sessions/{sid}")).status == 200
+        ended = await socket.wait_for("error", timeout=5)
+        assert "the session ended" in ended.body["error"]
+        await asyncio.wait_for(socket._reader, 5)  # ... and the server closes the socket
+        assert socket.ws.closed and socket.ws.close_code == 1001
+    finally:
+        await socket.close()
     assert (await request(url, "GET", f"/sessions/{sid}/stats")).status == 404
 
 
