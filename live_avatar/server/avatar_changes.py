@@ -78,9 +78,10 @@ class AvatarChanges:
         loop = asyncio.get_running_loop()
         self._token += 1
         token = self._token
+        base = self.pending or self.live  # a change not yet shown is merged into (the runtime merges too)
         target = {
-            "avatar_id": change.avatar_id or self.live["avatar_id"],
-            "prompt": (change.prompt or None) if change.prompt is not None else self.live["prompt"],
+            "avatar_id": change.avatar_id or base["avatar_id"],
+            "prompt": (change.prompt or None) if change.prompt is not None else base["prompt"],
         }
 
         def applied(frame: int | None, error: BaseException | None) -> None:  # worker thread

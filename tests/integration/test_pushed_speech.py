@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from yarl import URL
-from yarl import URL
 
 from live_avatar.core.portraits import default_portrait
 from live_avatar.server.config import ServerConfig
 from tests.support.inprocess import serve_in_process
-from tests.support.live_checks import assert_json_error, lite_engine_of_capacity, request, upload_form
+from tests.support.live_checks import assert_json_error, lite_engine_of_capacity, offer_sdp, request, upload_form
 from tests.support.loopback_analysis import mouth_activity
 from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
 from tests.support.speech import espeak_speech, trim_silence
@@ -363,6 +362,15 @@ async def test_bad_input_gets_clear_errors_and_the_session_keeps_running(server)
     assert_json_error(await request(url, "PATCH", f"/sessions/{sid}", json={"avatar_id": "nope"}), 404, "unknown avatar_id")
     assert_json_error(await request(url, "GET", f"/sessions/{sid}/audio"), 426, "WebSocket")
     assert_json_error(await request(url, "POST", "/offer", json={"sdp": "v=0", "audio_source": "tv"}), 400, "audio_source")
+    assert_json_error(await request(url, "POST", "/whip?audio_source=tv", data="v=0", headers={"Content-Type": "application/sdp"}),
+                      400, "audio_source")
+
+    # -- a receive-only offer is fine when the speech comes from the socket (a mic session needs a mic)
+    video_only = await offer_sdp(audio=False, video=True)
+    assert_json_error(await request(url, "POST", "/offer", json={"sdp": video_only, "type": "offer"}), 400, "audio")
+    viewer = await request(url, "POST", "/offer", json={"sdp": video_only, "type": "offer", "audio_source": "websocket"})
+    assert viewer.status == 200 and viewer.body["audio_ws"] == f"/sessions/{viewer.body['session_id']}/audio", viewer.body
+    assert (await request(url, "DELETE", f"/sessions/{viewer.body['session_id']}")).status == 200
 
     socket = await SpeechSocket.connect(url, sid)
     try:

@@ -176,7 +176,11 @@ class StreamSession:
         with self._cond:
             if self._closing or self._state == "error":
                 raise RuntimeError("the stream session is closed")
-            self._pending_change = (avatar, prompt, on_applied)  # a newer change replaces one not yet applied
+            if self._pending_change is not None:  # one not yet applied: merged, the newer values win
+                earlier_avatar, earlier_prompt, _ = self._pending_change
+                avatar = earlier_avatar if avatar is None else avatar
+                prompt = earlier_prompt if prompt is None else prompt
+            self._pending_change = (avatar, prompt, on_applied)
             self._cond.notify_all()
 
     def end_of_speech(self) -> None:
