@@ -95,7 +95,8 @@ def find_in(received_env: np.ndarray, reference_env: np.ndarray) -> tuple[int, f
     return best
 
 
-def find_pieces(received_env: np.ndarray, reference_env: np.ndarray, start: int = 0, piece_s: float = 0.6) -> list[tuple[int, float]]:
+def find_pieces(received_env: np.ndarray, reference_env: np.ndarray, start: int = 0, piece_s: float = 0.6,
+                slack: int = 5) -> list[tuple[int, float]]:
     """Where each ``piece_s`` piece of the reference is in the received stream (from ``start``):
     the first piece anywhere after it, each next one near where the previous one ended. Piece by
     piece, so that a 20 ms hole a starved CPU left in the stream does not hide the match."""
@@ -105,14 +106,37 @@ def find_pieces(received_env: np.ndarray, reference_env: np.ndarray, start: int 
     found = [(start + offset, corr)]
     for piece in pieces[1:]:
         expected = found[-1][0] + n
-        lo = max(0, expected - 5)
-        offset, corr = find_in(received_env[lo : expected + n + 5], piece)
+        lo = max(0, expected - slack)
+        offset, corr = find_in(received_env[lo : expected + n + slack], piece)
         found.append((lo + offset, corr))
     return found
 
 
 def frames_between(peer: LoopbackPeer, t0: float, t1: float) -> list[ReceivedVideoFrame]:
     return [f for f in peer.video_frames if t0 <= f.arrival < t1 and f.image is not None]
+
+
+class SlotRecorder:
+    """Every slot the session's playout publishes (a fan-out consumer inside the server process):
+    what every output plays, before any network or receiving CPU can drop a piece of it."""
+
+    def __init__(self, session) -> None:
+        self.slots: list[tuple[float, object]] = []  # (time received, OutputSlot)
+        self._sub = session.fanout.subscribe("test-recorder", maxsize=25 * 120)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while (slot := await self._sub.get()) is not None:
+            self.slots.append((time.monotonic(), slot))
+
+    def audio(self) -> np.ndarray:
+        """The timeline's audio as played: generated frames in order (a repeated frame, shown while
+        a late one was awaited, carries silence and is left out)."""
+        return np.concatenate([slot.audio for _, slot in self.slots if not slot.repeated]).astype(np.float32) / 32768.0
+
+    def close(self) -> None:
+        self._sub.close()
+        self._task.cancel()
 
 
 def check_utterance_events(events: list[dict], pushed_s: float) -> None:
@@ -130,6 +154,7 @@ def check_utterance_events(events: list[dict], pushed_s: float) -> None:
 async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     first, second = utterances
     peer = await watch_pushed_session(server)
+    recorder = SlotRecorder(server.state["sessions"].get(peer.session_id))
     socket = await SpeechSocket.connect(server.url, peer.session_id)
     try:
         await asyncio.sleep(1.0)  # resting face before any speech
@@ -146,6 +171,7 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
         await asyncio.sleep(0.5)
         stats = (await request(server.url, "GET", f"/sessions/{peer.session_id}/stats")).body
     finally:
+        recorder.close()
         await socket.close()
         await peer.close()
 
@@ -188,17 +214,25 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     assert talking.size > 50 and pause.size > 15 and before.size > 10
     assert talking.mean() > 2.5 * pause.mean() and talking.mean() > 2.5 * before.mean()
 
-    # -- the audio the peer received is the pushed speech, in order, with the pause between
-    received_env = envelope(peer.audio_samples(), 48000)
-    pieces1 = find_pieces(received_env, envelope(first, RATE))
-    pieces2 = find_pieces(received_env, envelope(second, RATE), start=pieces1[-1][0])
+    # -- what the session played is the pushed speech, whole and in order, with the pause between
+    played_env = envelope(recorder.audio(), 48000)
+    pieces1 = find_pieces(played_env, envelope(first, RATE))
+    pieces2 = find_pieces(played_env, envelope(second, RATE), start=pieces1[-1][0])
     corrs = np.array([c for _, c in pieces1 + pieces2])
     gap_s = (pieces2[0][0] - pieces1[0][0]) * ENV_S - len1
-    print(f"returned speech: piece correlations {np.round(corrs, 2).tolist()}, pause {gap_s:.2f} s")
-    assert (corrs > 0.8).mean() >= 0.8, corrs
+    print(f"played speech: piece correlations {np.round(corrs, 2).tolist()}, pause {gap_s:.2f} s")
+    assert corrs.min() > 0.9, corrs
     assert 1.2 < gap_s < 2.5, gap_s  # the client's 1.5 s pause (+ the event's and the push's latency)
-    pause_audio = received_env[pieces1[0][0] + int(len1 / ENV_S) + 5 : pieces2[0][0] - 5]
-    assert pause_audio.max() < 0.01, "the pause is not silent"
+    assert played_env[pieces1[-1][0] + int(0.6 / ENV_S) + 5 : pieces2[0][0] - 5].max() < 0.01, "the pause is not silent"
+
+    # -- and the peer heard it. Looser: on a starved CPU the outgoing track skips stale slots (it
+    # catches up rather than stay late, tracks.py), which leaves holes in what the peer gets.
+    received_env = envelope(peer.audio_samples(), 48000)
+    heard = find_pieces(received_env, envelope(first, RATE), slack=25)
+    heard += find_pieces(received_env, envelope(second, RATE), start=heard[-1][0], slack=25)
+    heard_corrs = np.array([c for _, c in heard])
+    print(f"heard speech: piece correlations {np.round(heard_corrs, 2).tolist()}")
+    assert (heard_corrs > 0.7).mean() >= 0.7, heard_corrs
 
 def mouth_opening(frames: list[np.ndarray], rest: np.ndarray, box: tuple[int, int, int, int], search: int = 6) -> np.ndarray:
     """How far each grey frame's mouth is from the resting one: mean absolute difference in ``box``,
@@ -220,6 +254,7 @@ async def test_interrupt_mid_utterance(server, utterances) -> None:
     first, second = utterances
     speech = np.concatenate([second, first])  # ~6 s: interrupted after ~2 s
     peer = await watch_pushed_session(server)
+    recorder = SlotRecorder(server.state["sessions"].get(peer.session_id))
     socket = await SpeechSocket.connect(server.url, peer.session_id)
     try:
         await asyncio.sleep(1.0)
@@ -233,30 +268,33 @@ async def test_interrupt_mid_utterance(server, utterances) -> None:
         await asyncio.sleep(1.0)
         stats = (await request(server.url, "GET", f"/sessions/{peer.session_id}/stats")).body
     finally:
+        recorder.close()
         await socket.close()
         await peer.close()
 
     assert finished.body["interrupted"] is True, finished.body
     position = finished.body["position_s"]
-    assert 1.7 < position < 2.4, position  # ~2 s after speaking_started
+    assert 1.0 < position < 2.4, position  # 2 s after speaking_started (less if a starved CPU repeated frames)
     assert finished.arrival - interrupted_at < 0.2, "speaking_finished must answer the interrupt at once"
     assert stats["speech_input"]["utterances_queued"] == 0 and stats["speech_input"]["queued_s"] == 0
     assert stats["state"] == "live"
 
-    # -- the position is what the peer heard: the speech up to it, silence from just after it
-    received_env = envelope(peer.audio_samples(), 48000)
+    # -- the position is what was played: the speech up to it, silence from just after it
+    played_env = envelope(recorder.audio(), 48000)
     reference_env = envelope(speech, RATE)
-    head = reference_env[: int(1.0 / ENV_S)]
-    start, corr = find_in(received_env, head)
-    assert corr > 0.7, corr
-    heard = received_env[start : start + reference_env.size]
+    start, corr = find_in(played_env, reference_env[: int(1.0 / ENV_S)])
+    assert corr > 0.9, corr
+    played = played_env[start : start + reference_env.size]
     cut = int(round(position / ENV_S))
     loud = reference_env > 0.02
     before_cut = slice(0, cut - int(0.1 / ENV_S))
-    assert (heard[before_cut][loud[before_cut]] > 0.005).mean() > 0.9, "speech before the position was not heard"
+    assert (played[before_cut][loud[before_cut]] > 0.005).mean() > 0.95, "speech before the position was not played"
     after_cut = slice(cut + int(0.1 / ENV_S), cut + int(0.6 / ENV_S))
     assert loud[after_cut].sum() >= 5, "the test should cut through speech"
-    assert heard[after_cut].max() < 0.005, f"speech was heard more than 100 ms after position_s={position}"
+    assert played[after_cut].max() < 0.005, f"speech was played more than 100 ms after position_s={position}"
+    # the peer hears silence from then on too
+    late = [a.samples for a in peer.audio_frames if a.arrival > interrupted_at + 0.3]
+    assert late and np.sqrt(np.mean(np.concatenate(late) ** 2)) < 0.005, "the peer still hears speech after the interrupt"
 
     # -- the mouth closes within 200 ms of the interrupt
     box = mouth_box(server.state["avatars"].get(None))

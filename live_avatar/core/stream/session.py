@@ -104,6 +104,7 @@ class StreamSession:
         self._epoch = 0  # bumped by interrupt(); results of older epochs are discarded
         self._reset_motion = False
         self._pending_change: tuple | None = None  # change_avatar() waiting for the next block
+        self._pushed_until = 0  # buffered: timeline index after the last pushed sample
 
         self._state = "created"  # created -> running -> closed | error
         self._error: str | None = None
@@ -164,6 +165,7 @@ class StreamSession:
                     self._counters.late_dropped += drop
                     samples = samples[drop:]
             self._timeline.append(samples, t)
+            self._pushed_until = cursor + samples.size
             self._cond.notify_all()
             return cursor if samples.size else None
 
@@ -206,6 +208,7 @@ class StreamSession:
             if self.config.buffered:
                 # The unplayed speech is gone; what comes next is a new utterance after silence.
                 self._timeline.truncate(restart * self.samples_per_frame)
+                self._pushed_until = min(self._pushed_until, restart * self.samples_per_frame)
             self._speech.rewind(restart)  # live: the audio stays and is generated again, onsets too
             self._reset_motion = True
             self._cond.notify_all()
@@ -371,6 +374,8 @@ class StreamSession:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
                 target = schedule.catch_up_target(f, now)
+                if target is not None and cfg.buffered and self._pushed_until > f * self.samples_per_frame:
+                    target = None  # buffered: pushed speech is played late rather than skipped
                 if target is not None:  # behind the playout by more than a block: skip
                     self._skip_to(target)
                     continue

@@ -226,7 +226,7 @@ class Playout:
         """Slots that passed while the loop was busy take their frames with them; otherwise every
         stall would add its length to the latency for good."""
         self.counters.slots_skipped += n
-        if self._next is None:
+        if self._next is None or self._keep_every_frame:  # pushed speech: played late rather than lost
             return
         self._next += n
         self._drop_before(self._next)
