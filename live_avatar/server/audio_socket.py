@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -97,7 +98,7 @@ class AudioSocket:
             self._events.put_nowait(None) if not self._events.full() else None
             try:
                 await asyncio.wait_for(writer, 2.0)  # the last events (e.g. "the session ended")
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
             await self.ws.close()
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from live_avatar.core.contract import ChangeNotSupported
 from live_avatar.server.media.playout import OutputSlot
@@ -69,7 +70,7 @@ class AvatarChanges:
         session.stats_sections["avatar"] = self.stats
 
     @classmethod
-    def of(cls, session: Any) -> "AvatarChanges":
+    def of(cls, session: Any) -> AvatarChanges:
         """The session's tracker (made on first use: sessions opened without one show the default)."""
         return getattr(session, "avatar_changes", None) or cls(session, None, None)
 

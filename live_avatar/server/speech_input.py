@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from live_avatar.core.audio import AudioIngest
 from live_avatar.core.stream.session import BufferFullError

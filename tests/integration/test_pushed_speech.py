@@ -10,6 +10,7 @@ portrait change with PATCH. Bounds are loose where a shared 2-core CPU makes tim
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import aiohttp
@@ -22,7 +23,13 @@ from yarl import URL
 from live_avatar.core.portraits import default_portrait
 from live_avatar.server.config import ServerConfig
 from tests.support.inprocess import serve_in_process
-from tests.support.live_checks import assert_json_error, lite_engine_of_capacity, offer_sdp, request, upload_form
+from tests.support.live_checks import (
+    assert_json_error,
+    lite_engine_of_capacity,
+    offer_sdp,
+    request,
+    upload_form,
+)
 from tests.support.loopback_analysis import mouth_activity
 from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
 from tests.support.speech import espeak_speech, trim_silence
@@ -85,7 +92,7 @@ def find_in(received_env: np.ndarray, reference_env: np.ndarray) -> tuple[int, f
     normalised correlation there."""
     ref = reference_env - reference_env.mean()
     best = (0, -1.0)
-    for offset in range(0, received_env.size - reference_env.size + 1):
+    for offset in range(received_env.size - reference_env.size + 1):
         window = received_env[offset : offset + reference_env.size]
         window = window - window.mean()
         denom = np.linalg.norm(window) * np.linalg.norm(ref)
@@ -145,7 +152,7 @@ def check_utterance_events(events: list[dict], pushed_s: float) -> None:
     assert kinds[0] == "speaking_started" and kinds[-1] == "speaking_finished", kinds
     assert set(kinds[1:-1]) <= {"playback_position"}, kinds
     positions = [e["position_s"] for e in events]
-    assert all(b >= a for a, b in zip(positions, positions[1:])), positions
+    assert all(b >= a for a, b in itertools.pairwise(positions)), positions
     assert 0.0 <= positions[0] <= 0.1, positions
     assert events[-1]["interrupted"] is False
     assert abs(events[-1]["position_s"] - pushed_s) <= 0.03, (events[-1], pushed_s)
@@ -285,7 +292,7 @@ async def test_interrupt_mid_utterance(server, utterances) -> None:
     start, corr = find_in(played_env, reference_env[: int(1.0 / ENV_S)])
     assert corr > 0.9, corr
     played = played_env[start : start + reference_env.size]
-    cut = int(round(position / ENV_S))
+    cut = round(position / ENV_S)
     loud = reference_env > 0.02
     before_cut = slice(0, cut - int(0.1 / ENV_S))
     assert (played[before_cut][loud[before_cut]] > 0.005).mean() > 0.95, "speech before the position was not played"
@@ -306,9 +313,9 @@ async def test_interrupt_mid_utterance(server, utterances) -> None:
     open_after = mouth_opening([f.image for f in after], rest, box)
     near = frames_between(peer, interrupted_at - 0.2, interrupted_at + 0.4)
     trace = mouth_opening([f.image for f in near], rest, box)
-    print("opening: talking p90 %.2f, rest max %.2f, after %.2f..%.2f; around the interrupt %s" % (
-        np.percentile(open_talking, 90), open_rest.max(), open_after.min(), open_after.max(),
-        [(round(f.arrival - interrupted_at, 2), round(v, 1)) for f, v in zip(near, trace)]))
+    around = [(round(f.arrival - interrupted_at, 2), round(v, 1)) for f, v in zip(near, trace, strict=True)]
+    print(f"opening: talking p90 {np.percentile(open_talking, 90):.2f}, rest max {open_rest.max():.2f}, "
+          f"after {open_after.min():.2f}..{open_after.max():.2f}; around the interrupt {around}")
     closed = open_rest.max() + 0.25 * (np.percentile(open_talking, 90) - open_rest.max())
     assert np.percentile(open_talking, 90) > 2 * open_rest.max() + 1.0
     assert open_after.max() <= closed, (open_after.max(), closed)

@@ -31,7 +31,7 @@ class SpeechSocket:
     _new_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def connect(cls, base_url: str, session_id: str, **kwargs) -> "SpeechSocket":
+    async def connect(cls, base_url: str, session_id: str, **kwargs) -> SpeechSocket:
         http = aiohttp.ClientSession()
         try:
             ws = await http.ws_connect(f"{base_url}/sessions/{session_id}/audio", **kwargs)
@@ -81,7 +81,7 @@ class SpeechSocket:
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def close(self) -> None:
