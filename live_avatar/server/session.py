@@ -97,6 +97,7 @@ class AvatarSession:
         # "peer": the WebRTC peer's microphone; "websocket": speech pushed over /sessions/{id}/audio
         self.audio_source = "peer"
         self.speech: Any = None  # server/speech_input.SpeechInput when audio_source is "websocket"
+        self.avatar_changes: Any = None  # server/avatar_changes.AvatarChanges: live avatar/prompt, PATCH
         self._slot_listeners: list[Callable[[OutputSlot], None]] = []
         self._interrupt_listeners: list[Callable[[], None]] = []
         self.stats_sections: dict[str, Callable[[], Any]] = {}  # more parts of stats(), by key
