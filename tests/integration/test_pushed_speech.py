@@ -10,6 +10,7 @@ portrait change with PATCH. Bounds are loose where a shared 2-core CPU makes tim
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
 
@@ -20,12 +21,12 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
+from live_avatar.core.engines import load_engine
 from live_avatar.core.portraits import default_portrait
 from live_avatar.server.config import ServerConfig
 from tests.support.inprocess import serve_in_process
 from tests.support.live_checks import (
     assert_json_error,
-    lite_engine_of_capacity,
     offer_sdp,
     request,
     upload_form,
@@ -53,8 +54,19 @@ def utterances() -> tuple[np.ndarray, np.ndarray]:
 async def server():
     config = ServerConfig(port=0)
     config.audio_socket.max_buffered_s = 20.0  # the bad-input test overfills it
-    async with serve_in_process(config, engine=lite_engine_of_capacity(4)) as running:
-        yield running
+    # 256x256: a quarter of the default's pixels to render, encode and decode, so that these timing
+    # checks hold on a CPU shared with other jobs (the mouth and face checks do not need more)
+    engine = load_engine("lite", size="256*256")
+    engine.capacity = 4
+    async with serve_in_process(config, engine=engine) as running:
+        # as `avatar serve` does after start-up (server/gc_tuning.py): without it a full collection
+        # walks the test process's whole heap, a 300 ms stall of every live session
+        gc.collect()
+        gc.freeze()
+        try:
+            yield running
+        finally:
+            gc.unfreeze()
 
 
 def mouth_box(avatar) -> tuple[int, int, int, int]:
@@ -141,9 +153,24 @@ class SlotRecorder:
         a late one was awaited, carries silence and is left out)."""
         return np.concatenate([slot.audio for _, slot in self.slots if not slot.repeated]).astype(np.float32) / 32768.0
 
+    def grey_frames(self, t0: float, t1: float) -> list[tuple[float, np.ndarray]]:
+        """(due time, grey image) of the slots due in [t0, t1)."""
+        return [(slot.due, cv2.cvtColor(slot.frame, cv2.COLOR_RGB2GRAY)) for _, slot in self.slots if t0 <= slot.due < t1]
+
     def close(self) -> None:
         self._sub.close()
         self._task.cancel()
+
+
+def assert_every_slot(recorder: SlotRecorder, t0: float, t1: float) -> None:
+    """The playout published a slot every 1/25 s in [t0, t1), nearly all with a new frame. Two
+    may be missing: an event loop that wakes a frame late (a CPU shared with other jobs) skips one."""
+    played = [slot for _, slot in recorder.slots if t0 <= slot.due < t1]
+    numbers = [slot.slot for slot in played]
+    missing = numbers[-1] - numbers[0] + 1 - len(numbers)
+    holes = [(round(a.due - t0, 2), b.slot - a.slot - 1) for a, b in itertools.pairwise(played) if b.slot - a.slot > 1]
+    assert len(numbers) >= 25 * (t1 - t0) - 3 and missing <= 2, f"{missing} slots missing: (s after the start, slots) {holes}"
+    assert sum(slot.repeated for slot in played) <= 5, "frames were late"
 
 
 def check_utterance_events(events: list[dict], pushed_s: float) -> None:
@@ -199,12 +226,13 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     assert stats["speech_input"]["pushed_s"] == pytest.approx(len1 + len2, abs=0.01)
     assert stats["speech_input"]["refused_messages"] == 0 and stats["stream"]["mode"] == "buffered"
 
-    # -- 25 fps video without gaps
+    # -- 25 fps video without gaps: every slot played, and the peer got about that many frames
+    # (arrival times are looser: a CPU shared with other jobs delays the receiving side now and then)
+    assert_every_slot(recorder, started1.arrival - 1.0, finished2.arrival)
     arrivals = np.array([f.arrival for f in peer.video_frames])
     span = arrivals[(arrivals > started1.arrival - 1.0) & (arrivals < finished2.arrival)]
     fps = (span.size - 1) / (span[-1] - span[0])
-    assert 22.0 <= fps <= 28.0, f"received {fps:.1f} fps"
-    assert np.diff(span).max() < 0.3, f"a {np.diff(span).max():.2f} s gap in the video"
+    assert 20.0 <= fps <= 30.0, f"received {fps:.1f} fps"
 
     # -- the mouth moves with the speech and rests in the pause (and before it)
     box = mouth_box(server.state["avatars"].get(None))
@@ -230,7 +258,7 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     print(f"played speech: piece correlations {np.round(corrs, 2).tolist()}, pause {gap_s:.2f} s")
     assert corrs.min() > 0.9, corrs
     assert 1.2 < gap_s < 2.5, gap_s  # the client's 1.5 s pause (+ the event's and the push's latency)
-    assert played_env[pieces1[-1][0] + int(0.6 / ENV_S) + 5 : pieces2[0][0] - 5].max() < 0.01, "the pause is not silent"
+    assert played_env[pieces1[0][0] + int(len1 / ENV_S) + 5 : pieces2[0][0] - 5].max() < 0.01, "the pause is not silent"
 
     # -- and the peer heard it. Looser: on a starved CPU the outgoing track skips stale slots (it
     # catches up rather than stay late, tracks.py), which leaves holes in what the peer gets.
@@ -241,20 +269,12 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     print(f"heard speech: piece correlations {np.round(heard_corrs, 2).tolist()}")
     assert (heard_corrs > 0.7).mean() >= 0.7, heard_corrs
 
-def mouth_opening(frames: list[np.ndarray], rest: np.ndarray, box: tuple[int, int, int, int], search: int = 6) -> np.ndarray:
-    """How far each grey frame's mouth is from the resting one: mean absolute difference in ``box``,
-    at the best small shift (the head moves a few pixels; an open mouth changes the region far more)."""
+def mouth_opening(frames: list[np.ndarray], rest: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """How open the mouth is in each grey frame: the share of the mouth region darker than anything
+    in it at rest (the open mouth's cavity is the darkest thing there; moving the head is not)."""
     x0, y0, x1, y1 = box
-    template = rest[y0:y1, x0:x1].astype(np.float32)
-    out = np.empty(len(frames))
-    for i, frame in enumerate(frames):
-        f = frame.astype(np.float32)
-        out[i] = min(
-            float(np.abs(f[y0 + dy : y1 + dy, x0 + dx : x1 + dx] - template).mean())
-            for dy in range(-search, search + 1, 2)
-            for dx in range(-search, search + 1, 2)
-        )
-    return out
+    darkest_at_rest = float(np.percentile(rest[y0:y1, x0:x1], 1)) - 8.0
+    return np.array([float((frame[y0:y1, x0:x1] < darkest_at_rest).mean()) for frame in frames])
 
 
 async def test_interrupt_mid_utterance(server, utterances) -> None:
@@ -303,22 +323,22 @@ async def test_interrupt_mid_utterance(server, utterances) -> None:
     late = [a.samples for a in peer.audio_frames if a.arrival > interrupted_at + 0.3]
     assert late and np.sqrt(np.mean(np.concatenate(late) ** 2)) < 0.005, "the peer still hears speech after the interrupt"
 
-    # -- the mouth closes within 200 ms of the interrupt
+    # -- the mouth closes within 200 ms of the interrupt: in what the session played (slot due
+    # times), and, looser, at the peer (its frames arrive late when the shared CPU stalls)
     box = mouth_box(server.state["avatars"].get(None))
     rest = np.median(np.stack(rest_frames), axis=0)
-    talking = frames_between(peer, started.arrival + 0.3, interrupted_at)
-    after = frames_between(peer, interrupted_at + 0.2, interrupted_at + 1.0)
-    open_talking = mouth_opening([f.image for f in talking], rest, box)
-    open_rest = mouth_opening(rest_frames, rest, box)
-    open_after = mouth_opening([f.image for f in after], rest, box)
-    near = frames_between(peer, interrupted_at - 0.2, interrupted_at + 0.4)
-    trace = mouth_opening([f.image for f in near], rest, box)
-    around = [(round(f.arrival - interrupted_at, 2), round(v, 1)) for f, v in zip(near, trace, strict=True)]
-    print(f"opening: talking p90 {np.percentile(open_talking, 90):.2f}, rest max {open_rest.max():.2f}, "
-          f"after {open_after.min():.2f}..{open_after.max():.2f}; around the interrupt {around}")
-    closed = open_rest.max() + 0.25 * (np.percentile(open_talking, 90) - open_rest.max())
-    assert np.percentile(open_talking, 90) > 2 * open_rest.max() + 1.0
-    assert open_after.max() <= closed, (open_after.max(), closed)
+    talking = mouth_opening([g for _, g in recorder.grey_frames(started.arrival + 0.3, interrupted_at)], rest, box)
+    at_rest = mouth_opening(rest_frames, rest, box)
+    near = recorder.grey_frames(interrupted_at - 0.2, interrupted_at + 0.4)
+    trace = mouth_opening([g for _, g in near], rest, box)
+    closed = at_rest.max() + 0.2 * (np.percentile(talking, 90) - at_rest.max())
+    print(f"opening: talking p90 {np.percentile(talking, 90):.3f}, rest max {at_rest.max():.3f}, closed below {closed:.3f}; "
+          f"around the interrupt {[(round(due - interrupted_at, 2), round(v, 3)) for (due, _), v in zip(near, trace, strict=True)]}")
+    assert np.percentile(talking, 90) > at_rest.max() + 0.05
+    after = np.array([v for (due, _), v in zip(near, trace, strict=True) if due >= interrupted_at + 0.2])
+    assert after.size >= 4 and after.max() <= closed, (after, closed)
+    heard_after = [f.image for f in frames_between(peer, interrupted_at + 0.5, interrupted_at + 1.0)]
+    assert heard_after and mouth_opening(heard_after, rest, box).max() <= closed
 
 
 def other_portrait() -> np.ndarray:
@@ -341,6 +361,7 @@ async def test_patch_changes_the_face_without_a_gap(server) -> None:
         assert upload.status == 201, upload.body
         new_id = upload.body["avatar_id"]
         peer = await watch_pushed_session(server)
+        recorder = SlotRecorder(server.state["sessions"].get(peer.session_id))
         owner = browser.cookie_jar.filter_cookies(URL(server.url))["avatar_owner"].value  # the socket is the same browser
         socket = await SpeechSocket.connect(server.url, peer.session_id, headers={"Cookie": f"avatar_owner={owner}"})
         try:
@@ -359,6 +380,7 @@ async def test_patch_changes_the_face_without_a_gap(server) -> None:
             await socket.send({"type": "update", "avatar_id": "nope"})
             refused = await socket.wait_for("error", after=n)
         finally:
+            recorder.close()
             await socket.close()
             await peer.close()
 
@@ -369,17 +391,26 @@ async def test_patch_changes_the_face_without_a_gap(server) -> None:
     assert prompt_updated.body == {"type": "updated", "avatar_id": new_id, "prompt": "a calm host"}
     assert "unknown avatar_id" in refused.body["error"]
 
+    def nearer_new(image: np.ndarray) -> bool:
+        return np.abs(image - new_still).mean() < np.abs(image - old_still).mean()
+
+    # -- what the session played: every slot, the old face until the PATCH, the new one within 1 s
+    assert_every_slot(recorder, patched_at - 1.0, patched_at + 2.0)
+    played = [slot for _, slot in recorder.slots if patched_at - 1.0 <= slot.due < patched_at + 2.0]
+    new_face = np.array([nearer_new(cv2.cvtColor(slot.frame, cv2.COLOR_RGB2GRAY)) for slot in played])
+    dues = np.array([slot.due for slot in played])
+    switched = dues[new_face].min() - patched_at
+    assert not new_face[dues < patched_at].any() and new_face[dues >= patched_at + switched].all()
+    assert switched < 1.0, switched
+
+    # -- and the peer got it: the new face after one second, about 25 fps (arrival times: looser,
+    # a CPU shared with other jobs delays the receiving side now and then)
     frames = frames_between(peer, patched_at - 1.0, patched_at + 2.0)
-    nearer_new = np.array([np.abs(f.image - new_still).mean() < np.abs(f.image - old_still).mean() for f in frames])
     arrivals = np.array([f.arrival for f in frames])
-    assert not nearer_new[arrivals < patched_at].any(), "the new face showed before the PATCH"
-    assert nearer_new[arrivals > patched_at + 1.0].all(), "the new face is not there one second after the PATCH"
-    switched = arrivals[nearer_new].min() - patched_at
-    gaps = np.diff(arrivals)
+    assert all(nearer_new(f.image) for f in frames if f.arrival > patched_at + 1.0)
     fps = (arrivals.size - 1) / (arrivals[-1] - arrivals[0])
-    print(f"new face after {switched * 1000:.0f} ms; fps {fps:.1f}, largest gap {gaps.max() * 1000:.0f} ms")
-    assert switched < 1.0
-    assert 22.0 <= fps <= 28.0 and gaps.max() < 0.25, (fps, gaps.max())
+    print(f"new face played {switched * 1000:.0f} ms after the PATCH; peer fps {fps:.1f}, largest gap {np.diff(arrivals).max() * 1000:.0f} ms")
+    assert 18.0 <= fps <= 30.0, fps
 
 
 async def test_bad_input_gets_clear_errors_and_the_session_keeps_running(server) -> None:
