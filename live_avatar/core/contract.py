@@ -105,7 +105,16 @@ class BlockGenerator(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Optional: ``change_avatar(avatar=None, prompt=None) -> int`` switches the portrait and/or the
+    # prompt mid-session (None: unchanged; prompt "": the engine's default). The runtime calls it
+    # between blocks; it returns how many frames after the next block's first frame the change
+    # shows (0: at once). A generator without it cannot change either mid-session.
+
     def close(self) -> None: ...
+
+
+class ChangeNotSupported(RuntimeError):
+    """The engine cannot change the avatar or prompt of a running session (message is user-facing)."""
 
 
 @runtime_checkable

@@ -76,6 +76,26 @@ class CorsConfig:
 
 
 @dataclass
+class AudioSocketConfig:
+    """Sessions driven by pushed speech (POST /sessions, GET /sessions/{id}/audio): speech_input.py."""
+
+    max_buffered_s: float = 60.0  # pushed speech waiting to be played; beyond it a message is refused (error event)
+    position_interval_s: float = 0.25  # playback_position events while speaking
+    idle_timeout_s: float = 60.0  # a POST /sessions session with no audio WebSocket this long ends
+    max_message_bytes: int = 4 * 1024 * 1024  # one WebSocket message (a larger one closes the socket: 1009)
+    heartbeat_s: float = 20.0  # WebSocket ping interval; a peer that stops answering is dropped
+
+    def __post_init__(self) -> None:
+        for name in ("max_buffered_s", "position_interval_s", "idle_timeout_s", "heartbeat_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"must be positive, got {getattr(self, name)}", key=f"audio_socket.{name}")
+        if self.position_interval_s > 0.5:
+            raise ConfigError("must be at most 0.5 (the protocol promises a position every 0.5 s)", key="audio_socket.position_interval_s")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"must be at least 1024, got {self.max_message_bytes}", key="audio_socket.max_message_bytes")
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -87,6 +107,7 @@ class ServerConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
+    audio_socket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
 
     def ice_host_addresses(self) -> list[str] | None:
         """Addresses to offer as host candidates; None means every non-loopback interface."""

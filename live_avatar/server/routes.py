@@ -23,6 +23,7 @@ from live_avatar.server.config import ServerConfig
 from live_avatar.server.http_errors import describe_multipart_error
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.rate_limits import SlidingWindowLimit
+from live_avatar.server.session_routes import AUDIO_SOURCES, PushedSpeechRoutes, describe_session, session_paths
 from live_avatar.server.sessions import CapacityError, ClientLimitError, SessionManager
 from live_avatar.server.webrtc.signaling import OfferError, PeerConnector, check_offer
 
@@ -69,6 +70,7 @@ class Api:
         r.add_post("/sessions/{session_id}/interrupt", self.interrupt)
         r.add_delete("/sessions/{session_id}", self.delete_session)
         r.add_get("/sessions/{session_id}/stats", self.session_stats)
+        PushedSpeechRoutes(self).register(app)  # POST /sessions, PATCH /sessions/{id}, GET /sessions/{id}/audio
         if CLIENT_DIR.is_dir():
             self.open_resources.append(r.add_static("/static/", CLIENT_DIR, show_index=False))
             # the page links its files relatively (app.js, style.css): serve them at the root too
@@ -131,11 +133,12 @@ class Api:
             return json_error(400, "the request body must be a JSON object: {sdp, type, avatar_id?, prompt?}")
         if params.get("type", "offer") != "offer":
             return json_error(400, f"expected type 'offer', got {params.get('type')!r}")
-        result = await self._open(params.get("sdp"), params.get("avatar_id"), params.get("prompt"), caller_of(request))
+        result = await self._open(params.get("sdp"), params.get("avatar_id"), params.get("prompt"), caller_of(request),
+                                  params.get("audio_source", "peer"))
         if isinstance(result, web.Response):
             return result
         session, answer = result
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id, **session_paths(session)})
 
     async def whip(self, request: web.Request) -> web.Response:
         if request.content_type != "application/sdp":
@@ -147,7 +150,8 @@ class Api:
             sdp = body.decode("utf-8")
         except UnicodeDecodeError:
             return json_error(400, "the SDP offer is not valid UTF-8")
-        result = await self._open(sdp, request.query.get("avatar_id"), request.query.get("prompt"), caller_of(request))
+        result = await self._open(sdp, request.query.get("avatar_id"), request.query.get("prompt"), caller_of(request),
+                                  request.query.get("audio_source", "peer"))
         if isinstance(result, web.Response):
             return result
         session, answer = result
@@ -158,9 +162,12 @@ class Api:
             headers={"Location": f"/whip/{session.id}", "X-Session-Id": session.id},
         )
 
-    async def _open(self, sdp: Any, avatar_id: Any, prompt: Any, caller: Caller):
+    async def _open(self, sdp: Any, avatar_id: Any, prompt: Any, caller: Caller, audio_source: Any = "peer"):
+        if audio_source not in AUDIO_SOURCES:
+            return json_error(400, f"audio_source must be one of {', '.join(AUDIO_SOURCES)}, got {audio_source!r}")
+        pushed = audio_source == "websocket"
         try:
-            offer = check_offer(sdp, self.config.limits.max_sdp_bytes)
+            offer = check_offer(sdp, self.config.limits.max_sdp_bytes, needs_microphone=not pushed)
         except OfferError as exc:
             return json_error(exc.status, str(exc))
         if avatar_id is not None and not isinstance(avatar_id, str):
@@ -172,7 +179,11 @@ class Api:
         except KeyError:  # someone else's upload is as unknown as one that never was
             return json_error(404, f"unknown avatar_id {avatar_id!r}; upload one with POST /avatars")
         try:
-            return await self.connector.answer(offer, avatar, prompt or None, caller.client)
+            session, answer = await self.connector.answer(
+                offer, avatar, prompt or None, caller.client, self.config.audio_socket.max_buffered_s if pushed else None
+            )
+            describe_session(session, self.config.audio_socket, avatar_id, prompt, pushed_speech=pushed)
+            return session, answer
         except OfferError as exc:
             return json_error(exc.status, str(exc))
         except CapacityError as exc:

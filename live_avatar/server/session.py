@@ -81,6 +81,7 @@ class AvatarSession:
             playout_delay_s=config.playout_delay_ms / 1000.0,
             max_buffered_frames=config.max_buffered_frames,
             on_slot=self._on_slot,
+            keep_every_frame=bool(getattr(getattr(stream, "config", None), "buffered", False)),
         )
         self.first_audio_at: float | None = None
         self.last_audio_at: float | None = None
@@ -93,6 +94,13 @@ class AvatarSession:
         self._closing: asyncio.Task | None = None
         self._close_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._reported = {"sent": 0, "repeated": 0, "dropped": 0}
+        # "peer": the WebRTC peer's microphone; "websocket": speech pushed over /sessions/{id}/audio
+        self.audio_source = "peer"
+        self.speech: Any = None  # server/speech_input.SpeechInput when audio_source is "websocket"
+        self.avatar_changes: Any = None  # server/avatar_changes.AvatarChanges: live avatar/prompt, PATCH
+        self._slot_listeners: list[Callable[[OutputSlot], None]] = []
+        self._interrupt_listeners: list[Callable[[], None]] = []
+        self.stats_sections: dict[str, Callable[[], Any]] = {}  # more parts of stats(), by key
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,15 +173,17 @@ class AvatarSession:
                 await result
 
     # -- audio in (producer independent) -------------------------------------------------------
-    def push_audio(self, samples_16k: np.ndarray, t_arrival: float | None = None) -> None:
+    def push_audio(self, samples_16k: np.ndarray, t_arrival: float | None = None) -> int | None:
+        """Returns the session timeline index of the first sample (see StreamSession.push_audio)."""
         if self.state == "closed":
-            return
+            return None
         t = time.monotonic() if t_arrival is None else t_arrival
         if self.first_audio_at is None:
             self.first_audio_at = t
         self.last_audio_at = t
         if samples_16k.size:
-            self.stream.push_audio(samples_16k, t)
+            return self.stream.push_audio(samples_16k, t)
+        return None
 
     def end_of_speech(self) -> None:
         if self.state != "closed":
@@ -184,7 +194,17 @@ class AvatarSession:
         position in seconds."""
         position = float(self.stream.interrupt())
         self.playout.discard_buffered()
+        for listener in list(self._interrupt_listeners):
+            listener()
         return position
+
+    def add_slot_listener(self, listener: Callable[[OutputSlot], None]) -> None:
+        """Called on the event loop with every slot the playout publishes (playback positions)."""
+        self._slot_listeners.append(listener)
+
+    def add_interrupt_listener(self, listener: Callable[[], None]) -> None:
+        """Called after every interrupt (whoever asked for it: HTTP or a producer)."""
+        self._interrupt_listeners.append(listener)
 
     def attach_audio_track(self, track: MediaStreamTrack) -> None:
         """Feed a WebRTC audio track (any rate/layout) into ``push_audio``."""
@@ -240,6 +260,11 @@ class AvatarSession:
                 self.stream.note_played(slot.frame_index)
         except Exception:
             log.exception("session %s: note_played failed", self.id)
+        for listener in self._slot_listeners:
+            try:
+                listener(slot)
+            except Exception:
+                log.exception("session %s: slot listener failed", self.id)
 
     def report_counters(self) -> None:
         """Move playout counters into the process-wide Prometheus counters (deltas)."""
@@ -315,4 +340,5 @@ class AvatarSession:
                 },
             },
             "stream": stream_stats,
+            **{name: section() for name, section in self.stats_sections.items()},
         }

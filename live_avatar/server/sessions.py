@@ -65,9 +65,13 @@ class SessionManager:
                     f"(limits.max_sessions_per_client={self._max_per_client}); end one first"
                 )
 
-    async def create(self, avatar: Any, prompt: str | None, client: str | None = None) -> AvatarSession:
+    async def create(
+        self, avatar: Any, prompt: str | None, client: str | None = None, *, buffered_speech_s: float | None = None
+    ) -> AvatarSession:
         """Open an engine session (off the event loop: engines may load or warm up) and register
-        it; ``client`` (who asked, for the per-client limit) is kept on the session."""
+        it; ``client`` (who asked, for the per-client limit) is kept on the session.
+        ``buffered_speech_s``: the session plays pushed speech (a TTS over the audio WebSocket),
+        queued up to that many seconds, instead of a live microphone."""
         self.check_capacity(client)
         self._opening += 1
         if client is not None:
@@ -75,6 +79,10 @@ class SessionManager:
         try:
             # the runtime's schedule (and its skip-ahead rule) must know the playout's delay
             stream_config = StreamConfig(playout_margin_s=self._config.playout_delay_ms / 1000.0)
+            if buffered_speech_s is not None:
+                stream_config = StreamConfig(
+                    playout_margin_s=stream_config.playout_margin_s, buffered=True, max_buffered_audio_s=buffered_speech_s
+                )
             stream = await asyncio.to_thread(self._engine.open_session, avatar, prompt, config=stream_config)
         except EngineBusyError as exc:
             self._metrics.sessions_refused.inc()
@@ -86,6 +94,8 @@ class SessionManager:
                 if self._opening_by_client[client] <= 0:
                     del self._opening_by_client[client]
         session = AvatarSession(stream, self._config, self._metrics, client=client, on_closed=self._forget)
+        if buffered_speech_s is not None:
+            session.audio_source = "websocket"
         self._sessions[session.id] = session
         self._metrics.active_sessions.set(len(self._sessions))
         return session

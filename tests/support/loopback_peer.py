@@ -126,6 +126,7 @@ class LoopbackPeer:
         self.video_frames: list[ReceivedVideoFrame] = []
         self.audio_frames: list[ReceivedAudio] = []
         self.session_id: str | None = None
+        self.offer_answer: dict = {}
         self.location: str | None = None
         self.base_url: str | None = None
         self._tasks: list[asyncio.Task] = []
@@ -152,11 +153,14 @@ class LoopbackPeer:
             await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription
 
-    async def connect_offer(self, base_url: str, avatar_id: str | None = None, prompt: str | None = None) -> str:
-        """POST /offer; returns the session id. Raises RuntimeError with the server's error."""
+    async def connect_offer(
+        self, base_url: str, avatar_id: str | None = None, prompt: str | None = None, options: dict | None = None
+    ) -> str:
+        """POST /offer (``options``: more fields of its JSON, e.g. audio_source); returns the session
+        id, keeps the whole answer in ``offer_answer``. Raises RuntimeError with the server's error."""
         self.base_url = base_url.rstrip("/")
         offer = await self._local_offer()
-        body = {"sdp": offer.sdp, "type": offer.type}
+        body = {"sdp": offer.sdp, "type": offer.type, **(options or {})}
         if avatar_id:
             body["avatar_id"] = avatar_id
         if prompt:
@@ -167,6 +171,7 @@ class LoopbackPeer:
                 if resp.status != 200:
                     raise RuntimeError(f"/offer answered {resp.status}: {data.get('error')}")
         self.session_id = data["session_id"]
+        self.offer_answer = data
         await self._apply_answer(data["sdp"])
         return self.session_id
 

@@ -214,3 +214,32 @@ async def test_a_consumer_that_fell_behind_skips_stale_items_only_when_newer_one
     assert await sub.get_fresh(lambda i: i < 3) == 3  # 0..2 stale, 3 is fresh
     assert sub.skipped_stale == 3
     assert await sub.get_fresh(lambda i: True) == 4  # stale, but nothing newer: still delivered
+
+
+def test_pushed_speech_keeps_frames_with_sound_and_trims_only_silence() -> None:
+    """keep_every_frame (a buffered stream): a deep buffer is not trimmed while there is sound, a
+    stalled loop's slots do not take their frames along; a whole window of silence is trimmed."""
+    now = FakeTime()
+    clock = MediaClock(now=now)
+    fanout: Fanout[OutputSlot] = Fanout(default_maxsize=1000)
+    sub = fanout.subscribe("test")
+    playout = Playout(clock, fanout, upsample_x3, playout_delay_s=0.0, max_buffered_frames=200, keep_every_frame=True)
+    playout.add_chunk(chunk(1, 40))  # speech (audio k/1000 > 0), 40 frames ahead: far above the delay
+    for s in range(TRIM_WINDOW_SLOTS + 2):
+        emit(playout, clock, s)
+    playout._skip_slots(5)  # the loop stalled for 5 slots
+    emit(playout, clock, TRIM_WINDOW_SLOTS + 8)
+    shown = [x.frame_index for x in drain(sub)]
+    assert shown == list(range(1, TRIM_WINDOW_SLOTS + 4)), "every frame with sound is shown, in order"
+    assert playout.counters.frames_dropped == 0 and playout.counters.trims == 0
+
+    silent = chunk(100, 40)
+    silent.audio[:] = 0.0
+    playout.add_chunk(silent)
+    slot = TRIM_WINDOW_SLOTS + 9
+    for _ in range(3 * TRIM_WINDOW_SLOTS):
+        emit(playout, clock, slot)
+        slot += 1
+    later = [x.frame_index for x in drain(sub) if not x.repeated]
+    assert shown + [i for i in later if i < 100] == list(range(1, 41)), "no frame with sound was dropped"
+    assert playout.counters.trims >= 1 and playout.counters.frames_dropped > 0  # the silent surplus went

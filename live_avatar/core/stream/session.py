@@ -26,7 +26,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from live_avatar.core.audio.timeline import AudioTimeline
-from live_avatar.core.contract import AudioBlock, BlockGenerator, BlockTimings, Chunk
+from live_avatar.core.contract import AudioBlock, BlockGenerator, BlockTimings, ChangeNotSupported, Chunk
 from live_avatar.core.stream.budget import ComputeBudget
 from live_avatar.core.stream.config import StreamConfig
 from live_avatar.core.stream.input_clock import LiveInputClock
@@ -56,6 +56,7 @@ class _Job:
     audio_ready_at: float
     onset_arrivals: list[float]
     reset_motion: bool
+    change: tuple | None = None  # (avatar, prompt, on_applied) to apply before this block
 
 
 class StreamSession:
@@ -104,6 +105,8 @@ class StreamSession:
         self._played_frame = -1
         self._epoch = 0  # bumped by interrupt(); results of older epochs are discarded
         self._reset_motion = False
+        self._pending_change: tuple | None = None  # change_avatar() waiting for the next block
+        self._pushed_until = 0  # buffered: timeline index after the last pushed sample
 
         self._state = "created"  # created -> running -> closed | error
         self._error: str | None = None
@@ -126,11 +129,13 @@ class StreamSession:
         with self._cond:
             self._start_locked(time.monotonic() if t0 is None else float(t0))
 
-    def push_audio(self, samples: np.ndarray, t_arrival: float | None = None) -> None:
+    def push_audio(self, samples: np.ndarray, t_arrival: float | None = None) -> int | None:
         """Append 16 kHz mono float32 speech that arrived at ``t_arrival`` (default: now).
 
-        Never blocks. Raises ValueError on malformed samples and, in buffered mode,
-        BufferFullError when more than ``max_buffered_audio_s`` would wait to be generated.
+        Returns the timeline index of the first sample appended (frame k plays samples
+        [k*S, (k+1)*S)), None when nothing was appended. Never blocks. Raises ValueError on
+        malformed samples and, in buffered mode, BufferFullError when more than
+        ``max_buffered_audio_s`` would wait to be generated.
         """
         samples = _as_mono_float32(samples)
         now = time.monotonic()
@@ -139,10 +144,10 @@ class StreamSession:
             raise ValueError(f"t_arrival must be a time.monotonic() reading near now ({now:.3f}), got {t:.3f}")
         n = samples.shape[0]
         if n == 0:
-            return
+            return None
         with self._cond:
             if self._closing or self._state == "error":
-                return  # a producer racing close(): nothing to do with its audio
+                return None  # a producer racing close(): nothing to do with its audio
             if self._thread is None:
                 # Live: sample i nominally arrives at t0 + i/sr, so the packet's first sample is
                 # n/sr older than its arrival. Buffered: the producer is ahead of real time, so its
@@ -162,6 +167,24 @@ class StreamSession:
                     self._counters.late_dropped += drop
                     samples = samples[drop:]
             self._timeline.append(samples, t)
+            self._pushed_until = cursor + samples.size
+            self._cond.notify_all()
+            return cursor if samples.size else None
+
+    def change_avatar(self, avatar=None, prompt: str | None = None, on_applied=None) -> None:
+        """Switch the portrait and/or prompt at the next block (None: unchanged). ``on_applied(frame,
+        error)`` is called from the worker thread once the generator took it: ``frame`` is the first
+        frame that shows it. Raises ChangeNotSupported when the generator cannot change them."""
+        if not callable(getattr(self.generator, "change_avatar", None)):
+            raise ChangeNotSupported("this engine cannot change the avatar or prompt of a running session")
+        with self._cond:
+            if self._closing or self._state == "error":
+                raise RuntimeError("the stream session is closed")
+            if self._pending_change is not None:  # one not yet applied: merged, the newer values win
+                earlier_avatar, earlier_prompt, _ = self._pending_change
+                avatar = earlier_avatar if avatar is None else avatar
+                prompt = earlier_prompt if prompt is None else prompt
+            self._pending_change = (avatar, prompt, on_applied)
             self._cond.notify_all()
 
     def end_of_speech(self) -> None:
@@ -187,6 +210,7 @@ class StreamSession:
             if self.config.buffered:
                 # The unplayed speech is gone; what comes next is a new utterance after silence.
                 self._timeline.truncate(restart * self.samples_per_frame)
+                self._pushed_until = min(self._pushed_until, restart * self.samples_per_frame)
             self._speech.rewind(restart)  # live: the audio stays and is generated again, onsets too
             self._reset_motion = True
             self._cond.notify_all()
@@ -357,6 +381,8 @@ class StreamSession:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
                 target = schedule.catch_up_target(f, now)
+                if target is not None and cfg.buffered and self._pushed_until > f * self.samples_per_frame:
+                    target = None  # buffered: pushed speech is played late rather than skipped
                 if target is not None:  # behind the playout by more than a block: skip
                     self._skip_to(target)
                     continue
@@ -397,12 +423,30 @@ class StreamSession:
             end_of_speech=end_of_speech,
         )
         reset, self._reset_motion = self._reset_motion, False
+        change, self._pending_change = self._pending_change, None
         self._in_progress = f
-        return _Job(block, self._epoch, ready_at, onsets, reset)
+        return _Job(block, self._epoch, ready_at, onsets, reset, change)
+
+    def _apply_change(self, change: tuple, first_frame: int) -> None:
+        """A change the generator refuses (a portrait of another size...) is reported, never fatal."""
+        avatar, prompt, on_applied = change
+        try:
+            delay = int(self.generator.change_avatar(avatar, prompt) or 0)
+            result: tuple = (first_frame + delay, None)
+        except Exception as exc:  # noqa: BLE001 - the session goes on with what it had
+            logger.warning("changing the avatar/prompt failed: %s", exc)
+            result = (None, exc)
+        if on_applied is not None:
+            try:
+                on_applied(*result)
+            except Exception:  # noqa: BLE001
+                logger.exception("change_avatar callback failed")
 
     def _run_job(self, job: _Job) -> None:
         if job.reset_motion:
             self.generator.reset_motion_to_idle()
+        if job.change is not None:
+            self._apply_change(job.change, job.block.first_frame)
         block = job.block
         started = time.monotonic()
         frames = self.generator.generate(block)

@@ -77,8 +77,12 @@ class Playout:
         playout_delay_s: float,
         max_buffered_frames: int,
         on_slot: Callable[[OutputSlot, list[float]], None] | None = None,
+        keep_every_frame: bool = False,
     ) -> None:
         self.clock = clock
+        # pushed speech (a buffered stream, generated ahead by design): frames with sound are
+        # dropped only beyond max_buffered_frames, never to trim latency or after a stall
+        self._keep_every_frame = keep_every_frame
         self.fanout = fanout
         self._upsample = upsample
         self._playout_delay_s = playout_delay_s
@@ -97,6 +101,7 @@ class Playout:
         self._last_index = -1
         self._min_depth = 1 << 30  # smallest buffer depth seen in the current trim window
         self._window_slots = 0
+        self._window_sound = False  # a frame with sound went out in the current trim window
         self._started = asyncio.Event()
         self._closed = False
         self.counters = PlayoutCounters()
@@ -152,6 +157,8 @@ class Playout:
         return pending[:need]
 
     def _ahead_limit(self) -> int:
+        if self._keep_every_frame:
+            return self._max_buffered
         return min(self._max_buffered, 2 * self._largest_chunk + self._delay_frames + 2)
 
     def _bound_backlog(self) -> None:
@@ -168,12 +175,18 @@ class Playout:
         if self._window_slots < TRIM_WINDOW_SLOTS:
             return
         surplus = min(self._min_depth - self._delay_frames, len(self._buffer))
-        if surplus > 0:
-            for _ in range(surplus):
-                self._drop_oldest()
+        if self._keep_every_frame and self._window_sound:
+            surplus = 0  # pushed speech: trim only after a whole window of silence
+        dropped = 0
+        for _ in range(max(surplus, 0)):
+            if self._keep_every_frame and np.any(next(iter(self._buffer.values())).audio):
+                break  # pushed speech: only silent frames go (a stall's delay is won back in a pause)
+            self._drop_oldest()
+            dropped += 1
+        if dropped:
             self.counters.trims += 1
             self._next = next(iter(self._buffer), self._next)
-        self._min_depth, self._window_slots = 1 << 30, 0
+        self._min_depth, self._window_slots, self._window_sound = 1 << 30, 0, False
 
     def discard_buffered(self) -> int:
         """Barge-in: frames waiting for their slot are not played (the speech stops now)."""
@@ -218,7 +231,7 @@ class Playout:
         """Slots that passed while the loop was busy take their frames with them; otherwise every
         stall would add its length to the latency for good."""
         self.counters.slots_skipped += n
-        if self._next is None:
+        if self._next is None or self._keep_every_frame:  # pushed speech: played late rather than lost
             return
         self._next += n
         self._drop_before(self._next)
@@ -258,6 +271,7 @@ class Playout:
             self._last, self._last_index = item, index
             self._next = index + 1
             self.counters.frames_sent += 1
+            self._window_sound = self._window_sound or bool(np.any(audio))
         self.counters.slots += 1
         self._trim_surplus()
         out = OutputSlot(

@@ -127,9 +127,11 @@ def _supported_codecs(kind: str) -> str:
     return ", ".join(n for n in dict.fromkeys(names) if not n.startswith("rtx/"))
 
 
-def check_offer(sdp: Any, max_bytes: int) -> CheckedOffer:
+def check_offer(sdp: Any, max_bytes: int, needs_microphone: bool = True) -> CheckedOffer:
     """Parse and check an SDP offer before anything is allocated for it; raises OfferError with a
-    message that says what is wrong (and on which line), never the parser's exception."""
+    message that says what is wrong (and on which line), never the parser's exception.
+    ``needs_microphone=False``: the session's speech comes from the audio WebSocket, so the peer
+    may only receive."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise OfferError("the offer has no SDP")
     if len(sdp.encode("utf-8", "replace")) > max_bytes:
@@ -156,9 +158,11 @@ def check_offer(sdp: Any, max_bytes: int) -> CheckedOffer:
     if not sections:
         raise OfferError("the SDP offer has no m= sections: send your microphone as an audio track (sendrecv or sendonly)")
     audio = [(n, m) for n, m in sections if m.kind == "audio"]
-    if not audio:
+    if not needs_microphone:
+        pass
+    elif not audio:
         raise OfferError("the SDP offer has no audio m= section: send your microphone as an audio track (sendrecv or sendonly)")
-    if not any(m.port != 0 and m.direction in PEER_SENDS for _, m in audio):
+    elif not any(m.port != 0 and m.direction in PEER_SENDS for _, m in audio):
         n, m = audio[0]
         state = "rejected (port 0)" if m.port == 0 else m.direction
         raise OfferError(f"the SDP offer sends no audio: its audio m= section at line {n} is {state}; "
@@ -222,12 +226,14 @@ class PeerConnector:
         self._peers: set[RTCPeerConnection] = set()
 
     async def answer(
-        self, offer: CheckedOffer, avatar: Any, prompt: str | None, client: str | None = None
+        self, offer: CheckedOffer, avatar: Any, prompt: str | None, client: str | None = None,
+        buffered_speech_s: float | None = None,
     ) -> tuple[AvatarSession, RTCSessionDescription]:
         """Open a session for ``offer`` on behalf of ``client``; returns it with the local answer.
         Raises OfferError, CapacityError, ClientLimitError; frees everything it allocated when it
         fails. A session whose ICE has not connected within ``sessions.connect_timeout_s`` is
-        closed (an offer that never connects must not hold a place)."""
+        closed (an offer that never connects must not hold a place). ``buffered_speech_s``: the
+        session's speech comes from the audio WebSocket (see SessionManager.create), not the peer."""
         self._sessions.check_capacity(client)  # cheap early refusal, before any allocation
         pc = RTCPeerConnection(rtc_configuration(self._config.webrtc.ice_servers))
         self._peers.add(pc)
@@ -240,7 +246,7 @@ class PeerConnector:
             except Exception as exc:
                 raise offer_error_from_aiortc(exc) from None
             set_audio_jitter_prefetch(pc, self._config.webrtc.audio_jitter_prefetch)
-            session = await self._sessions.create(avatar, prompt, client)
+            session = await self._sessions.create(avatar, prompt, client, buffered_speech_s=buffered_speech_s)
             self._wire(pc, session, offer, incoming)
             try:  # check_offer covers what these need; anything it missed is still the offer's fault
                 answer = await pc.createAnswer()
@@ -259,11 +265,12 @@ class PeerConnector:
 
     def _wire(self, pc: RTCPeerConnection, session: AvatarSession, offer: CheckedOffer, incoming: list) -> None:
         audio_tracks = [t for t in incoming if t.kind == "audio"]
-        if not audio_tracks:
-            raise OfferError("the offer has no audio track the server can receive")
-        session.attach_audio_track(audio_tracks[0])
+        if session.audio_source == "peer":
+            if not audio_tracks:
+                raise OfferError("the offer has no audio track the server can receive")
+            session.attach_audio_track(audio_tracks[0])
         for extra in incoming:
-            if extra is not audio_tracks[0]:
+            if session.audio_source != "peer" or extra is not audio_tracks[0]:
                 session.discard_track(extra)
 
         video_out, audio_out = session.add_webrtc_consumer("peer")

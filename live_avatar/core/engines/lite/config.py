@@ -63,6 +63,7 @@ class MotionConfig:
     centroid_adapt_s: float = 2.0  # how fast the speaker's mean centroid adapts
     attack_ms: float = 35.0
     release_ms: float = 60.0
+    interrupt_release_ms: float = 25.0  # after a barge-in the mouth closes this fast (smooth, < 200 ms)
     shape_ms: float = 70.0  # smoothing of round/spread
     blink_interval_s: tuple[float, float] = (2.5, 5.5)
     blink_close_s: float = 0.08
@@ -109,6 +110,7 @@ class LiteConfig:
     cv2_threads: int | None = 1  # OpenCV threads per process (sessions scale by processes/cores)
     avatar_cache_size: int = 8
     seed: int = 0
+    avatar_crossfade_frames: int = 4  # a mid-session portrait change blends over this many frames
     framing: FramingConfig = field(default_factory=FramingConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     rig: RigConfig = field(default_factory=RigConfig)
@@ -118,6 +120,8 @@ class LiteConfig:
     def __post_init__(self) -> None:
         if self.block_frames < 1:
             raise ValueError(f"block_frames must be >= 1, got {self.block_frames}")
+        if self.avatar_crossfade_frames < 0:
+            raise ValueError(f"avatar_crossfade_frames must be >= 0, got {self.avatar_crossfade_frames}")
         if self.fps <= 0 or self.sample_rate % self.fps:
             raise ValueError("sample_rate must be a multiple of fps")
 

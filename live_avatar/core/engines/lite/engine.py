@@ -68,6 +68,8 @@ class LiteGenerator:
         self.lookahead_samples = self.motion.lookahead_samples
         self.renderer = Renderer(avatar.rig, config.render)
         self.last_poses: list[Pose] = []  # poses of the last block (diagnostics, tests)
+        self._fade_from: Renderer | None = None  # the previous portrait during a cross-fade
+        self._fade_frames_done = 0
         self._closed = False
 
     def generate(self, block: AudioBlock) -> np.ndarray:
@@ -94,8 +96,37 @@ class LiteGenerator:
             window = samples[i * S : i * S + block.context + S + block.lookahead]
             pose = self.motion.step(window)
             self.last_poses.append(pose)
-            frames[i] = self.renderer.render(pose)
+            frames[i] = self._render(pose)
         return frames
+
+    def _render(self, pose: Pose) -> np.ndarray:
+        frame = self.renderer.render(pose)
+        if self._fade_from is None:
+            return frame
+        # the same pose on both portraits, blended: no frame jumps from one face to the other
+        self._fade_frames_done += 1
+        weight = self._fade_frames_done / (self.config.avatar_crossfade_frames + 1)
+        old = self._fade_from.render(pose).astype(np.float32)
+        frame = (old + (frame.astype(np.float32) - old) * weight + 0.5).astype(np.uint8)
+        if self._fade_frames_done >= self.config.avatar_crossfade_frames:
+            self._fade_from = None
+        return frame
+
+    def change_avatar(self, avatar: Any = None, prompt: str | None = None) -> int:
+        """Mid-session portrait change (the lite engine has no prompt): motion carries on, the
+        next ``avatar_crossfade_frames`` frames blend from the old portrait to the new one."""
+        if avatar is None or avatar is self.avatar:
+            return 0
+        if not isinstance(avatar, LiteAvatar):
+            raise AvatarError("the lite engine needs an avatar from LiteEngine.prepare_avatar")
+        if avatar.size != self.avatar.size:
+            raise AvatarError(f"the new portrait is {avatar.size}, this session renders {self.avatar.size}")
+        self._fade_from = self.renderer if self.config.avatar_crossfade_frames > 0 else None
+        self._fade_frames_done = 0
+        self.avatar = avatar
+        self.renderer = Renderer(avatar.rig, self.config.render)
+        self.motion.face_height = avatar.rig.face_height
+        return 0
 
     def reset_motion_to_idle(self) -> None:
         self.motion.go_idle()

@@ -44,6 +44,7 @@ class MotionState:
     gaze_target: list[float] = field(default_factory=lambda: [0.0, 0.0])
     next_gaze_s: float = 1.0
     rng: dict[str, Any] = field(default_factory=dict)  # numpy PCG64 state
+    closing_frames: int = 0  # frames left of the fast release after an interrupt
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,10 @@ class MotionModel:
             self._rng.bit_generator.state = self.state.rng
 
     def go_idle(self) -> None:
-        """After an interrupt: forget the speech envelope so the mouth closes and the head calms."""
+        """After an interrupt: forget the speech envelope so the mouth closes and the head calms;
+        for the next 0.2 s the mouth closes with the faster ``interrupt_release_ms``."""
         self.state.speech_activity *= 0.5
+        self.state.closing_frames = max(1, round(0.2 * self.fps))
 
     # -- per frame -----------------------------------------------------------------------------
     def step(self, window: np.ndarray) -> Pose:
@@ -143,6 +146,9 @@ class MotionModel:
         else:
             target_open = 0.0
         tau = cfg.attack_ms if target_open > s.mouth_open else cfg.release_ms
+        if s.closing_frames > 0:
+            s.closing_frames -= 1
+            tau = min(tau, cfg.interrupt_release_ms) if target_open <= s.mouth_open else tau
         s.mouth_open += (target_open - s.mouth_open) * (1 - np.exp(-1000 * dt / tau))
         # Vowel colour relative to this speaker's own average: a lower centroid than usual reads as
         # rounded (o, u), a higher one as spread (i, e).

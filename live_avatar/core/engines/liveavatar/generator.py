@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from live_avatar.core.contract import AudioBlock
+from live_avatar.core.contract import AudioBlock, AvatarError
 
 from .vae_stream import to_uint8_frames
 
@@ -77,6 +77,7 @@ class LiveAvatarGenerator:
         # last frames in [-1, 1] for the "reencode" sink refresh (motion = VAE(last 73 frames)); only then
         self._recent = deque(maxlen=parts.codec.config.motion_frames if engine.options.sink_refresh == "reencode" else 0)
         self.blocks_done = 0
+        self._pending_change: tuple | None = None  # (avatar, prompt) for the next clip boundary
 
     def _sync(self) -> float:
         if self.sync_timing and self.engine.device.type == "cuda":
@@ -113,6 +114,7 @@ class LiveAvatarGenerator:
         if block.num_frames != self.block_frames:
             raise ValueError(f"liveavatar blocks have {self.block_frames} frames, got {block.num_frames}")
         if not self._started:
+            self._apply_change(rebuild_sink=False)  # before the start: the prefill uses it
             self.start()
         t = BlockStageTimes(prefill_s=self.timings.prefill_s if self.blocks_done == 0 else 0.0)
         t_start = self._sync()
@@ -121,7 +123,9 @@ class LiveAvatarGenerator:
             t1 = self._sync()
             t.audio_s = t1 - t_start
             streaming = self.engine.parts.model_config.streaming
-            if self.stepper.block_index == streaming.blocks_per_clip:
+            if self._pending_change is not None and self.stepper.block_index % streaming.blocks_per_clip == 0:
+                self._apply_change(rebuild_sink=True)
+            elif self.stepper.block_index == streaming.blocks_per_clip:
                 self._refresh_sink()
             t2 = self._sync()
             t.refresh_s = t2 - t1
@@ -148,6 +152,39 @@ class LiveAvatarGenerator:
             "stage_times_synchronised": self.sync_timing,
             "compiles_since_ready": self.engine.compiles_since_ready(),
         }
+
+    def change_avatar(self, avatar: LiveAvatar | None = None, prompt: str | None = None) -> int:
+        """Switch portrait and/or prompt (None: unchanged; prompt "": the default) at the next clip
+        boundary, where the sink is rebuilt from the new reference (and text); the KV rings carry
+        the motion across. Returns the frames from the next block until it shows."""
+        if avatar is not None:
+            if not isinstance(avatar, LiveAvatar):
+                raise AvatarError("not a liveavatar avatar (prepare it with this engine's prepare_avatar)")
+            if avatar.image.shape != self.avatar.image.shape:
+                raise AvatarError("the new avatar was prepared for another frame size")
+        if self._pending_change is not None:  # two changes before a boundary: the newer one wins, merged
+            avatar = avatar if avatar is not None else self._pending_change[0]
+            prompt = prompt if prompt is not None else self._pending_change[1]
+        self._pending_change = (avatar, prompt)
+        if not self._started:
+            return 0
+        per_clip = self.engine.parts.model_config.streaming.blocks_per_clip
+        return (-self.stepper.block_index) % per_clip * self.block_frames
+
+    def _apply_change(self, *, rebuild_sink: bool) -> None:
+        if self._pending_change is None:
+            return
+        avatar, prompt = self._pending_change
+        self._pending_change = None
+        if avatar is not None:
+            self.avatar = avatar
+        if prompt is not None:
+            self._prompt = prompt if prompt else self.engine.options.prompt
+        if rebuild_sink:  # (compute lock held) the sink's K/V depend on the reference and the text
+            if prompt is not None:
+                self.stepper.set_text(self.engine.parts.text.encode(self._prompt))
+            self.stepper.refresh_sink(self.avatar.reference_latent, self.avatar.motion_latents)
+            self._first_latent = None  # replaces clip 1's refresh from the first latent
 
     def reset_motion_to_idle(self) -> None:
         """Nothing to reset: the DiT has no explicit mouth state; the next blocks follow the (silent) audio."""
