@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
@@ -14,6 +15,8 @@ import torch
 from live_avatar.core.contract import AudioBlock, AvatarError
 
 from .vae_stream import to_uint8_frames
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .engine import LiveAvatarEngine
@@ -78,6 +81,7 @@ class LiveAvatarGenerator:
         self._recent = deque(maxlen=parts.codec.config.motion_frames if engine.options.sink_refresh == "reencode" else 0)
         self.blocks_done = 0
         self._pending_change: tuple | None = None  # (avatar, prompt) for the next clip boundary
+        self._compiles_seen = engine.compiles_since_ready()
 
     def _sync(self) -> float:
         if self.sync_timing and self.engine.device.type == "cuda":
@@ -141,7 +145,17 @@ class LiveAvatarGenerator:
         t.total_s = t.audio_s + t.refresh_s + t.dit_s + t.vae_s
         self.timings = t
         self.blocks_done += 1
+        self._note_compiles()
         return frames
+
+    def _note_compiles(self) -> None:
+        """Warn when graphs were compiled after the engine's warm-up: each one stalled a live session."""
+        compiled = self.engine.compiles_since_ready()
+        if compiled > self._compiles_seen:
+            logger.warning("liveavatar: %d graph(s) compiled after the warm-up (%d in all since ready), during a "
+                           "session: its frames stalled meanwhile (compile_vae is known to do this)",
+                           compiled - self._compiles_seen, compiled)
+            self._compiles_seen = compiled
 
     def engine_stats(self) -> dict[str, Any]:
         """The last block's stages (ms) and the graphs compiled since the engine was ready (should stay 0)."""
