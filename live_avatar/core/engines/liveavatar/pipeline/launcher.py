@@ -72,8 +72,9 @@ def rank_device(env: WorkerEnvironment, opts: LiveAvatarOptions) -> tuple[torch.
 def _join_group(env: WorkerEnvironment) -> None:
     if env.threads > 0:  # the same intra-op thread count on every rank: the same float sums as one process
         torch.set_num_threads(env.threads)
-    dist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}", rank=env.rank,
-                            world_size=env.world_size, timeout=GROUP_TIMEOUT)
+    # under torchrun the agent hosts the store at MASTER_PORT: env:// connects to it instead of serving it
+    init = "env://" if "TORCHELASTIC_RUN_ID" in os.environ else f"tcp://{env.master_addr}:{env.master_port}"
+    dist.init_process_group("gloo", init_method=init, rank=env.rank, world_size=env.world_size, timeout=GROUP_TIMEOUT)
 
 
 def join(env: WorkerEnvironment) -> tuple[Channel, PipelinePlan]:
