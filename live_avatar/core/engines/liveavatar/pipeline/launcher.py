@@ -89,6 +89,25 @@ def join(env: WorkerEnvironment) -> tuple[Channel, PipelinePlan]:
     return channel, make_plan(opts, streaming.num_steps)
 
 
+def _config(opts: LiveAvatarOptions) -> dict:
+    return {"options": {k: v for k, v in dataclasses.asdict(opts).items() if v is not None},
+            "threads": torch.get_num_threads()}
+
+
+def serve_if_torchrun_worker(opts: LiveAvatarOptions) -> None:
+    """Under torchrun every process runs the command; ranks other than 0 become workers here, before the
+    engine loads anything (a worker loads only its own parts), and leave the process when rank 0 is done."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("RANK", "0")) == 0:
+        return
+    os.environ[ENV_CONFIG] = json.dumps(_config(opts))
+    from .worker import worker_main
+
+    code = worker_main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,20 +122,15 @@ class RankGroup:
         self.children: dict[int, subprocess.Popen] = {}
         self.ready: dict[int, dict] = {}
         self.torchrun = "WORLD_SIZE" in os.environ and ENV_CONFIG not in os.environ
-        config = {"options": {k: v for k, v in dataclasses.asdict(opts).items() if v is not None},
-                  "threads": torch.get_num_threads()}
+        config = _config(opts)
         if self.torchrun:
             env = WorkerEnvironment.from_environ()
             env = dataclasses.replace(env, options=config["options"], threads=config["threads"])
             if env.world_size != plan.world_size:
                 raise EngineConfigError(f"torchrun started {env.world_size} processes; --num_gpus_dit "
                                         f"{opts.num_gpus_dit}{' + --vae_gpu' if opts.vae_gpu else ''} needs {plan.world_size}")
-            if env.rank != 0:  # this process is a worker: serve, then leave like a worker does
-                os.environ[ENV_CONFIG] = json.dumps(config)
-                from .worker import worker_main
-
-                code = worker_main()
-                os._exit(code)
+            if env.rank != 0:
+                serve_if_torchrun_worker(opts)
         else:
             port = _free_port()
             env = WorkerEnvironment(0, plan.world_size, 0, "127.0.0.1", port, config["options"], config["threads"])
