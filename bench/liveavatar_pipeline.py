@@ -122,6 +122,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
             "benchmark": "liveavatar_pipeline", "environment": _environment(engine), "size": size,
             "frame": list(engine.size), "mode": args.modes[0], "num_gpus_dit": args.num_gpus_dit,
             "vae_gpu": args.vae_gpu, "share_gpu": args.share_gpu, "plan": pipeline.plan.describe(),
+            "sink_refresh": "keep_motion (no drain at the clip-1 refresh)",
             "engine_start_s": round(build_s, 1), "warmup_blocks": args.warmup, "warmup_s": round(warmup_s, 1),
             "blocks": args.blocks,
             "ranks_loaded": pipeline.status()["ranks"],

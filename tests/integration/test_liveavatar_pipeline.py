@@ -73,12 +73,13 @@ def _check_overlap(traces: list[dict]) -> None:
 
 
 def _generate(tmp_path: Path, name: str, *extra: str, audio: Path, size: str = "64*64", clips: int = 3,
-              timeout: float = 300):
+              torchrun: bool = False):
     import skimage.data
 
     image = Path(skimage.data.__file__).parent / "astronaut.png"
     out = tmp_path / f"{name}.mp4"
-    cmd = [sys.executable, "-m", "live_avatar.cli.main", "generate", "--engine", "liveavatar", "--tiny",
+    launcher = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2"] if torchrun else [sys.executable]
+    cmd = [*launcher, "-m", "live_avatar.cli.main", "generate", "--engine", "liveavatar", "--tiny",
            "--image", str(image), "--audio", str(audio), "--output", str(out), "--size", size,
            "--num_clip", str(clips), "--quiet", *extra]
     return out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
@@ -94,10 +95,11 @@ def _frames(path: Path) -> np.ndarray:
 @pytest.mark.slow
 def test_generate_is_reproducible_and_the_same_over_two_ranks(tmp_path, speech_with_silence_wav):
     """The same command twice writes the same frames (the tiny tokenizer used to differ per process), and
-    --num_gpus_dit 2 writes them too."""
+    --num_gpus_dit 2 writes them too, started by the command or by torchrun."""
     runs = {}
-    for name, extra in (("a", ()), ("b", ()), ("two", ("--num_gpus_dit", "2"))):
-        out, proc = _generate(tmp_path, name, *extra, audio=speech_with_silence_wav)
+    for name, extra, torchrun in (("a", (), False), ("b", (), False), ("two", ("--num_gpus_dit", "2"), False),
+                                  ("torchrun", ("--num_gpus_dit", "2"), True)):
+        out, proc = _generate(tmp_path, name, *extra, audio=speech_with_silence_wav, torchrun=torchrun)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         runs[name] = _frames(out)
@@ -105,6 +107,7 @@ def test_generate_is_reproducible_and_the_same_over_two_ranks(tmp_path, speech_w
     assert runs["a"].std() > 1.0  # not a blank video
     assert np.array_equal(runs["a"], runs["b"])
     assert np.array_equal(runs["a"], runs["two"])
+    assert np.array_equal(runs["a"], runs["torchrun"])
 
 
 @pytest.mark.slow

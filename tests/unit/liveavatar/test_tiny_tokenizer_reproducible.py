@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = (
     "import json\n"
     "from live_avatar.core.engines.liveavatar.tiny_weights import build_tiny_tokenizer\n"
@@ -26,9 +28,10 @@ def _ids(hash_seed: str) -> list:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two fresh interpreters importing transformers
 def test_same_ids_in_every_process():
-    runs = [_ids(seed) for seed in ("1", "2", "3")]
-    assert runs[0] == runs[1] == runs[2]
+    runs = [_ids(seed) for seed in ("1", "2")]
+    assert runs[0] == runs[1]
     size, ids = runs[0]
     assert ids[-1] == 1 and 2 not in ids[:3]  # </s>-terminated; known words are not <unk>
     assert size > 40

@@ -99,6 +99,10 @@ class LiveAvatarEngine:
     def __init__(self, **options: Any) -> None:
         self.options = LiveAvatarOptions.from_kwargs(options)
         opts = self.options
+        if opts.num_gpus_dit > 1 or opts.vae_gpu:  # under torchrun, ranks > 0 serve the pipeline from here on
+            from .pipeline.launcher import serve_if_torchrun_worker
+
+            serve_if_torchrun_worker(opts)
         self.device = resolve_device(opts.device)
         self.dtype = resolve_dtype(opts.dtype, self.device)
         size = opts.size or ("128*64" if opts.tiny else "704*384")

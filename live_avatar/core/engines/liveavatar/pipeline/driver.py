@@ -50,6 +50,8 @@ class StepPipeline:
         self._lock = threading.Lock()
         self._sids = itertools.count(1)
         self.failure: str | None = None  # set once a rank is gone: every later session is refused with it
+        self.closed_sessions: set[int] = set()  # their blocks still in flight are dropped when they arrive
+        self.ranks.channel.unwanted = lambda m: m.body.get("sid") in self.closed_sessions
 
     @property
     def capacity(self) -> int:
@@ -226,5 +228,7 @@ class PipelinedGenerator:
                 self.pipeline.emit(rank, {"kind": "end", "sid": self.sid})
             except PipelineError:
                 ended = True  # the pipeline is down; its failure is kept for the next session
+        self.pipeline.closed_sessions.add(self.sid)
+        self.pipeline.ranks.channel.discard(lambda m: m.body.get("sid") == self.sid)  # those that came already
         self.pipeline.release(self.index)
         self.engine._release_session()

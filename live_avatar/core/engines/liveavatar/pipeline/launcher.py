@@ -72,8 +72,9 @@ def rank_device(env: WorkerEnvironment, opts: LiveAvatarOptions) -> tuple[torch.
 def _join_group(env: WorkerEnvironment) -> None:
     if env.threads > 0:  # the same intra-op thread count on every rank: the same float sums as one process
         torch.set_num_threads(env.threads)
-    dist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}", rank=env.rank,
-                            world_size=env.world_size, timeout=GROUP_TIMEOUT)
+    # under torchrun the agent hosts the store at MASTER_PORT: env:// connects to it instead of serving it
+    init = "env://" if "TORCHELASTIC_RUN_ID" in os.environ else f"tcp://{env.master_addr}:{env.master_port}"
+    dist.init_process_group("gloo", init_method=init, rank=env.rank, world_size=env.world_size, timeout=GROUP_TIMEOUT)
 
 
 def join(env: WorkerEnvironment) -> tuple[Channel, PipelinePlan]:
@@ -86,6 +87,25 @@ def join(env: WorkerEnvironment) -> tuple[Channel, PipelinePlan]:
 
     streaming = (load_model_config(opts.config) if opts.config else ModelConfig()).streaming
     return channel, make_plan(opts, streaming.num_steps)
+
+
+def _config(opts: LiveAvatarOptions) -> dict:
+    return {"options": {k: v for k, v in dataclasses.asdict(opts).items() if v is not None},
+            "threads": torch.get_num_threads()}
+
+
+def serve_if_torchrun_worker(opts: LiveAvatarOptions) -> None:
+    """Under torchrun every process runs the command; ranks other than 0 become workers here, before the
+    engine loads anything (a worker loads only its own parts), and leave the process when rank 0 is done."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("RANK", "0")) == 0:
+        return
+    os.environ[ENV_CONFIG] = json.dumps(_config(opts))
+    from .worker import worker_main
+
+    code = worker_main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _free_port() -> int:
@@ -102,20 +122,15 @@ class RankGroup:
         self.children: dict[int, subprocess.Popen] = {}
         self.ready: dict[int, dict] = {}
         self.torchrun = "WORLD_SIZE" in os.environ and ENV_CONFIG not in os.environ
-        config = {"options": {k: v for k, v in dataclasses.asdict(opts).items() if v is not None},
-                  "threads": torch.get_num_threads()}
+        config = _config(opts)
         if self.torchrun:
             env = WorkerEnvironment.from_environ()
             env = dataclasses.replace(env, options=config["options"], threads=config["threads"])
             if env.world_size != plan.world_size:
                 raise EngineConfigError(f"torchrun started {env.world_size} processes; --num_gpus_dit "
                                         f"{opts.num_gpus_dit}{' + --vae_gpu' if opts.vae_gpu else ''} needs {plan.world_size}")
-            if env.rank != 0:  # this process is a worker: serve, then leave like a worker does
-                os.environ[ENV_CONFIG] = json.dumps(config)
-                from .worker import worker_main
-
-                code = worker_main()
-                os._exit(code)
+            if env.rank != 0:
+                serve_if_torchrun_worker(opts)
         else:
             port = _free_port()
             env = WorkerEnvironment(0, plan.world_size, 0, "127.0.0.1", port, config["options"], config["threads"])

@@ -55,6 +55,7 @@ class Channel:
         self.inbox: queue.Queue[Message | BaseException] = queue.Queue()
         self._held: list[Message] = []  # received but not yet asked for
         self._cond = threading.Condition()
+        self.unwanted: Callable[[Message], bool] = lambda m: False  # dropped on arrival (closed sessions')
         self._pumping = False
         self._send_lock = threading.Lock()
         self.bytes_sent = 0
@@ -126,7 +127,7 @@ class Channel:
                         self.inbox.put(item)  # every later wait fails the same way
                         raise PipelineError(f"rank {self.rank} lost its connection while waiting for {what}: "
                                             f"{self._why_gone(item)}") from None
-                    if item is not None:
+                    if item is not None and not self.unwanted(item):
                         self._held.append(item)
                     self._cond.notify_all()
                     if item is not None:
@@ -136,6 +137,13 @@ class Channel:
                     raise PipelineError(f"rank {self.rank} stopped waiting for {what}: {gone}") from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise PipelineError(f"rank {self.rank} waited {timeout_s:.0f} s for {what}: a rank is stuck") from None
+
+    def discard(self, match: Callable[[Message], bool]) -> int:
+        """Drop kept messages nobody will ask for (a closed session's late frames); returns how many."""
+        with self._cond:
+            before = len(self._held)
+            self._held = [m for m in self._held if not match(m)]
+            return before - len(self._held)
 
     def keep(self, src: int, body: Any) -> None:
         """A message from this rank to itself (it goes where received ones go)."""

@@ -126,7 +126,8 @@ class RankWorker:
                 motion = refresh["motion"]
                 stepper.refresh_sink(refresh["ref"].to(self.device, self.dtype),
                                      None if motion is None else motion.to(self.device, self.dtype))
-            audio = AudioTokens(body["tokens"].to(self.device, self.dtype), body["glob"].to(self.device, self.dtype))
+            # the audio encoder runs in float32 on GPUs too: keep the dtype the tokens were made in
+            audio = AudioTokens(body["tokens"].to(self.device), body["glob"].to(self.device))
             x = body["x"].to(self.device, self.dtype)
             sig = stepper.schedule.sigmas
             stepper.ref_offsets = []
