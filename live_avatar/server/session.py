@@ -93,6 +93,7 @@ class AvatarSession:
         self._closing: asyncio.Task | None = None
         self._close_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._reported = {"sent": 0, "repeated": 0, "dropped": 0}
+        self.stats_extras: dict[str, Callable[[], Any]] = {}  # more stats sections (e.g. "outputs")
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -313,4 +314,5 @@ class AvatarSession:
                 },
             },
             "stream": stream_stats,
+            **{name: section() for name, section in self.stats_extras.items()},
         }

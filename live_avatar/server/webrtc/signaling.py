@@ -127,9 +127,10 @@ def _supported_codecs(kind: str) -> str:
     return ", ".join(n for n in dict.fromkeys(names) if not n.startswith("rtx/"))
 
 
-def check_offer(sdp: Any, max_bytes: int) -> CheckedOffer:
+def check_offer(sdp: Any, max_bytes: int, *, sends_audio: bool = True) -> CheckedOffer:
     """Parse and check an SDP offer before anything is allocated for it; raises OfferError with a
-    message that says what is wrong (and on which line), never the parser's exception."""
+    message that says what is wrong (and on which line), never the parser's exception.
+    ``sends_audio=False`` (a WHEP viewer's receive-only offer) skips the microphone checks."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise OfferError("the offer has no SDP")
     if len(sdp.encode("utf-8", "replace")) > max_bytes:
@@ -156,9 +157,11 @@ def check_offer(sdp: Any, max_bytes: int) -> CheckedOffer:
     if not sections:
         raise OfferError("the SDP offer has no m= sections: send your microphone as an audio track (sendrecv or sendonly)")
     audio = [(n, m) for n, m in sections if m.kind == "audio"]
-    if not audio:
+    if not sends_audio:
+        pass
+    elif not audio:
         raise OfferError("the SDP offer has no audio m= section: send your microphone as an audio track (sendrecv or sendonly)")
-    if not any(m.port != 0 and m.direction in PEER_SENDS for _, m in audio):
+    elif not any(m.port != 0 and m.direction in PEER_SENDS for _, m in audio):
         n, m = audio[0]
         state = "rejected (port 0)" if m.port == 0 else m.direction
         raise OfferError(f"the SDP offer sends no audio: its audio m= section at line {n} is {state}; "
