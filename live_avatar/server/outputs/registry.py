@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("rtmp", "srt", "record", "virtual_camera")
 OUTPUT_ID = re.compile(r"^[0-9a-f]{16}$")
+KEPT_FINISHED = 20  # stopped outputs a session keeps listing
 FRAME_SIZE_WAIT_S = 5.0  # a virtual camera is opened at the session's frame size: wait this long for a frame
 
 
@@ -153,7 +154,8 @@ class OutputRegistry:
         return self.describe(session_id)
 
     async def stop_output(self, session_id: str, output_id: str) -> dict[str, Any]:
-        output = self._outputs.get(session_id, {}).pop(output_id, None)
+        outputs = self._outputs.get(session_id, {})
+        output = outputs.get(output_id)
         if output is None:
             viewer = self._viewers.get(session_id, {}).get(output_id)
             if viewer is not None:
@@ -161,6 +163,11 @@ class OutputRegistry:
                 return viewer.describe()
             raise OutputRequestError(f"unknown output {output_id!r} of session {session_id!r}", status=404)
         await output.stop()
+        # a stopped output stays listed with its final state (a recording's download link), the
+        # oldest of them forgotten past KEPT_FINISHED
+        finished = [key for key, o in outputs.items() if o.state in ("stopped", "failed")]
+        for key in finished[: max(0, len(finished) - KEPT_FINISHED)]:
+            del outputs[key]
         return output.describe()
 
     def recording_path(self, output_id: str) -> Path | None:
