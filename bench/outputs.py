@@ -239,9 +239,14 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         async def measure(label: str) -> None:
             await asyncio.sleep(SETTLE_S)
+            import psutil
+
+            psutil.cpu_percent()  # starts the machine-wide measure
+            own0 = cpu_seconds(os.getpid())
             t0, cpu0, outs0 = time.monotonic(), cpu_seconds(pid), await outputs_of(server.url, session_id)
             await asyncio.sleep(args.step_s)
             t1, cpu1, outs1 = time.monotonic(), cpu_seconds(pid), await outputs_of(server.url, session_id)
+            machine_busy, own1 = psutil.cpu_percent(), cpu_seconds(os.getpid())
             fps = {f"speaker ({driver.name})": rate_in(driver.frame_times(), t0, t1)}
             for i, viewer in enumerate(viewers, 1):
                 fps[f"whep viewer {i}"] = rate_in(viewer.frame_times(), t0, t1)
@@ -250,12 +255,15 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     fps[name] = (outs1[output_id]["frames_written"] - outs0[output_id]["frames_written"]) / (t1 - t0)
             _status, stats = await asyncio.to_thread(http_json, "GET", f"{server.url}/sessions/{session_id}/stats")
             step = {"step": label, "seconds": t1 - t0, "server_cpu_s_per_s": (cpu1 - cpu0) / (t1 - t0),
+                    # the machine is shared: what else ran (this process's peers and pulls, other work)
+                    "machine_cpu_busy_percent": machine_busy, "bench_process_cpu_s_per_s": (own1 - own0) / (t1 - t0),
+                    "load_average_1min": os.getloadavg()[0],
                     "fps": fps, "session_fps": stats.get("fps"), "states": {n: outs1.get(o, {}).get("state") for n, o in consumers.items()},
                     "slots_dropped": {n: outs1.get(o, {}).get("slots_dropped") for n, o in consumers.items()}}
             if steps:
                 step["added_cpu_s_per_s"] = step["server_cpu_s_per_s"] - steps[-1]["server_cpu_s_per_s"]
             steps.append(step)
-            print(f"  {label:<22} server CPU {step['server_cpu_s_per_s']:.2f} s/s; fps "
+            print(f"  {label:<22} server CPU {step['server_cpu_s_per_s']:.2f} s/s (machine {machine_busy:.0f}% busy); fps "
                   + ", ".join(f"{k} {v:.1f}" for k, v in fps.items()), flush=True)
 
         await measure("speaker only")
