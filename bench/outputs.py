@@ -250,15 +250,18 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             fps = {f"speaker ({driver.name})": rate_in(driver.frame_times(), t0, t1)}
             for i, viewer in enumerate(viewers, 1):
                 fps[f"whep viewer {i}"] = rate_in(viewer.frame_times(), t0, t1)
+            written = {}
             for name, output_id in consumers.items():
                 if output_id in outs0 and output_id in outs1:
-                    fps[name] = (outs1[output_id]["frames_written"] - outs0[output_id]["frames_written"]) / (t1 - t0)
+                    # fresh slots it got and encoded; its stream stays at 25 fps by repeating the last frame
+                    fps[name] = (outs1[output_id]["slots_encoded"] - outs0[output_id]["slots_encoded"]) / (t1 - t0)
+                    written[name] = (outs1[output_id]["frames_written"] - outs0[output_id]["frames_written"]) / (t1 - t0)
             _status, stats = await asyncio.to_thread(http_json, "GET", f"{server.url}/sessions/{session_id}/stats")
             step = {"step": label, "seconds": t1 - t0, "server_cpu_s_per_s": (cpu1 - cpu0) / (t1 - t0),
                     # the machine is shared: what else ran (this process's peers and pulls, other work)
                     "machine_cpu_busy_percent": machine_busy, "bench_process_cpu_s_per_s": (own1 - own0) / (t1 - t0),
                     "load_average_1min": os.getloadavg()[0],
-                    "fps": fps, "session_fps": stats.get("fps"), "states": {n: outs1.get(o, {}).get("state") for n, o in consumers.items()},
+                    "fps": fps, "frames_written_per_s": written, "session_fps": stats.get("fps"), "states": {n: outs1.get(o, {}).get("state") for n, o in consumers.items()},
                     "slots_dropped": {n: outs1.get(o, {}).get("slots_dropped") for n, o in consumers.items()}}
             if steps:
                 step["added_cpu_s_per_s"] = step["server_cpu_s_per_s"] - steps[-1]["server_cpu_s_per_s"]

@@ -29,6 +29,7 @@ class RecordingOutput(ThreadedOutput):
         self.path = Path(folder) / f"{self.id}.mp4"
         self.settings = settings
         self.frames_written = 0
+        self.slots_encoded = 0  # slots this output received and encoded
         self.finished_at: float | None = None
 
     def work(self) -> None:
@@ -43,6 +44,7 @@ class RecordingOutput(ThreadedOutput):
                     encoder = SlotEncoder(target, self.settings, width, height, slot.audio.size)
                     self.state = "recording"
                 encoder.write(slot)
+                self.slots_encoded += 1
                 self.frames_written = encoder.frames_written  # repeats for missed slots included
         except OSError as exc:  # disk full, folder gone: the file so far stays playable
             self.state, self.error = "failed", f"writing the recording failed: {exc.strerror or exc}"
@@ -60,6 +62,7 @@ class RecordingOutput(ThreadedOutput):
         return {
             **super().describe(),
             "frames_written": self.frames_written,
+            "slots_encoded": self.slots_encoded,
             "duration_s": round(self.frames_written / self.settings.fps, 2),
             "bytes": size,
             "download": f"/recordings/{self.id}",

@@ -115,7 +115,8 @@ class StreamPushOutput(ThreadedOutput):
         self.reconnect_max_s = reconnect_max_s
         self.io_timeout_s = io_timeout_s
         self.connects = 0  # successful connections; more than one means it reconnected
-        self.frames_written = 0
+        self.frames_written = 0  # video frames sent, over every connection (repeats for missed slots included)
+        self.slots_encoded = 0  # slots this output received and encoded
         self.live_since: float | None = None
 
     def _target(self) -> MuxTarget:
@@ -139,15 +140,14 @@ class StreamPushOutput(ThreadedOutput):
             try:
                 height, width = slot.frame.shape[:2]
                 encoder = SlotEncoder(self._target(), self.settings, width, height, slot.audio.size)
-                encoder.write(slot)  # the first write sends the header: the connection is up
-                self.frames_written += 1
+                written_before = self.frames_written
+                self._encode(encoder, slot, written_before)  # the first write sends the header: the connection is up
                 self.connects += 1
                 self.state, self.error, self.live_since = "live", None, time.time()
                 backoff = self.reconnect_initial_s
                 while (slot := self.next_slot()) is not None:
                     if slot is not False:
-                        encoder.write(slot)
-                        self.frames_written += 1
+                        self._encode(encoder, slot, written_before)
                 encoder.close()
                 return
             except Exception as exc:  # noqa: BLE001 - any failure of the ingest: reconnect
@@ -163,11 +163,17 @@ class StreamPushOutput(ThreadedOutput):
                 return
             backoff = min(backoff * 2, self.reconnect_max_s)
 
+    def _encode(self, encoder: SlotEncoder, slot: Any, written_before: int) -> None:
+        encoder.write(slot)
+        self.slots_encoded += 1
+        self.frames_written = written_before + encoder.frames_written
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
             "url": redact_url(self.url),
             "connects": self.connects,
             "frames_written": self.frames_written,
+            "slots_encoded": self.slots_encoded,
             "live_since": self.live_since,
         }
