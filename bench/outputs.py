@@ -10,7 +10,8 @@ nginx, + a recording. Each step measures
   times), frames written per second by the push and the recording (server stats), frames read back
   from nginx per second (an ffmpeg pull, after the push step);
 * the server process's CPU (psutil, CPU-seconds per second): the cost of each added consumer is
-  the difference to the step before;
+  the difference to the step before (per second and per published slot; noisy on a shared
+  machine); a push's or recording's own worker thread CPU is also measured exactly (thread time);
 * the A/V offset on the RTMP stream, two ways: from the content (what a player shows): the lag
   between frame motion and the speech envelope in the pull (10 ms grid), minus the same lag at the
   speaker's WebRTC receiver (whose A/V offset on the wire the e2e benchmark measures as ~0); and
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -217,6 +219,23 @@ def peer_motion_audio_lag_ms(peer) -> float | None:
     return motion_audio_lag_ms(np.array([f.arrival for f in frames]), [f.image for f in frames], t[order], np.concatenate(chunks)[order])
 
 
+def consumer_costs(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU each added consumer costs the server, per second and per published slot. On a busy
+    machine a starved server publishes fewer slots (and spends less), so the per-slot figure is the
+    fairer comparison between steps."""
+    costs = {}
+    for before, step in itertools.pairwise(steps):
+        per_slot = [s["server_cpu_s_per_s"] / s["session_fps"] * 1000.0 if s.get("session_fps") else None for s in (before, step)]
+        costs[step["step"]] = {
+            "cpu_s_per_s": step["server_cpu_s_per_s"] - before["server_cpu_s_per_s"],
+            "cpu_ms_per_slot": None if None in per_slot else per_slot[1] - per_slot[0],
+        }
+    base = steps[0]
+    return {"speaker_only": {"cpu_s_per_s": base["server_cpu_s_per_s"],
+                             "cpu_ms_per_slot": base["server_cpu_s_per_s"] / base["session_fps"] * 1000.0 if base.get("session_fps") else None},
+            "added": costs}
+
+
 # -- the run -------------------------------------------------------------------------------------
 async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from tests.support.whep_viewer import WhepViewerPeer
@@ -250,18 +269,20 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             fps = {f"speaker ({driver.name})": rate_in(driver.frame_times(), t0, t1)}
             for i, viewer in enumerate(viewers, 1):
                 fps[f"whep viewer {i}"] = rate_in(viewer.frame_times(), t0, t1)
-            written = {}
+            written, thread_cpu = {}, {}
             for name, output_id in consumers.items():
                 if output_id in outs0 and output_id in outs1:
                     # fresh slots it got and encoded; its stream stays at 25 fps by repeating the last frame
                     fps[name] = (outs1[output_id]["slots_encoded"] - outs0[output_id]["slots_encoded"]) / (t1 - t0)
                     written[name] = (outs1[output_id]["frames_written"] - outs0[output_id]["frames_written"]) / (t1 - t0)
+                    # its own worker thread's CPU: exact whatever else runs on the machine
+                    thread_cpu[name] = (outs1[output_id]["cpu_s"] - outs0[output_id]["cpu_s"]) / (t1 - t0)
             _status, stats = await asyncio.to_thread(http_json, "GET", f"{server.url}/sessions/{session_id}/stats")
             step = {"step": label, "seconds": t1 - t0, "server_cpu_s_per_s": (cpu1 - cpu0) / (t1 - t0),
                     # the machine is shared: what else ran (this process's peers and pulls, other work)
                     "machine_cpu_busy_percent": machine_busy, "bench_process_cpu_s_per_s": (own1 - own0) / (t1 - t0),
                     "load_average_1min": os.getloadavg()[0],
-                    "fps": fps, "frames_written_per_s": written, "session_fps": stats.get("fps"), "states": {n: outs1.get(o, {}).get("state") for n, o in consumers.items()},
+                    "fps": fps, "frames_written_per_s": written, "output_thread_cpu_s_per_s": thread_cpu, "session_fps": stats.get("fps"), "states": {n: outs1.get(o, {}).get("state") for n, o in consumers.items()},
                     "slots_dropped": {n: outs1.get(o, {}).get("slots_dropped") for n, o in consumers.items()}}
             if steps:
                 step["added_cpu_s_per_s"] = step["server_cpu_s_per_s"] - steps[-1]["server_cpu_s_per_s"]
@@ -311,6 +332,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "config": {"driver": args.driver, "viewers": args.viewers, "step_s": args.step_s, "engine": "lite",
                    "rtmp_ingest": "nginx + libnginx-mod-rtmp on loopback", "pull_s": PULL_S},
         "steps": steps,
+        "consumer_cpu_cost": consumer_costs(steps),
         "rtmp_stream": rtmp,
         "speaker_motion_after_speech_ms": webrtc_lag,
     }
@@ -326,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
+    for name, cost in result["consumer_cpu_cost"]["added"].items():
+        print(f"  {name:<22} adds {cost['cpu_s_per_s']:+.2f} CPU-s/s, {cost['cpu_ms_per_slot']:+.1f} CPU-ms per slot")
     for name, pull in result["rtmp_stream"].items():
         print(f"  RTMP pull ({name}): {pull['video_codec']}+{pull['audio_codec']} {pull['fps_by_timestamps']:.2f} fps, "
               f"keyframe every {pull['keyframe_interval_s']} s, interleave skew {pull['interleave_skew_ms']} ms, "

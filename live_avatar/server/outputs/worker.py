@@ -37,6 +37,8 @@ class ThreadedOutput:
         self.error: str | None = None
         self.created_at = time.time()
         self.slots_dropped = 0  # slots this output lost because its worker fell behind
+        self.cpu_s = 0.0  # CPU time its worker thread used (encoding, muxing, writing)
+        self._cpu_start = 0.0
         self._queue: queue.Queue[OutputSlot | None] = queue.Queue(maxsize=queue_slots)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,6 +84,7 @@ class ThreadedOutput:
     # -- worker thread side ------------------------------------------------------------------
     def next_slot(self, timeout: float = 0.5) -> OutputSlot | None | bool:
         """The next slot; None at the end; False when none came within ``timeout``."""
+        self.cpu_s = time.thread_time() - self._cpu_start
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -97,6 +100,7 @@ class ThreadedOutput:
                 return True
 
     def _run(self) -> None:
+        self._cpu_start = time.thread_time()
         try:
             self.work()
         except Exception as exc:  # a bug or an unexpected failure: say so in the state, log it once
@@ -116,4 +120,5 @@ class ThreadedOutput:
             "state": self.state,
             "error": self.error,
             "slots_dropped": self.slots_dropped,
+            "cpu_s": round(self.cpu_s, 3),
         }
