@@ -56,6 +56,10 @@ class SlotEncoder:
             video.width, video.height, video.pix_fmt = self._width, self._height, "yuv420p"
             video.bit_rate = settings.video_bitrate
             video.codec_context.gop_size = settings.gop
+            # one thread: 512x512 at 25 fps needs a fraction of a core, each output encodes on its
+            # own, and x264's thread pool per output would oversubscribe a small machine (and hide
+            # the output's CPU from its thread time)
+            video.codec_context.thread_count = 1
             # zerolatency: no B-frames and no lookahead (a live push); a fixed GOP: a keyframe
             # every keyframe_interval_s exactly, as ingest servers ask
             video.codec_context.options = {
