@@ -9,7 +9,8 @@
   const POLL_MS = 1500;
   const $ = (id) => document.getElementById(id);
   const ui = {
-    panel: $('share'), viewUrl: $('share-view-url'), viewAudio: $('share-view-audio'), whepUrl: $('share-whep-url'),
+    panel: $('share'), viewUrl: $('share-view-url'), viewAudio: $('share-view-audio'), viewFollow: $('share-view-follow'),
+    whepUrl: $('share-whep-url'),
     tokenHint: $('share-token-hint'), pushUrl: $('share-push-url'), pushStart: $('share-push-start'),
     recordStart: $('share-record-start'), error: $('share-error'), outputs: $('share-outputs'),
   };
@@ -47,12 +48,12 @@
     ui.error.hidden = !message;
   }
 
-  function sessionUrl(suffix) {
-    return new URL(`sessions/${encodeURIComponent(state.sessionId)}/${suffix}`, window.location.href).toString();
+  function sessionUrl(suffix, id = state.sessionId) {
+    return new URL(`sessions/${encodeURIComponent(id)}/${suffix}`, window.location.href).toString();
   }
 
   function renderUrls() {
-    const view = new URL(sessionUrl('view'));
+    const view = new URL(sessionUrl('view', ui.viewFollow.checked ? 'latest' : state.sessionId));
     if (!ui.viewAudio.checked) view.searchParams.set('audio', '0');
     ui.viewUrl.value = withToken(view.toString());
     ui.whepUrl.value = sessionUrl('whep');
@@ -152,6 +153,7 @@
   }
 
   ui.viewAudio.addEventListener('change', renderUrls);
+  ui.viewFollow.addEventListener('change', renderUrls);
   ui.pushStart.addEventListener('click', () => {
     const url = ui.pushUrl.value.trim();
     if (!url) { showError('Enter the ingest URL of your streaming platform (rtmp://… or srt://…).'); return; }

@@ -2,6 +2,7 @@
 // Made for an OBS Browser Source: it reconnects by itself (backoff up to 5 s) whenever the
 // connection fails, the session ends or restarts, or the server cannot be reached, forever.
 // ?audio=0: video only. ?token=…: the access token (sent as a Bearer header).
+// /sessions/latest/view shows the caller's newest live session and moves on to the next one.
 (() => {
   'use strict';
 
@@ -14,7 +15,7 @@
   const video = document.getElementById('video');
   video.muted = !withAudio;
 
-  const state = { pc: null, location: null, retryMs: RETRY_MIN_MS, timer: null, connects: 0, lastError: null, framesPresented: 0 };
+  const state = { pc: null, location: null, sessionId: null, retryMs: RETRY_MIN_MS, timer: null, connects: 0, lastError: null, framesPresented: 0 };
 
   function headers(extra) {
     const h = Object.assign({}, extra);
@@ -83,6 +84,7 @@
       }
       if (state.pc !== pc) return;
       state.location = response.headers.get('Location');
+      state.sessionId = response.headers.get('X-Session-Id');
       await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
     } catch (err) {
       if (state.pc === pc) retrySoon(err.message || String(err));
@@ -100,6 +102,7 @@
   window.avatarViewer = {
     get connectionState() { return state.pc ? state.pc.connectionState : 'none'; },
     get connects() { return state.connects; },
+    get sessionId() { return state.sessionId; }, // the session shown (…/sessions/latest/view follows the newest)
     get framesPresented() { return state.framesPresented; },
     get lastError() { return state.lastError; },
     get withAudio() { return withAudio; },

@@ -3,7 +3,8 @@ in headless Chromium against a real server process.
 
 One page is the speaker (the browser client with the fake microphone); the share panel shows the
 viewer URL, starts and stops a recording; a second page opens the viewer URL and decodes frames
-over WHEP, and comes back by itself when its viewer connection is ended on the server.
+over WHEP, and comes back by itself when its viewer connection is ended on the server; a viewer
+on .../sessions/latest/view follows the speaker into its next session after a reconnect.
 """
 
 from __future__ import annotations
@@ -90,4 +91,24 @@ def test_share_panel_and_viewer_page(chromium_page, server_url) -> None:
     href = page.get_attribute("#share-outputs li[data-type=record] a", "href")
     assert href and "/recordings/" in href
     viewer.close()
+
+    # -- a viewer on .../sessions/latest/view follows the speaker into its next session
+    page.check("#share-view-follow")
+    follow_url = page.input_value("#share-view-url")
+    assert follow_url == f"{server_url}/sessions/latest/view?audio=0", follow_url
+    follower = page.context.new_page()
+    follower.goto(follow_url)
+    follower.wait_for_function(f"() => window.avatarViewer.framesPresented > {MIN_FRAMES}", timeout=CONNECT_TIMEOUT_MS)
+    assert follower.evaluate("() => window.avatarViewer.sessionId") == session_id
+    page.click("#disconnect")
+    page.wait_for_function("() => document.getElementById('state').dataset.state === 'idle'", timeout=10_000)
+    page.click("#connect")
+    page.wait_for_function("() => window.avatarClient.connected && window.avatarClient.framesPresented > 0", timeout=CONNECT_TIMEOUT_MS)
+    next_session = page.evaluate("() => window.avatarClient.sessionId")
+    assert next_session != session_id
+    follower.wait_for_function(f"() => window.avatarViewer.sessionId === {next_session!r} && window.avatarViewer.connectionState === 'connected'",
+                               timeout=30_000)
+    before = _viewer_frames(follower)["presented"]
+    follower.wait_for_function(f"() => window.avatarViewer.framesPresented > {before + MIN_FRAMES}", timeout=20_000)
+    follower.close()
     page.click("#disconnect")

@@ -354,3 +354,9 @@ async def test_output_routes_need_the_access_token(lite_engine) -> None:
             assert resp.status == 404 and "unknown session" in (await resp.json())["error"]
         async with http.get(f"{running.url}/static/view.js") as resp:  # the page's script is open
             assert resp.status == 200
+        # 'latest' (the caller's newest session): the page loads and waits; WHEP says there is none yet
+        async with http.get(f"{running.url}/sessions/latest/view?token=outputs-test-token") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+        async with http.post(f"{running.url}/sessions/latest/whep?token=outputs-test-token", data="v=0\r\n",
+                             headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 404 and "no live session" in (await resp.json())["error"]

@@ -7,6 +7,10 @@ POST   /sessions/{id}/outputs               {"type": "rtmp"|"srt", "url"} | {"ty
 GET    /sessions/{id}/outputs               every output and viewer with its state
 DELETE /sessions/{id}/outputs/{output_id}   stop one
 GET    /recordings/{output_id}              a recording's MP4 (also while it is written)
+
+``latest`` in place of a session id (``/sessions/latest/view``, ``/sessions/latest/whep``) names the
+caller's newest live session (same token, or without tokens the same address): a viewer page on
+that URL follows the speaker from one session to the next, e.g. after a reconnect.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from live_avatar.resources import CLIENT_DIR
+from live_avatar.server.auth import caller_of
 from live_avatar.server.outputs.registry import OutputRegistry
 from live_avatar.server.outputs.stream_push import OutputRequestError
 from live_avatar.server.webrtc.signaling import OfferError, check_offer
 
 VIEW_PAGE = CLIENT_DIR / "view.html"
+LATEST = "latest"  # stands for the caller's newest live session
 MAX_OUTPUT_REQUEST_BYTES = 8192
 
 
@@ -49,9 +55,22 @@ class OutputRoutes:
     async def _shutdown(self, app: web.Application) -> None:
         await self.registry.close_all()
 
+    def _viewed_session(self, request: web.Request) -> Any:
+        """The session a viewer asks for: by id, or ``latest`` (see the module docstring)."""
+        if request.match_info["session_id"] != LATEST:
+            return self.api._session(request)
+        client = caller_of(request).client
+        mine = [s for s in self.api.sessions.all() if s.client == client and not s.closed]
+        if not mine:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "you have no live session yet (latest: the newest one opened with your token or from your address)"}),
+                content_type="application/json",
+            )
+        return max(mine, key=lambda s: s.created_at)
+
     # -- WHEP ----------------------------------------------------------------------------------
     async def whep(self, request: web.Request) -> web.Response:
-        session = self.api._session(request)
+        session = self._viewed_session(request)
         if request.content_type != "application/sdp":
             return _error(415, "WHEP offers must be sent as Content-Type: application/sdp")
         body = await self.api._read_limited(request, self.api.config.limits.max_sdp_bytes)
@@ -66,7 +85,7 @@ class OutputRoutes:
             return _error(exc.status, str(exc))
         return web.Response(
             status=201, text=answer.sdp, content_type="application/sdp",
-            headers={"Location": viewer.location, "X-Viewer-Id": viewer.id},
+            headers={"Location": viewer.location, "X-Viewer-Id": viewer.id, "X-Session-Id": session.id},
         )
 
     async def whep_delete(self, request: web.Request) -> web.Response:
@@ -83,7 +102,8 @@ class OutputRoutes:
         return response
 
     async def view_page(self, request: web.Request) -> web.StreamResponse:
-        self.api._session(request)  # 404 JSON for an unknown session (the page itself retries a restarted one)
+        if request.match_info["session_id"] != LATEST:  # 'latest' may have no session yet: the page waits for one
+            self.api._session(request)  # 404 JSON for an unknown session (once loaded, the page retries by itself)
         if not VIEW_PAGE.is_file():
             return _error(404, "the viewer page (live_avatar/client/view.html) is not installed")
         return web.FileResponse(VIEW_PAGE, headers={"Cache-Control": "no-store"})
