@@ -12,11 +12,12 @@ nginx, + a recording. Each step measures
 * the server process's CPU (psutil, CPU-seconds per second): the cost of each added consumer is
   the difference to the step before (per second and per published slot; noisy on a shared
   machine); a push's or recording's own worker thread CPU is also measured exactly (thread time);
-* the A/V offset on the RTMP stream, two ways: from the content (what a player shows): the lag
-  between frame motion and the speech envelope in the pull (10 ms grid), minus the same lag at the
-  speaker's WebRTC receiver (whose A/V offset on the wire the e2e benchmark measures as ~0); and
-  from the timestamps: how far apart audio and video timestamps travel in the order nginx
-  delivers the packets (interleave skew; both streams are stamped from the same slot numbers).
+* the A/V offset on the RTMP stream, from the content (what a player shows): the lag between
+  frame motion and the speech envelope in the pull (10 ms grid) minus the same lag in the
+  recording (same encoder, MP4 timestamps exact) and, for reference, minus the lag at the
+  speaker's WebRTC receiver (by arrival time: its jitter buffers included); and from the
+  timestamps: how far apart audio and video timestamps travel in the order nginx delivers the
+  packets (interleave skew; both streams are stamped from the same slot numbers).
 
 The viewers and pullers run on the same machine as the server (2 shared cores here), so their
 decoding competes with the server: the per-consumer CPU is the server's alone.
@@ -142,9 +143,15 @@ def pull_rtmp(url: str, seconds: float, out: Path) -> dict[str, Any]:
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-rw_timeout", "10000000", "-i", url, "-t", str(seconds), "-c", "copy", str(out)],
                    capture_output=True, timeout=seconds + 30, check=True)
     wall = time.monotonic() - t0
+    return {**read_media(out), "seconds_read": wall}
+
+
+def read_media(path: Path, max_s: float = 20.0) -> dict[str, Any]:
+    """Codecs, rates, keyframes, timestamp interleaving, and the decoded frames (grey) and audio of
+    the first ``max_s`` seconds of a media file (an RTMP pull or a recording)."""
     import av
 
-    with av.open(str(out)) as container:
+    with av.open(str(path)) as container:
         video = container.streams.video[0]
         audio = container.streams.audio[0]
         info = {"video_codec": video.codec_context.name, "audio_codec": audio.codec_context.name,
@@ -157,6 +164,8 @@ def pull_rtmp(url: str, seconds: float, out: Path) -> dict[str, Any]:
         for packet in container.demux(video, audio):
             if packet.size == 0:
                 continue
+            if video_pts and video_pts[-1] - video_pts[0] > max_s:
+                break
             if packet.dts is not None:
                 last_dts[packet.stream.type] = float(packet.dts * packet.time_base)
                 if len(last_dts) == 2 and keyframes:
@@ -174,7 +183,6 @@ def pull_rtmp(url: str, seconds: float, out: Path) -> dict[str, Any]:
     video_pts_arr = np.array(video_pts)
     return {
         **info,
-        "seconds_read": wall,
         "frames": len(frames),
         "fps_by_timestamps": float((len(video_pts) - 1) / (video_pts_arr[-1] - video_pts_arr[0])) if len(video_pts) > 1 else None,
         "keyframe_interval_s": float(np.median(np.diff(keyframes))) if len(keyframes) > 1 else None,
@@ -204,6 +212,11 @@ def motion_audio_lag_ms(frame_times: np.ndarray, frames: list[np.ndarray], audio
     lags = range(-30, 31)
     scores = [float(np.mean(m[max(0, k): m.size + min(0, k)] * e[max(0, -k): e.size - max(0, k)])) for k in lags]
     return float(list(lags)[int(np.argmax(scores))] * 10.0)
+
+
+def media_lag_ms(media: dict[str, Any]) -> float | None:
+    audio_times = media["_audio_start"] + np.arange(media["_audio"].size) / media["_audio_rate"]
+    return motion_audio_lag_ms(media["_video_pts"], media["_frames"], audio_times, media["_audio"])
 
 
 def peer_motion_audio_lag_ms(peer) -> float | None:
@@ -316,14 +329,19 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await viewer.close()
         await driver.close()
 
+        recording = read_media(workdir / "recordings" / f"{consumers['recording']}.mp4")
+
+    recording_lag = media_lag_ms(recording)
     rtmp = {}
     for name, pull in pulls.items():
-        times = pull["_video_pts"]
-        audio_times = pull["_audio_start"] + np.arange(pull["_audio"].size) / pull["_audio_rate"]
-        lag = motion_audio_lag_ms(times, pull["_frames"], audio_times, pull["_audio"])
+        lag = media_lag_ms(pull)
         rtmp[name] = {k: v for k, v in pull.items() if not k.startswith("_")}
         rtmp[name]["motion_after_speech_ms"] = lag
-        rtmp[name]["content_av_offset_ms"] = None if lag is None or webrtc_lag is None else lag - webrtc_lag
+        # against the recording: the same encoder, timestamps kept exactly by MP4 (edit list for
+        # AAC's priming); what the RTMP path adds or loses
+        rtmp[name]["av_offset_vs_recording_ms"] = None if lag is None or recording_lag is None else lag - recording_lag
+        # against the speaker's WebRTC receiver (arrival times: includes its jitter buffers)
+        rtmp[name]["av_offset_vs_webrtc_ms"] = None if lag is None or webrtc_lag is None else lag - webrtc_lag
     return {
         "benchmark": "outputs",
         "command": "avatar bench outputs " + " ".join(sys.argv[3:]) if sys.argv[1:2] == ["bench"] else "avatar bench outputs",
@@ -335,6 +353,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "consumer_cpu_cost": consumer_costs(steps),
         "rtmp_stream": rtmp,
         "speaker_motion_after_speech_ms": webrtc_lag,
+        "recording_motion_after_speech_ms": recording_lag,
     }
 
 
@@ -353,5 +372,5 @@ def run(args: argparse.Namespace) -> int:
     for name, pull in result["rtmp_stream"].items():
         print(f"  RTMP pull ({name}): {pull['video_codec']}+{pull['audio_codec']} {pull['fps_by_timestamps']:.2f} fps, "
               f"keyframe every {pull['keyframe_interval_s']} s, interleave skew {pull['interleave_skew_ms']} ms, "
-              f"content A/V {pull['content_av_offset_ms']} ms")
+              f"A/V vs the recording {pull['av_offset_vs_recording_ms']} ms, vs WebRTC {pull['av_offset_vs_webrtc_ms']} ms")
     return 0
