@@ -129,3 +129,19 @@ def test_push_urls_are_checked_and_keys_never_shown() -> None:
     ]:
         got = asyncio.run(check(url))
         assert got[0] == status and words in got[1], (url, got)
+
+
+def test_a_push_whose_writes_block_is_reported_stalled() -> None:
+    """A real frozen ingest takes a long while to block a write here (loopback socket buffers hold
+    tens of seconds of this low-bitrate stream), so the rule is checked on its own."""
+    from live_avatar.server.outputs.encoder import EncoderSettings as Settings
+    from live_avatar.server.outputs.stream_push import StreamPushOutput
+
+    session = SimpleNamespace(id="s1", fanout=Fanout())
+    push = StreamPushOutput(session, "rtmp://127.0.0.1/live/key", Settings(), io_timeout_s=2.0)
+    push.state, push._last_write = "live", time.monotonic()
+    assert push.describe()["state"] == "live"
+    push._last_write = time.monotonic() - 3.0  # the last write returned 3 s ago
+    assert push.describe()["state"] == "stalled"
+    push.state = "reconnecting"
+    assert push.describe()["state"] == "reconnecting"

@@ -118,11 +118,13 @@ class StreamPushOutput(ThreadedOutput):
         self.frames_written = 0  # video frames sent, over every connection (repeats for missed slots included)
         self.slots_encoded = 0  # slots this output received and encoded
         self.live_since: float | None = None
+        self._last_write = 0.0
 
     def _target(self) -> MuxTarget:
-        # FFmpeg's RTMP protocol ignores rw_timeout when PyAV opens it for writing: a closed or
-        # reset ingest fails the next write at once, but one that accepts and then stops reading
-        # holds the worker (only this output: its queue drops slots) until TCP gives up
+        # FFmpeg's RTMP protocol ignores rw_timeout when PyAV opens it for writing (and PyAV's
+        # timeout= only guards reads): a closed or reset ingest fails the next write at once, but
+        # one that accepts and then stops reading holds the worker (only this output: its queue
+        # drops slots) until it reads again; reported_state says "stalled" meanwhile
         options = {"timeout": str(int(self.io_timeout_s * 1e6)), "mode": "caller"} if self.scheme == "srt" else {}
         container_options = {"flvflags": "no_duration_filesize"} if self.scheme.startswith("rtmp") else {}
         return MuxTarget(self.url, SCHEMES[self.scheme], options, container_options)
@@ -167,10 +169,21 @@ class StreamPushOutput(ThreadedOutput):
         encoder.write(slot)
         self.slots_encoded += 1
         self.frames_written = written_before + encoder.frames_written
+        self._last_write = time.monotonic()
+
+    @property
+    def reported_state(self) -> str:
+        """``live`` turns ``stalled`` while a write has been blocked for io_timeout_s: an ingest
+        that stopped reading without closing the connection (FFmpeg's RTMP writer has no timeout
+        for that; the push resumes if the ingest does)."""
+        if self.state == "live" and time.monotonic() - self._last_write > self.io_timeout_s:
+            return "stalled"
+        return self.state
 
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
+            "state": self.reported_state,
             "url": redact_url(self.url),
             "connects": self.connects,
             "frames_written": self.frames_written,
