@@ -88,7 +88,7 @@ class OutputsConfig:
     x264_preset: str = "veryfast"
     reconnect_initial_s: float = 1.0  # first wait before a push reconnects; doubles up to reconnect_max_s
     reconnect_max_s: float = 10.0
-    io_timeout_s: float = 5.0  # SRT connect/IO timeout (FFmpeg's RTMP writer takes none: a reset ingest fails at once)
+    io_timeout_s: float = 5.0  # SRT connect/IO timeout; an RTMP push whose write blocks this long is reported "stalled"
 
     def __post_init__(self) -> None:
         for name in ("max_viewers_per_session", "max_outputs_per_session", "video_bitrate", "audio_bitrate"):
