@@ -145,3 +145,20 @@ def test_a_push_whose_writes_block_is_reported_stalled() -> None:
     assert push.describe()["state"] == "stalled"
     push.state = "reconnecting"
     assert push.describe()["state"] == "reconnecting"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("outputs: {max_viewers_per_session: 0}\n", "outputs.max_viewers_per_session: must be at least 1"),
+        ("outputs: {reconnect_initial_s: -1}\n", "outputs.reconnect_initial_s: must be positive"),
+        ("outputs: {recordings_dir: [a]}\n", "outputs.recordings_dir"),
+    ],
+)
+def test_bad_outputs_settings_name_the_key(tmp_path, text, message) -> None:
+    from live_avatar.server.config import load_server_config
+
+    path = tmp_path / "server.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_server_config(path)
