@@ -18,6 +18,7 @@ BENCHMARKS = {
     "liveavatar": "liveavatar engine: per-block latency, first block, VAE decode, peak memory (GPU)",
     "cycles": "sessions opened and ended 200 times: server RSS, threads and file descriptors must not grow",
     "audio-windows": "liveavatar: live rolling wav2vec windows against whole-file features (cosine per frame)",
+    "outputs": "one session, 3 WHEP viewers + RTMP push (nginx) + recording: fps per consumer, CPU per consumer, RTMP A/V",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(

@@ -96,6 +96,30 @@ class AudioSocketConfig:
 
 
 @dataclass
+class OutputsConfig:
+    """WHEP viewers, RTMP/SRT pushes, recordings, virtual cameras (server/outputs/)."""
+
+    recordings_dir: str = "recordings"  # where recordings go (relative: to the working directory)
+    max_viewers_per_session: int = 8
+    max_outputs_per_session: int = 4  # pushes, recordings and cameras running at once
+    video_bitrate: int = 2_000_000
+    audio_bitrate: int = 128_000
+    keyframe_interval_s: float = 2.0
+    x264_preset: str = "veryfast"
+    reconnect_initial_s: float = 1.0  # first wait before a push reconnects; doubles up to reconnect_max_s
+    reconnect_max_s: float = 10.0
+    io_timeout_s: float = 5.0  # SRT connect/IO timeout; an RTMP push whose write blocks this long is reported "stalled"
+
+    def __post_init__(self) -> None:
+        for name in ("max_viewers_per_session", "max_outputs_per_session", "video_bitrate", "audio_bitrate"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", key=f"outputs.{name}")
+        for name in ("keyframe_interval_s", "reconnect_initial_s", "reconnect_max_s", "io_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"must be positive, got {getattr(self, name)}", key=f"outputs.{name}")
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -108,6 +132,7 @@ class ServerConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     audio_socket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
     def ice_host_addresses(self) -> list[str] | None:
         """Addresses to offer as host candidates; None means every non-loopback interface."""

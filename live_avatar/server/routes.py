@@ -22,11 +22,11 @@ from live_avatar.server.avatars import AvatarStore, StoreFull
 from live_avatar.server.config import ServerConfig
 from live_avatar.server.http_errors import describe_multipart_error
 from live_avatar.server.metrics import ServerMetrics
+from live_avatar.server.outputs.routes import OutputRoutes
 from live_avatar.server.rate_limits import SlidingWindowLimit
 from live_avatar.server.session_routes import AUDIO_SOURCES, PushedSpeechRoutes, describe_session, session_paths
 from live_avatar.server.sessions import CapacityError, ClientLimitError, SessionManager
 from live_avatar.server.webrtc.signaling import OfferError, PeerConnector, check_offer
-
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class Api:
         r.add_delete("/sessions/{session_id}", self.delete_session)
         r.add_get("/sessions/{session_id}/stats", self.session_stats)
         PushedSpeechRoutes(self).register(app)  # POST /sessions, PATCH /sessions/{id}, GET /sessions/{id}/audio
+        self.outputs = OutputRoutes(self)  # WHEP, viewer page, pushes, recordings: server/outputs/
+        self.outputs.register(app)
         if CLIENT_DIR.is_dir():
             self.open_resources.append(r.add_static("/static/", CLIENT_DIR, show_index=False))
             # the page links its files relatively (app.js, style.css): serve them at the root too
