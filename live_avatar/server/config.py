@@ -15,7 +15,9 @@ DEFAULT_CONFIG_PATH = config_path("server.yaml")
 @dataclass
 class SessionConfig:
     max_sessions: int = 4
-    playout_delay_ms: float = 40.0
+    playout_delay_ms: float = 40.0  # at the start; then the margin follows the jitter (adaptive_margin)
+    adaptive_margin: bool = True
+    min_margin_ms: float = 12.0  # the low tail (2 %) of the frames' slack is kept near this
     max_buffered_frames: int = 50
     consumer_queue_slots: int = 4
     idle_timeout_s: float = 15.0
@@ -30,7 +32,7 @@ class SessionConfig:
 class WebRTCConfig:
     ice_host_addresses: list[str] = field(default_factory=list)
     ice_servers: list[Any] = field(default_factory=list)  # entries: checked by rtc_configuration, which says what one needs
-    audio_jitter_prefetch: int = 1
+    audio_jitter_prefetch: int = 0  # 0: each packet to the decoder at once (aiortc_hooks)
 
 
 @dataclass
