@@ -17,6 +17,7 @@ BENCHMARKS = {
     "generate": "offline generation: peak RSS and real-time factor vs. length",
     "liveavatar": "liveavatar engine: per-block latency, first block, VAE decode, peak memory (GPU)",
     "cycles": "sessions opened and ended 200 times: server RSS, threads and file descriptors must not grow",
+    "capacity": "sessions opened until refused (503), held 60 s: fps sent, repeated and dropped per session",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(

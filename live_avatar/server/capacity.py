@@ -14,7 +14,9 @@ run on frames of the output size); ``CapacityMonitor`` then keeps measuring whil
 
 A new session is admitted when no session is behind and the busy cores plus one more session's
 cost (sessions still starting count at the larger of both estimates) stay within
-``cpu_budget`` x the cores this process may use.
+``cpu_budget`` x the cores this process may use. With no session live the first is admitted
+(nobody's frame rate to protect). ``AVATAR_CAPACITY_ADMISSION=off`` in the environment turns
+admission by measurement off (the test suite does, for tests of other limits).
 """
 
 from __future__ import annotations
@@ -97,6 +99,18 @@ def measure_session_cost(engine: Any, frames: int = 25) -> dict[str, float]:
         opus.encode(frame)
     audio = time.thread_time() - start
     return {"render": render, "video_encode": video, "audio": audio, "total": render + video + audio}
+
+
+def cached_session_cost(engine: Any) -> dict[str, float]:
+    """``measure_session_cost`` once per engine object (servers in one process share an engine)."""
+    cost = getattr(engine, "_live_avatar_session_cost", None)
+    if cost is None:
+        cost = measure_session_cost(engine)
+        try:
+            engine._live_avatar_session_cost = cost
+        except AttributeError:  # an engine with __slots__: measure again next time
+            pass
+    return cost
 
 
 class CapacityMonitor:
@@ -211,6 +225,8 @@ class CapacityMonitor:
         if behind:
             return (f"the server is at capacity: {len(behind)} live session(s) are falling behind "
                     f"(frames late over the last {self.config.window_s:g} s)")
+        if not self._sessions() and opening == 0:
+            return None  # nobody to protect: the first session is always admitted
         if self.admissible(opening) < 1:
             return (f"the server is at capacity: one more session needs ~{self.session_cost():.2f} CPU cores, "
                     f"{self.busy_cores():.2f} of {self.cores} are busy (budget {self.config.cpu_budget:.0%})")

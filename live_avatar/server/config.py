@@ -8,6 +8,7 @@ from typing import Any
 
 from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
+from live_avatar.server.capacity import CapacityConfig
 
 DEFAULT_CONFIG_PATH = config_path("server.yaml")
 
@@ -89,6 +90,7 @@ class ServerConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
     def ice_host_addresses(self) -> list[str] | None:
         """Addresses to offer as host candidates; None means every non-loopback interface."""

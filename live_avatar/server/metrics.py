@@ -31,6 +31,9 @@ class ServerMetrics:
         self.frames_dropped = Counter("frames_dropped", "Generated frames never sent (late or backlog)", registry=r)
         self.active_sessions = Gauge("active_sessions", "Live sessions", registry=r)
         self.sessions_refused = Counter("sessions_refused", "Sessions refused (capacity)", registry=r)
+        self.sessions_behind = Gauge("sessions_behind", "Live sessions with more than 1 % of recent slots late", registry=r)
+        self.session_cpu_cores = Gauge("session_cpu_cores", "CPU cores one session costs (measured live, else estimated)", registry=r)
+        self.sessions_admissible = Gauge("sessions_admissible", "More sessions that would fit now", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

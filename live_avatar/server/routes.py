@@ -92,7 +92,8 @@ class Api:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit}
+            {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit,
+             "capacity": self.sessions.monitor.stats() if self.sessions.monitor is not None else None}
         )
 
     async def prometheus(self, request: web.Request) -> web.Response:

@@ -100,6 +100,7 @@ class AvatarSession:
         self._closing: asyncio.Task | None = None
         self._close_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._reported = {"sent": 0, "repeated": 0, "dropped": 0}
+        self.capacity_stats: Callable[[], dict] | None = None  # set by the SessionManager's capacity monitor
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -348,4 +349,5 @@ class AvatarSession:
                 },
             },
             "stream": stream_stats,
+            "capacity": self.capacity_stats() if self.capacity_stats is not None else None,
         }

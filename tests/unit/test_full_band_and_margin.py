@@ -140,3 +140,4 @@ async def _sleep_until(t: float) -> None:
     import asyncio
 
     await asyncio.sleep(max(0.0, t - time.monotonic()))
+
