@@ -184,10 +184,7 @@ class Playout:
         self._window_slots += 1
         if self._window_slots < TRIM_WINDOW_SLOTS:
             return
-        # With the adaptive margin the sub-frame margin is the slot grid's job: a whole frame that
-        # waited for a second (a slip after a repeat) is surplus.
-        keep = 0 if self.margin is not None else self._delay_frames
-        surplus = min(self._min_depth - keep, len(self._buffer))
+        surplus = min(self._min_depth - self._delay_frames, len(self._buffer))
         if surplus > 0:
             for _ in range(surplus):
                 self._drop_oldest()
