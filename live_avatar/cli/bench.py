@@ -18,6 +18,7 @@ BENCHMARKS = {
     "liveavatar": "liveavatar engine: per-block latency, first block, VAE decode, peak memory (GPU)",
     "cycles": "sessions opened and ended 200 times: server RSS, threads and file descriptors must not grow",
     "capacity": "sessions opened until refused (503), held 60 s: fps sent, repeated and dropped per session",
+    "onsets": "lite motion at speech onsets: frames until the mouth is open, noise flicker, contact sheet",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(
