@@ -56,9 +56,8 @@ async def tone_session(lite_engine, speech_16k):
         try:
             session_id = await peer.connect_offer(server.url)
             await peer.wait_sent(extra_s=0.8)
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"{server.url}/sessions/{session_id}/stats") as resp:
-                    stats = await resp.json()
+            async with aiohttp.ClientSession() as http, http.get(f"{server.url}/sessions/{session_id}/stats") as resp:
+                stats = await resp.json()
         finally:
             await peer.close()
         yield peer, samples, stats
@@ -72,7 +71,7 @@ async def test_returned_audio_keeps_the_energy_above_8_khz(tone_session):
     # the same stretch of speech in both streams: sent frame j + offset is returned frame j
     start = RATE + RATE // 2  # from 0.5 s into the speech ...
     stop = sent.size - RATE - RATE // 2  # ... to 0.5 s before its end
-    shift = int(round(match.offset_frames * GRID_S * RATE))
+    shift = round(match.offset_frames * GRID_S * RATE)
     sent_part = sent[start:stop]
     returned_part = returned[start - shift : stop - shift]
     assert returned_part.size == sent_part.size

@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from live_avatar.server.capacity import CapacityConfig, CapacityMonitor, measure_session_cost
+from live_avatar.server.capacity import (
+    CapacityConfig,
+    CapacityMonitor,
+    measure_session_cost,
+)
 from live_avatar.server.media.playout import PlayoutCounters
 from live_avatar.server.metrics import ServerMetrics
 

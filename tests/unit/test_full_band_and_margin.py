@@ -141,3 +141,15 @@ async def _sleep_until(t: float) -> None:
 
     await asyncio.sleep(max(0.0, t - time.monotonic()))
 
+
+
+def test_full_band_ingest_takes_pcm_at_other_rates_too():
+    ingest = FullBandIngest(16000, 48000)
+    t = np.arange(24000) / 24000
+    pcm = (0.3 * np.sin(2 * np.pi * 9000 * t) * 32767).astype("<i2")
+    lows, fulls = zip(*(ingest.push_pcm(pcm[i : i + 480].tobytes(), 24000) for i in range(0, pcm.size, 480)))
+    low, full = np.concatenate(lows), np.concatenate(fulls)
+    assert full.size == 3 * low.size and full.size > 47000
+    spectrum = np.abs(np.fft.rfft(full[4800:4800 + 38400]))
+    freqs = np.fft.rfftfreq(38400, 1 / 48000)
+    assert abs(freqs[np.argmax(spectrum)] - 9000) < 5  # 9 kHz from a 24 kHz TTS: kept, resampled to 48 kHz

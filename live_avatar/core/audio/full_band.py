@@ -13,11 +13,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from live_avatar.core.audio.ingest import (
-    AudioIngest,
-    _frame_to_mono,
-    _StreamingResampler,
-)
+from live_avatar.core.audio.ingest import AudioIngest
 
 # The FIFO never needs more than the two resamplers' delays; beyond this it is trimmed.
 MAX_FIFO_S = 0.1
@@ -31,24 +27,18 @@ class FullBandIngest:
         self.full_band_rate = full_band_rate
         self.ratio = full_band_rate // rate
         self._ingest = AudioIngest(rate)
-        self._to_full_band = _StreamingResampler("flt", full_band_rate)
+        self._full = AudioIngest(full_band_rate)  # input already at this rate passes unresampled
         self._fifo = np.zeros(0, np.float32)
 
     def push_frame(self, frame: av.AudioFrame) -> tuple[np.ndarray, np.ndarray]:
         """One decoded frame -> (float32 mono at ``rate``, float32 mono at ``full_band_rate``)."""
         low = self._ingest.push_frame(frame)
-        if frame.samples == 0:
-            return low, np.zeros(0, np.float32)
-        if frame.sample_rate == self.full_band_rate and self._to_full_band.idle:
-            full = _frame_to_mono(frame)
-        else:
-            mono = _frame_to_mono(frame)
-            resample_in = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, np.float32)[None, :], format="flt",
-                                                     layout="mono")
-            resample_in.sample_rate = frame.sample_rate
-            parts = self._to_full_band.push(resample_in)
-            full = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-        return low, self._pair(low.shape[0], full)
+        return low, self._pair(low.shape[0], self._full.push_frame(frame))
+
+    def push_pcm(self, data, rate: int, channels: int = 1, sample_format: str = "s16") -> tuple[np.ndarray, np.ndarray]:
+        """Raw PCM (as ``AudioIngest.push_pcm``) -> (float32 mono at ``rate``, at ``full_band_rate``)."""
+        low = self._ingest.push_pcm(data, rate, channels, sample_format)
+        return low, self._pair(low.shape[0], self._full.push_pcm(data, rate, channels, sample_format))
 
     def _pair(self, n: int, full: np.ndarray) -> np.ndarray:
         fifo = np.concatenate([self._fifo, full]) if self._fifo.size else full
