@@ -18,6 +18,10 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
   slot (slot = audio pts / 1920 = video pts / 3600) is the first frame generated from the onset;
   its arrival minus the send time of the onset packet is what a viewer at the peer sees (encode,
   loopback, receive and decode included).
+* speech_to_lips visible (peer, the issue-12 target p50 <= 160 / p95 <= 250 ms): from the send of
+  the onset to the first RTP packet of the first frame in which the mouth is visibly open, the mouth
+  found in the received thumbnails (bench/lips.py: a third of a typical syllable's opening above
+  the frame's pre-onset baseline).
 * A/V offset, positive = sound later than picture:
   (a) wire: per slot, first RTP packet of its audio minus first RTP packet of its video frame, as
       they reach the peer (before aiortc's jitter buffers: its audio buffer prefetches 80 ms,
