@@ -43,7 +43,9 @@ class CapacityConfig:
     late_fraction: float = 0.01  # a session with more of its slots late than this (over window_s) is behind
     window_s: float = 5.0  # how far back busy cores and late frames are judged
     young_s: float = 4.0  # a session younger than this has not shown its cost yet: the estimate counts
-    network_overhead: float = 0.15  # RTP/SRTP/event loop on top of render + encode, until measured live
+    # RTP/SRTP, the event loop and the rest on top of render + encode, until measured live: a live
+    # lite session at 512x512 cost 0.52-0.55 cores where render + VP8 + opus measured 0.25-0.27
+    network_overhead: float = 1.0
 
 
 def usable_cores() -> int:
