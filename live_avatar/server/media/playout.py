@@ -14,6 +14,11 @@ the generation latency and no more. The rules (DESIGN.md §2):
   blocks upstream) are jumped over; a frame older than one already shown is past its slot and
   dropped.
 
+* with a ``MarginControl`` (margin.py), the slot grid itself moves a few ms at a time in silence so
+  that the margin follows the measured jitter instead of staying at ``playout_delay_s``;
+* a chunk that carries the producer's full-band speech (48 kHz) is sent with it; else the 16 kHz
+  copy is upsampled.
+
 Each slot is published to a ``Fanout`` so that several consumers can send it.
 """
 
