@@ -19,6 +19,8 @@ BENCHMARKS = {
     "cycles": "sessions opened and ended 200 times: server RSS, threads and file descriptors must not grow",
     "audio-windows": "liveavatar: live rolling wav2vec windows against whole-file features (cosine per frame)",
     "outputs": "one session, 3 WHEP viewers + RTMP push (nginx) + recording: fps per consumer, CPU per consumer, RTMP A/V",
+    "capacity": "sessions opened until refused (503), held 60 s: fps sent, repeated and dropped per session",
+    "onsets": "lite motion at speech onsets: frames until the mouth is open, noise flicker, contact sheet",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(

@@ -77,6 +77,10 @@ class Chunk:
     # Arrival time of the packet in which a speech onset (after >= 0.5 s of silence) started, if the
     # first frame generated from that onset is in this chunk; used for speech_to_lips_latency.
     speech_onset_arrivals: list[float] = field(default_factory=list)
+    # The same input speech at full band (the producer's own 48 kHz, StreamSession's full_band
+    # copy) for the outgoing audio; None when the producer gave only the engine's rate.
+    full_band_audio: np.ndarray | None = None  # float32 mono [N * S * full_band_rate / sample_rate]
+    full_band_rate: int | None = None
 
     @property
     def num_frames(self) -> int:

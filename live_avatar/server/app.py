@@ -11,6 +11,7 @@ identity (server/auth.py).
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 from typing import Any
 
@@ -24,6 +25,7 @@ from live_avatar.server.http_errors import install_json_http_errors, json_errors
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.origins import OriginPolicy
 from live_avatar.server.routes import Api
+from live_avatar.server.capacity import CapacityMonitor, cached_session_cost
 from live_avatar.server.sessions import SessionManager
 from live_avatar.server.webrtc.signaling import PeerConnector
 
@@ -65,12 +67,20 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
         )
         await avatars.load_default(config.avatar)
         sessions = SessionManager(engine, config.sessions, state["metrics"], max_per_client=config.limits.max_sessions_per_client)
+        if config.capacity.enabled and os.environ.get("AVATAR_CAPACITY_ADMISSION", "on") != "off":
+            cost = await asyncio.to_thread(cached_session_cost, engine)
+            log.info("one session costs ~%.2f CPU cores at start-up (%s)", cost["total"],
+                     ", ".join(f"{k} {v:.3f}" for k, v in cost.items() if k != "total"))
+            sessions.monitor = CapacityMonitor(config.capacity, sessions.all, startup_cost=cost, metrics=state["metrics"])
+            sessions.monitor.start()
         connector = PeerConnector(config, sessions)
         state.update(avatars=avatars, sessions=sessions, connector=connector)
         api.bind(avatars, sessions, connector)
 
     async def shutdown(app: web.Application) -> None:
         if "sessions" in state:
+            if state["sessions"].monitor is not None:
+                await state["sessions"].monitor.stop()
             await state["sessions"].close_all()
             await state["connector"].close_all()
         if owns_engine and state["engine"] is not None:

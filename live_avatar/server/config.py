@@ -8,6 +8,7 @@ from typing import Any
 
 from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
+from live_avatar.server.capacity import CapacityConfig
 
 DEFAULT_CONFIG_PATH = config_path("server.yaml")
 
@@ -15,7 +16,9 @@ DEFAULT_CONFIG_PATH = config_path("server.yaml")
 @dataclass
 class SessionConfig:
     max_sessions: int = 4
-    playout_delay_ms: float = 40.0
+    playout_delay_ms: float = 40.0  # at the start; then the margin follows the jitter (adaptive_margin)
+    adaptive_margin: bool = True
+    min_margin_ms: float = 12.0  # the low tail (2 %) of the frames' slack is kept near this
     max_buffered_frames: int = 50
     consumer_queue_slots: int = 4
     idle_timeout_s: float = 15.0
@@ -30,7 +33,7 @@ class SessionConfig:
 class WebRTCConfig:
     ice_host_addresses: list[str] = field(default_factory=list)
     ice_servers: list[Any] = field(default_factory=list)  # entries: checked by rtc_configuration, which says what one needs
-    audio_jitter_prefetch: int = 1
+    audio_jitter_prefetch: int = 0  # 0: each packet to the decoder at once (aiortc_hooks)
 
 
 @dataclass
@@ -133,6 +136,7 @@ class ServerConfig:
     cors: CorsConfig = field(default_factory=CorsConfig)
     audio_socket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
     def ice_host_addresses(self) -> list[str] | None:
         """Addresses to offer as host candidates; None means every non-loopback interface."""

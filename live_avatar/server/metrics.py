@@ -42,6 +42,9 @@ class ServerMetrics:
             buckets=BUDGET_SHARE_BUCKETS,
             registry=r,
         )
+        self.sessions_behind = Gauge("sessions_behind", "Live sessions with more than 1 % of recent slots late", registry=r)
+        self.session_cpu_cores = Gauge("session_cpu_cores", "CPU cores one session costs (measured live, else estimated)", registry=r)
+        self.sessions_admissible = Gauge("sessions_admissible", "More sessions that would fit now", registry=r)
 
     def observe_block_compute(self, compute_s: float, budget_s: float) -> None:
         self.block_compute.observe(compute_s)

@@ -95,7 +95,8 @@ class Api:
         return handler
 
     async def healthz(self, request: web.Request) -> web.Response:
-        body = {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit}
+        body = {"status": "ok", "engine": self.config.engine, "sessions": len(self.sessions), "max_sessions": self.sessions.limit,
+                "capacity": self.sessions.monitor.stats() if self.sessions.monitor is not None else None}
         pipeline = getattr(self.sessions.engine, "pipeline", None)  # liveavatar --num_gpus_dit N
         if pipeline is not None:
             body["pipeline"] = pipeline.status()

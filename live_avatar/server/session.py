@@ -19,14 +19,17 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from live_avatar.core.audio import AudioIngest, OutputAudioResampler
+from live_avatar.core.audio import OutputAudioResampler
+from live_avatar.core.audio.full_band import FullBandIngest
 
 from live_avatar.server.config import SessionConfig
 from live_avatar.server.media.fanout import Fanout
+from live_avatar.server.media.margin import MarginControl
 from live_avatar.server.media.clock import MediaClock
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.media.playout import OutputSlot, Playout
 from live_avatar.server.media.tracks import AvatarVideoTrack, SyncedAudioTrack
+from live_avatar.server.latency_budget import LatencyBudget
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,15 @@ class AvatarSession:
             max_buffered_frames=config.max_buffered_frames,
             on_slot=self._on_slot,
             keep_every_frame=bool(getattr(getattr(stream, "config", None), "buffered", False)),
+            margin=MarginControl(min_margin_s=config.min_margin_ms / 1000.0) if config.adaptive_margin else None,
+            on_shift=self._on_playout_shift,
         )
         self.first_audio_at: float | None = None
         self.last_audio_at: float | None = None
         self.first_frame_latency: float | None = None
         self.speech_to_lips: deque[float] = deque(maxlen=LATENCY_HISTORY)
+        self.latency_budget = LatencyBudget()
+        self._pushed_at: dict[float, float] = {}  # packet arrival -> when push_audio took it (recent)
         self._slot_times: deque[float] = deque(maxlen=stream.fps * 2)  # for the measured fps
         self._video_tracks: list[AvatarVideoTrack] = []
         self._audio_tracks: list[SyncedAudioTrack] = []
@@ -101,6 +108,7 @@ class AvatarSession:
         self._slot_listeners: list[Callable[[OutputSlot], None]] = []
         self._interrupt_listeners: list[Callable[[], None]] = []
         self.stats_sections: dict[str, Callable[[], Any]] = {}  # more parts of stats(), by key
+        self.capacity_stats: Callable[[], dict] | None = None  # set by the SessionManager's capacity monitor
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -173,8 +181,11 @@ class AvatarSession:
                 await result
 
     # -- audio in (producer independent) -------------------------------------------------------
-    def push_audio(self, samples_16k: np.ndarray, t_arrival: float | None = None) -> int | None:
-        """Returns the session timeline index of the first sample (see StreamSession.push_audio)."""
+    def push_audio(self, samples_16k: np.ndarray, t_arrival: float | None = None,
+                   full_band: np.ndarray | None = None) -> int | None:
+        """``full_band``: the same speech at 48 kHz (3x the samples), sent back as it came in;
+        without it the outgoing audio is the 16 kHz copy upsampled. Returns the session timeline
+        index of the first sample (see StreamSession.push_audio)."""
         if self.state == "closed":
             return None
         t = time.monotonic() if t_arrival is None else t_arrival
@@ -182,7 +193,12 @@ class AvatarSession:
             self.first_audio_at = t
         self.last_audio_at = t
         if samples_16k.size:
-            return self.stream.push_audio(samples_16k, t)
+            self._pushed_at[t] = time.monotonic()
+            if len(self._pushed_at) > 256:
+                del self._pushed_at[next(iter(self._pushed_at))]
+            if full_band is None:
+                return self.stream.push_audio(samples_16k, t)
+            return self.stream.push_audio(samples_16k, t, full_band=full_band)
         return None
 
     def end_of_speech(self) -> None:
@@ -211,7 +227,7 @@ class AvatarSession:
         self._spawn(self._read_track(track), "audio-in")
 
     async def _read_track(self, track: MediaStreamTrack) -> None:
-        ingest = AudioIngest(self.stream.sample_rate)
+        ingest = FullBandIngest(self.stream.sample_rate, self.clock.audio_rate)
         while self.state != "closed":
             try:
                 async with asyncio.timeout(self.config.idle_timeout_s):  # no task per packet, unlike wait_for
@@ -223,7 +239,8 @@ class AvatarSession:
                 self.close_soon(f"no audio from the peer for {self.config.idle_timeout_s:g} s")
                 return
             t = time.monotonic()
-            self.push_audio(ingest.push_frame(frame), t)
+            low, full = ingest.push_frame(frame)
+            self.push_audio(low, t, full_band=full)
 
     def discard_track(self, track: MediaStreamTrack) -> None:
         """Read and drop an incoming track the session does not use (unread, it would queue frames
@@ -232,7 +249,9 @@ class AvatarSession:
 
     # -- output consumers ----------------------------------------------------------------------
     def add_webrtc_consumer(self, name: str = "peer") -> tuple[AvatarVideoTrack, SyncedAudioTrack]:
-        video = AvatarVideoTrack(self.fanout.subscribe(f"{name}-video"), self.clock)
+        first = not self._video_tracks
+        video = AvatarVideoTrack(self.fanout.subscribe(f"{name}-video"), self.clock,
+                                 on_sent=self._on_video_sent if first else None)
         audio = SyncedAudioTrack(self.fanout.subscribe(f"{name}-audio"), self.clock)
         self._video_tracks.append(video)
         self._audio_tracks.append(audio)
@@ -248,6 +267,11 @@ class AvatarSession:
             self.first_frame_latency = now - self.first_audio_at
             self.metrics.first_frame_latency.observe(self.first_frame_latency)
             log.info("session %s: first frame after %.0f ms", self.id, self.first_frame_latency * 1000)
+        if onset_arrivals:
+            timings, added_at = self.playout.emitted_timing
+            self.latency_budget.slot_published(
+                slot.slot, onset_arrivals, timings, self._pushed_at, added_at, now,
+                wait_for_send=bool(self._video_tracks) and self._video_tracks[0].readyState == "live")
         for arrival in onset_arrivals:
             latency = now - arrival
             self.speech_to_lips.append(latency)
@@ -265,6 +289,14 @@ class AvatarSession:
                 listener(slot)
             except Exception:
                 log.exception("session %s: slot listener failed", self.id)
+
+    def _on_playout_shift(self, delta_s: float) -> None:
+        shift = getattr(self.stream, "shift_playout", None)
+        if shift is not None:
+            shift(delta_s)
+
+    def _on_video_sent(self, slot: OutputSlot) -> None:
+        self.latency_budget.slot_sent(slot.slot, time.monotonic())
 
     def report_counters(self) -> None:
         """Move playout counters into the process-wide Prometheus counters (deltas)."""
@@ -330,8 +362,11 @@ class AvatarSession:
             "slots_skipped": c.slots_skipped,
             "latency_trims": c.trims,
             "frames_discarded_by_interrupt": c.discarded_by_interrupt,
+            "latency_budget_ms": self.latency_budget.summary(),
             "av_offset_ms": self.av_offset_ms(),
             "playout_wait_ms": _summary_ms(self.playout.recent_waits),
+            "playout_margin": (self.playout.margin.stats(self.config.playout_delay_ms / 1000.0)
+                               if self.playout.margin is not None else {"adaptive": False}),
             "queues": {
                 "playout_buffered_frames": self.playout.buffered_frames(),
                 "consumers": {
@@ -340,5 +375,6 @@ class AvatarSession:
                 },
             },
             "stream": stream_stats,
+            "capacity": self.capacity_stats() if self.capacity_stats is not None else None,
             **{name: section() for name, section in self.stats_sections.items()},
         }

@@ -34,6 +34,7 @@ class SessionManager:
         self._sessions: dict[str, AvatarSession] = {}
         self._opening = 0  # sessions admitted but still opening (counted against the limits)
         self._opening_by_client: Counter[str] = Counter()
+        self.monitor: Any = None  # capacity.CapacityMonitor: admits only what keeps every session at its rate
 
     @property
     def engine(self) -> Any:
@@ -56,6 +57,10 @@ class SessionManager:
         if capacity is not None and count >= capacity:
             self._metrics.sessions_refused.inc()
             raise CapacityError(f"the {getattr(self._engine, 'name', 'avatar')} engine is at capacity ({capacity} real-time sessions)")
+        reason = self.monitor.check(self._opening) if self.monitor is not None else None
+        if reason is not None:
+            self._metrics.sessions_refused.inc()
+            raise CapacityError(reason)
         if client is not None and self._max_per_client is not None:
             mine = sum(1 for s in self._sessions.values() if s.client == client) + self._opening_by_client[client]
             if mine >= self._max_per_client:
@@ -96,6 +101,8 @@ class SessionManager:
         session = AvatarSession(stream, self._config, self._metrics, client=client, on_closed=self._forget)
         if buffered_speech_s is not None:
             session.audio_source = "websocket"
+        if self.monitor is not None:
+            session.capacity_stats = lambda: self.monitor.session_stats(session.id)
         self._sessions[session.id] = session
         self._metrics.active_sessions.set(len(self._sessions))
         return session

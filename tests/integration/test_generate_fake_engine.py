@@ -438,3 +438,34 @@ def test_a_plan_that_does_not_fit_in_memory_is_refused_before_it_starts(tmp_path
     online = tmp_path / "online.mp4"
     assert main(["generate", "--image", str(photo), "--audio", str(speech_wav), "--output", str(online), *BASE]) == 0
     assert online.is_file()
+
+
+def test_the_output_audio_is_the_input_at_full_band(tmp_path, photo, speech_16k):
+    """The MP4's speech is the input's own (48 kHz here, AAC): a 10 kHz tone in the input is in
+    the output at its level (a 16 kHz engine copy could not hold anything above 8 kHz)."""
+    import av
+    import soxr
+
+    from tests.support.speech import write_wav
+
+    rate = 48000
+    speech = soxr.resample(speech_16k, 16000, rate).astype(np.float32)
+    t = np.arange(speech.size) / rate
+    voice = 0.5 * speech / np.abs(speech).max() + 0.05 * np.sin(2 * np.pi * 10000 * t).astype(np.float32)
+    wav = write_wav(tmp_path / "tone.wav", voice, rate)
+    out = tmp_path / "tone.mp4"
+    res = run_cli(["--image", photo, "--audio", wav, "--output", out, "--num_clip", "3", *BASE])
+    assert res.returncode == 0, res.stderr
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        assert (a.codec_context.name, a.rate) == ("aac", rate) and a.bit_rate >= 96_000
+        decoded = np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)])
+    n = min(decoded.size, voice.size, 1 << 16)
+
+    def band(x, lo, hi):
+        spectrum = np.abs(np.fft.rfft(x[:n] * np.hanning(n))) ** 2
+        freqs = np.fft.rfftfreq(n, 1 / rate)
+        return 10 * np.log10(spectrum[(freqs >= lo) & (freqs < hi)].sum() + 1e-20)
+
+    assert abs(band(decoded, 9900, 10100) - band(voice, 9900, 10100)) <= 3.0
+    assert abs(band(decoded, 8000, 20000) - band(voice, 8000, 20000)) <= 3.0

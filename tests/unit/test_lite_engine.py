@@ -16,7 +16,7 @@ def test_defaults_come_from_the_yaml_file():
     assert DEFAULT_CONFIG_PATH.is_file()
     engine = load_engine("lite")
     assert isinstance(engine, Engine)
-    assert (engine.name, engine.fps, engine.size, engine.block_frames, engine.sample_rate) == ("lite", 25, (512, 512), 2, 16000)
+    assert (engine.name, engine.fps, engine.size, engine.block_frames, engine.sample_rate) == ("lite", 25, (512, 512), 1, 16000)
 
 
 def test_overrides_and_size_rounding(tmp_path):

@@ -64,15 +64,15 @@ def speech_run(engine, avatar, speech_audio):
 def test_generator_satisfies_the_contract(engine, avatar):
     generator = engine.new_generator(avatar)
     assert isinstance(generator, BlockGenerator)
-    assert generator.block_frames == 2
-    assert generator.context_samples == 160 and generator.lookahead_samples == 320
+    assert generator.block_frames == 1  # one frame a block: no frame waits for the next one's audio
+    assert generator.context_samples == 160 and generator.lookahead_samples == 0
 
 
 def test_speech_moves_the_mouth_and_silence_keeps_it_closed(speech_run, speech_audio):
     frames, poses = speech_run
     opening = np.array([p.mouth_open for p in poses])
     speech_frames = slice(2 * FPS + 5, len(poses) - 2 * FPS - 5)
-    leading_silence = slice(0, 2 * FPS - 1)  # the last frame may see the onset through lookahead
+    leading_silence = slice(0, 2 * FPS)  # no lookahead: no frame before the onset sees it
     trailing_silence = slice(len(poses) - 2 * FPS + 10, len(poses))  # after the release
     assert opening[leading_silence].max() == 0.0
     assert opening[trailing_silence].max() < 0.01
@@ -125,12 +125,15 @@ def test_blinks_differ_between_seeds(engine, avatar):
 
 def test_block_boundaries_are_seamless(engine, avatar, speech_audio, speech_run):
     """Output does not depend on how frames are grouped into blocks: no jump at any boundary."""
-    frames_2, _ = speech_run
+    frames_1_default, _ = speech_run
     gen_1 = LiteEngine(block_frames=1).new_generator(avatar, seed=7)
+    gen_2 = LiteEngine(block_frames=2).new_generator(avatar, seed=7)
     gen_5 = LiteEngine(block_frames=5).new_generator(avatar, seed=7)
     frames_1, _ = _run(gen_1, speech_audio, num_frames=RENDERED)
     frames_5, _ = _run(gen_5, speech_audio, num_frames=RENDERED)
+    frames_2, _ = _run(gen_2, speech_audio, num_frames=RENDERED)
     n = RENDERED
+    np.testing.assert_array_equal(frames_1_default[:n], frames_1[:n])
     np.testing.assert_array_equal(frames_1[:n], frames_2[:n])
     np.testing.assert_array_equal(frames_5[:n], frames_2[:n])
     # And frame-to-frame change at block boundaries is like change within blocks.

@@ -97,6 +97,12 @@ class AudioTimeline:
         self._seg_time.append(float(t_arrival))
         return first
 
+    def start_at(self, index: int) -> None:
+        """An empty timeline starts at ``index`` (a copy that joins a running session)."""
+        if self._len or self._seg_start:
+            raise RuntimeError("start_at() is for an empty timeline")
+        self._base = int(index)
+
     def pad_silence_to(self, index: int, t_now: float) -> int:
         """Input is late at a deadline: write zeros up to ``index``; returns how many were written."""
         missing = index - self.write_cursor

@@ -21,6 +21,9 @@ class StreamConfig:
     # first_ready + playout_margin_s + frames/fps. A worker more than one block behind that skips.
     # Set it to the consumer's playout delay (the server's playout_delay_ms, 40 ms by default).
     playout_margin_s: float = 0.04
+    # Rate of the optional full-band copy of the input (push_audio(..., full_band=...)) that chunks
+    # carry for the outgoing audio; a multiple of the engine's sample rate.
+    full_band_rate: int = 48000
     # Buffered: how far ahead of its playout a block may be generated (at least one block), so
     # an eager consumer never holds more than a fraction of a second of not-yet-due frames.
     buffered_lead_s: float = 0.2

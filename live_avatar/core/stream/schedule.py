@@ -54,6 +54,11 @@ class BlockSchedule:
         """When frame ``f`` is due on screen: the first chunk's ready time + margin + frames/fps."""
         return self.first_ready + self.config.playout_margin_s + (f - self.first_ready_frame) / self.fps
 
+    def shift(self, delta_s: float) -> None:
+        """The consumer's playout moved by ``delta_s`` (later if positive)."""
+        if self.first_ready is not None:
+            self.first_ready += delta_s
+
     def expected_compute(self) -> float:
         return float(np.median(self.compute_s)) if self.compute_s else 0.0
 

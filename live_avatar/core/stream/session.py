@@ -57,6 +57,7 @@ class _Job:
     onset_arrivals: list[float]
     reset_motion: bool
     change: tuple | None = None  # (avatar, prompt, on_applied) to apply before this block
+    full_band: np.ndarray | None = None
 
 
 class StreamSession:
@@ -99,6 +100,11 @@ class StreamSession:
         self._speech = SpeechTracker(
             self._timeline, self.samples_per_frame, self.config.vad, buffered=self.config.buffered
         )
+        rate = self.config.full_band_rate
+        if rate % sample_rate:
+            raise ValueError(f"full_band_rate ({rate}) must be a multiple of sample_rate ({sample_rate})")
+        self._fb_ratio = rate // sample_rate
+        self._full_band: AudioTimeline | None = None  # created by the first push that carries one
         self._out: deque[Chunk] = deque()
         self._next_frame = 0  # first frame of the next block to generate
         self._in_progress: int | None = None  # first frame of the block being generated
@@ -129,15 +135,23 @@ class StreamSession:
         with self._cond:
             self._start_locked(time.monotonic() if t0 is None else float(t0))
 
-    def push_audio(self, samples: np.ndarray, t_arrival: float | None = None) -> int | None:
+    def push_audio(self, samples: np.ndarray, t_arrival: float | None = None,
+                   full_band: np.ndarray | None = None) -> int | None:
         """Append 16 kHz mono float32 speech that arrived at ``t_arrival`` (default: now).
 
-        Returns the timeline index of the first sample appended (frame k plays samples
+        ``full_band``: the same speech at ``config.full_band_rate`` (exactly ratio x as many
+        samples), kept beside the engine's copy and handed out with the chunks for the outgoing
+        audio. Returns the timeline index of the first sample appended (frame k plays samples
         [k*S, (k+1)*S)), None when nothing was appended. Never blocks. Raises ValueError on
         malformed samples and, in buffered mode, BufferFullError when more than
         ``max_buffered_audio_s`` would wait to be generated.
         """
         samples = _as_mono_float32(samples)
+        if full_band is not None:
+            full_band = _as_mono_float32(full_band)
+            if full_band.shape[0] != samples.shape[0] * self._fb_ratio:
+                raise ValueError(f"full_band has {full_band.shape[0]} samples for {samples.shape[0]} at "
+                                 f"{self.sample_rate} Hz; expected {samples.shape[0] * self._fb_ratio}")
         now = time.monotonic()
         t = now if t_arrival is None else float(t_arrival)
         if not now - MAX_ARRIVAL_AGE_S <= t <= now + MAX_ARRIVAL_AHEAD_S:
@@ -166,7 +180,8 @@ class StreamSession:
                 if drop:
                     self._counters.late_dropped += drop
                     samples = samples[drop:]
-            self._timeline.append(samples, t)
+                    full_band = None if full_band is None else full_band[drop * self._fb_ratio :]
+            self._append(samples, full_band, t)
             self._pushed_until = cursor + samples.size
             self._cond.notify_all()
             return cursor if samples.size else None
@@ -186,6 +201,22 @@ class StreamSession:
                 prompt = earlier_prompt if prompt is None else prompt
             self._pending_change = (avatar, prompt, on_applied)
             self._cond.notify_all()
+
+    def _append(self, samples: np.ndarray, full_band: np.ndarray | None, t: float) -> None:
+        """Write both copies (lock held); the full-band one always spans ratio x the timeline."""
+        r = self._fb_ratio
+        if full_band is not None and self._full_band is None:
+            self._full_band = AudioTimeline(self.sample_rate * r)
+            self._full_band.start_at(self._timeline.write_cursor * r)
+        self._timeline.append(samples, t)
+        fb = self._full_band
+        if fb is None:
+            return
+        if full_band is None:  # a producer without a full-band copy: interpolate the engine's
+            n = samples.shape[0]
+            full_band = np.interp(np.arange(n * r) / r, np.arange(n), samples).astype(np.float32) if n else samples
+        fb.pad_silence_to(self._timeline.write_cursor * r - full_band.shape[0], t)
+        fb.append(full_band, t)
 
     def end_of_speech(self) -> None:
         """Hint: the utterance pushed so far is complete (buffered mode stops waiting for more)."""
@@ -211,6 +242,8 @@ class StreamSession:
                 # The unplayed speech is gone; what comes next is a new utterance after silence.
                 self._timeline.truncate(restart * self.samples_per_frame)
                 self._pushed_until = min(self._pushed_until, restart * self.samples_per_frame)
+                if self._full_band is not None:
+                    self._full_band.truncate(restart * self.samples_per_frame * self._fb_ratio)
             self._speech.rewind(restart)  # live: the audio stays and is generated again, onsets too
             self._reset_motion = True
             self._cond.notify_all()
@@ -233,6 +266,13 @@ class StreamSession:
         if self._timeline.start_index > 0 and restart * self.samples_per_frame < held_from:
             restart = min(-(-held_from // self.samples_per_frame), self._next_frame)
         return restart
+
+    def shift_playout(self, delta_s: float) -> None:
+        """The consumer moved its playout slots by ``delta_s`` (its margin follows the measured
+        jitter): the schedule's due times move with them."""
+        with self._cond:
+            self._schedule.shift(delta_s)
+            self._cond.notify_all()
 
     def note_played(self, frame_index: int) -> None:
         """The consumer showed frame ``frame_index`` (feeds interrupt()'s playback position)."""
@@ -399,6 +439,8 @@ class StreamSession:
                         self._cond.wait(due - now)
                         continue
                     padded = self._timeline.pad_silence_to(need, now)
+                    if self._full_band is not None:
+                        self._full_band.pad_silence_to(need * self._fb_ratio, now)
                     self._counters.padded += padded
                     if not cfg.buffered:
                         self._clock.note_padding(padded)
@@ -425,7 +467,11 @@ class StreamSession:
         reset, self._reset_motion = self._reset_motion, False
         change, self._pending_change = self._pending_change, None
         self._in_progress = f
-        return _Job(block, self._epoch, ready_at, onsets, reset, change)
+        full_band = None
+        if self._full_band is not None:
+            r = self._fb_ratio
+            full_band = self._full_band.read(f * S * r, (f + B) * S * r)
+        return _Job(block, self._epoch, ready_at, onsets, reset, change=change, full_band=full_band)
 
     def _apply_change(self, change: tuple, first_frame: int) -> None:
         """A change the generator refuses (a portrait of another size...) is reported, never fatal."""
@@ -464,6 +510,8 @@ class StreamSession:
                 compute_s=finished - started,
             ),
             speech_onset_arrivals=job.onset_arrivals,
+            full_band_audio=job.full_band,
+            full_band_rate=None if job.full_band is None else self.sample_rate * self._fb_ratio,
         )
         with self._cond:
             self._schedule.record_compute(finished - started)
@@ -493,6 +541,8 @@ class StreamSession:
         oldest = min(self._played_frame + 1, self._next_frame)
         keep_from = max(oldest * S, self._next_frame * S - int(self.config.max_live_backlog_s * self.sample_rate))
         self._timeline.trim_before(keep_from - self._context)
+        if self._full_band is not None:
+            self._full_band.trim_before((keep_from - self._context) * self._fb_ratio)
         self._speech.forget_before(keep_from // S)
 
     def _analyze_vad(self, upto_sample: int) -> None:

@@ -60,6 +60,12 @@ class MediaClock:
     def now(self) -> float:
         return self._now()
 
+    def shift(self, delta_s: float) -> None:
+        """Move every later slot of both tracks by ``delta_s`` (the playout margin following the
+        jitter; steps well under a frame). Timestamps stay as they are: a receiver sees it as a
+        one-off change of network delay."""
+        self._t0 = self.t0 + float(delta_s)
+
     # -- video ---------------------------------------------------------------------------------
     def video_pts(self, slot: int) -> int:
         return slot * self.video_ticks_per_frame

@@ -14,6 +14,11 @@ the generation latency and no more. The rules (DESIGN.md §2):
   blocks upstream) are jumped over; a frame older than one already shown is past its slot and
   dropped.
 
+* with a ``MarginControl`` (margin.py), the slot grid itself moves a few ms at a time in silence so
+  that the margin follows the measured jitter instead of staying at ``playout_delay_s``;
+* a chunk that carries the producer's full-band speech (48 kHz) is sent with it; else the 16 kHz
+  copy is upsampled.
+
 Each slot is published to a ``Fanout`` so that several consumers can send it.
 """
 
@@ -28,14 +33,16 @@ from typing import Callable
 
 import numpy as np
 
-from live_avatar.core.contract import Chunk
+from live_avatar.core.contract import BlockTimings, Chunk
 from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.margin import MarginControl
 
 log = logging.getLogger(__name__)
 
 WAIT_HISTORY = 100  # frames whose ready-to-slot wait is kept for the stats
 TRIM_WINDOW_SLOTS = 25  # 1 s at 25 fps: how long a latency surplus must persist before a trim
+QUIET_SLOT_RMS = 327  # int16 RMS (-40 dBFS) below which a slot's audio counts as silence (margin steps)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class _Buffered:
     audio: np.ndarray
     ready_at: float
     onset_arrivals: list[float] = field(default_factory=list)
+    timings: BlockTimings | None = None  # the block's, on a frame that carries onsets
+    finished_at: float | None = None  # when the engine finished it (the margin control's slack)
 
 
 @dataclass
@@ -78,6 +87,8 @@ class Playout:
         max_buffered_frames: int,
         on_slot: Callable[[OutputSlot, list[float]], None] | None = None,
         keep_every_frame: bool = False,
+        margin: MarginControl | None = None,
+        on_shift: Callable[[float], None] | None = None,
     ) -> None:
         self.clock = clock
         # pushed speech (a buffered stream, generated ahead by design): frames with sound are
@@ -91,6 +102,8 @@ class Playout:
         self._silence = np.zeros(clock.audio_samples_per_video_frame, np.int16)  # a repeated frame's audio (read-only)
         self._silence.flags.writeable = False
         self._on_slot = on_slot
+        self.margin = margin  # None: the slots stay where the first chunk put them
+        self._on_shift = on_shift
         self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
         self._audio_carry = np.zeros(0, np.int16)
         self._largest_chunk = 1
@@ -109,6 +122,8 @@ class Playout:
         # of the latency; the rest is input + generation)
         self.recent_waits: deque[float] = deque(maxlen=WAIT_HISTORY)
         self.first_chunk_at: float | None = None
+        # (block timings, when it reached the playout) of the frame just published, for on_slot
+        self.emitted_timing: tuple[BlockTimings | None, float | None] = (None, None)
 
     # -- input ---------------------------------------------------------------------------------
     def add_chunk(self, chunk: Chunk, received_at: float | None = None) -> None:
@@ -118,7 +133,12 @@ class Playout:
         if n == 0:
             return
         per_frame = self.clock.audio_samples_per_video_frame
-        audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
+        full = chunk.full_band_audio
+        if full is not None and chunk.full_band_rate == self.clock.audio_rate and full.size == n * per_frame:
+            # the producer's own full-band speech (same samples as the frames' 16 kHz copy)
+            audio48 = (np.clip(full, -1.0, 1.0) * 32767.0).astype(np.int16)
+        else:
+            audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
         self._largest_chunk = max(self._largest_chunk, n)
         out_of_order = bool(self._buffer) and chunk.first_frame < next(reversed(self._buffer))
         for i in range(n):
@@ -133,6 +153,8 @@ class Playout:
                 audio=audio48[i * per_frame : (i + 1) * per_frame],
                 ready_at=now,
                 onset_arrivals=list(chunk.speech_onset_arrivals) if i == 0 else [],
+                timings=chunk.timings if i == 0 and chunk.speech_onset_arrivals else None,
+                finished_at=chunk.timings.finished_at,
             )
         if out_of_order:  # rare (a regenerated block): keep the buffer in frame order
             self._buffer = OrderedDict(sorted(self._buffer.items()))
@@ -266,6 +288,7 @@ class Playout:
             repeated = False
             audio = item.audio
             onsets = self._orphan_onsets + item.onset_arrivals
+            self.emitted_timing = (item.timings, item.ready_at)
             self.recent_waits.append(now - item.ready_at)
             self._orphan_onsets = []
             self._last, self._last_index = item, index
@@ -288,6 +311,20 @@ class Playout:
                 self._on_slot(out, onsets)
             except Exception:  # a stats hook must never stop the playout
                 log.exception("playout slot callback failed")
+        if self.margin is not None:
+            self._follow_jitter(out, item)
+
+    def _follow_jitter(self, out: OutputSlot, item: _Buffered) -> None:
+        """Feed the margin control; move the slot grid when it says so (margin.py)."""
+        finished = item.finished_at
+        slack = -1.0 / self.clock.fps if out.repeated or finished is None else out.due - finished
+        audio = out.audio.astype(np.float32)
+        quiet = float(np.sqrt(np.mean(audio * audio))) < QUIET_SLOT_RMS if audio.size else True
+        move = self.margin.observe(slack, quiet)
+        if move:
+            self.clock.shift(move)
+            if self._on_shift is not None:
+                self._on_shift(move)
 
     def close(self) -> None:
         self._closed = True

@@ -141,8 +141,10 @@ class SyncedAudioTrack(_SlotTrack):
             raise
 
     def _to_frame(self, index: int, samples: np.ndarray) -> av.AudioFrame:
-        pcm = np.ascontiguousarray(samples, np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        # Both channels the same: handed a mono frame, aiortc's opus encoder upmixes it to stereo
+        # through libswresample at -3 dB (the voice would go out quieter than it came in).
+        pcm = np.repeat(np.ascontiguousarray(samples, np.int16), 2).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
         frame.sample_rate = self._clock.audio_rate
         frame.pts = self._clock.audio_pts(index)
         frame.time_base = self._clock.audio_time_base

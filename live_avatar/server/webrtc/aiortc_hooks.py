@@ -8,7 +8,9 @@ aiortc 1.16 / aioice 0.13 have no options for two things a live avatar server ne
   ``pinned_host_addresses`` sets it around the call that gathers (``setLocalDescription``). The pin is
   scoped to that call's task context, so other connections in the process are unaffected.
 - **Audio jitter buffer.** aiortc's audio receiver holds 4 packets (80 ms) before it releases the first,
-  a delay every spoken word pays before the server sees it. On a live link 1 packet is enough.
+  a delay every spoken word pays before the server sees it. Even with a prefetch of 0 its buffer
+  releases a frame only when the next packet arrives (20 ms). An opus RTP packet is one whole frame
+  (RFC 7587), so prefetch 0 installs ``ImmediateAudioJitterBuffer``, which releases each at once.
   ``set_audio_jitter_prefetch`` replaces the receivers' buffer (a private attribute).
 
 Both check that the internals look as expected and otherwise log once and keep aiortc's default, so
@@ -26,7 +28,7 @@ from typing import Iterator
 
 import aioice.ice
 from aiortc import RTCPeerConnection
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,28 @@ def pinned_host_addresses(addresses: list[str] | None) -> Iterator[None]:
 # ------------------------------------------------------------------------------ audio jitter buffer
 
 
+class ImmediateAudioJitterBuffer(JitterBuffer):
+    """Releases every audio packet as it arrives (one packet, one opus frame); a duplicate or a
+    packet older than one already released is dropped (the decoder conceals the gap)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity=capacity, prefetch=0)
+        self._last_sequence: int | None = None
+
+    def add(self, packet) -> tuple[bool, JitterFrame | None]:
+        last = self._last_sequence
+        if last is not None:
+            ahead = (packet.sequence_number - last) & 0xFFFF
+            if ahead == 0 or ahead >= 0x8000:
+                return False, None
+        self._last_sequence = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
 def set_audio_jitter_prefetch(pc: RTCPeerConnection, prefetch: int) -> int:
     """Set the prefetch (packets held back) of every audio receiver of ``pc``; returns how many
-    receivers were changed. Call after setRemoteDescription, before media flows."""
+    receivers were changed. 0: release each packet at once (``ImmediateAudioJitterBuffer``).
+    Call after setRemoteDescription, before media flows."""
     if prefetch < 0 or prefetch >= AIORTC_AUDIO_CAPACITY:
         raise ValueError(f"audio jitter prefetch must be 0..{AIORTC_AUDIO_CAPACITY - 1}, got {prefetch}")
     _check_versions_once()
@@ -100,6 +121,8 @@ def set_audio_jitter_prefetch(pc: RTCPeerConnection, prefetch: int) -> int:
         if not isinstance(current, JitterBuffer):
             log.warning("aiortc internals changed: cannot tune the audio jitter buffer (default kept)")
             return changed
-        setattr(transceiver.receiver, _JITTER_ATTR, JitterBuffer(capacity=current.capacity, prefetch=prefetch))
+        buffer = (ImmediateAudioJitterBuffer(current.capacity) if prefetch == 0
+                  else JitterBuffer(capacity=current.capacity, prefetch=prefetch))
+        setattr(transceiver.receiver, _JITTER_ATTR, buffer)
         changed += 1
     return changed

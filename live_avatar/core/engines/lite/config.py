@@ -49,19 +49,20 @@ class RigConfig:
 @dataclass
 class MotionConfig:
     context_ms: float = 10.0  # audio before each frame used by the analysis window
-    lookahead_ms: float = 20.0  # audio after each frame: the mouth anticipates the sound slightly
+    lookahead_ms: float = 0.0  # audio after each frame; each 20 ms costs a packet of speech-to-lips latency
     silence_db: float = -50.0  # below this (dBFS RMS) the mouth target is closed
     noise_window_s: float = 1.2  # the noise floor is the quietest frame in this window
     noise_margin_db: float = 8.0  # speech must be this much above the noise floor
-    level_range_db: float = 18.0  # opening goes 0 -> 1 over this range below the running speech peak
+    level_range_db: float = 24.0  # opening goes 0 -> 1 over this range below the running speech peak
     initial_peak_db: float = -18.0
     peak_decay_db_per_s: float = 3.0
-    open_gain: float = 0.8
-    open_exponent: float = 1.7
+    open_gain: float = 0.75
+    open_exponent: float = 1.4
     hiss_closure: float = 0.55  # how much fricatives (s, f, sh) close the mouth
     shape_hz: float = 350.0  # centroid offset from the speaker's mean that gives a fully round/spread mouth
     centroid_adapt_s: float = 2.0  # how fast the speaker's mean centroid adapts
-    attack_ms: float = 35.0
+    peak_weight_db: float = 3.0  # the loudest 10 ms of a window, less this, drives the mouth when louder than the window
+    attack_ms: float = 15.0  # a syllable opens the mouth within its frame (1 - e^-40/15 = 93 %)
     release_ms: float = 60.0
     interrupt_release_ms: float = 25.0  # after a barge-in the mouth closes this fast (smooth, < 200 ms)
     shape_ms: float = 70.0  # smoothing of round/spread
@@ -104,7 +105,7 @@ class LiteConfig:
     size: tuple[int, int] = field(default=(512, 512), metadata={"parse": lambda value: parse_size(value)})
     fps: int = 25
     sample_rate: int = 16000
-    block_frames: int = 2
+    block_frames: int = 1  # one frame a block: no frame waits for the audio of the next
     capacity: int | None = None  # None: measured from the render cost on this machine
     cpu_budget: float = 0.5  # share of the cores generation may plan for (video encoding and networking need the rest)
     cv2_threads: int | None = 1  # OpenCV threads per process (sessions scale by processes/cores)

@@ -50,6 +50,7 @@ class MotionState:
 @dataclass(frozen=True)
 class FrameFeatures:
     level_db: float
+    peak_db: float  # loudest 10 ms of the window: a syllable starting late in the frame already shows
     hiss: float  # share of energy above 3.5 kHz (fricatives: s, f, sh)
     centroid_hz: float  # spectral centroid of the 200-4000 Hz band (tracks the second formant)
 
@@ -59,8 +60,14 @@ def analyse_window(window: np.ndarray, sample_rate: int) -> FrameFeatures:
     x = np.asarray(window, np.float64)
     rms = float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
     level_db = float(20 * np.log10(rms + 1e-9))
+    hop = max(1, sample_rate // 100)
+    if len(x) >= hop:
+        blocks = x[len(x) - len(x) // hop * hop :].reshape(-1, hop)
+        peak_db = float(10 * np.log10(float(np.max(np.mean(blocks * blocks, axis=1))) + 1e-18))
+    else:
+        peak_db = level_db
     if rms < 1e-6:
-        return FrameFeatures(level_db, 0.0, 0.0)
+        return FrameFeatures(level_db, peak_db, 0.0, 0.0)
     n = min(len(x), _FFT_SIZE)
     spec = np.abs(np.fft.rfft(x[-n:] * np.hanning(n), _FFT_SIZE)) ** 2
     freqs = np.fft.rfftfreq(_FFT_SIZE, 1.0 / sample_rate)
@@ -68,7 +75,7 @@ def analyse_window(window: np.ndarray, sample_rate: int) -> FrameFeatures:
     hiss = float(spec[freqs > 3500].sum() / total)
     band = (freqs >= 200) & (freqs <= 4000)
     centroid = float((spec[band] * freqs[band]).sum() / (spec[band].sum() + 1e-12))
-    return FrameFeatures(level_db, hiss, centroid)
+    return FrameFeatures(level_db, peak_db, hiss, centroid)
 
 
 def _ease(t: float) -> float:
@@ -129,18 +136,21 @@ class MotionModel:
         dt = 1.0 / self.fps
         t = s.frame_index * dt
         feats = analyse_window(window, self.sample_rate)
+        # What drives the mouth: the window's level, or its loudest 10 ms less peak_weight_db when
+        # that is louder (an onset late in the frame opens the mouth in this frame, not the next).
+        drive_db = max(feats.level_db, feats.peak_db - cfg.peak_weight_db)
 
         # Mouth opening from loudness relative to the running speech peak.
         # Noise floor: the quietest frame of the last second or so (minimum statistics), so that a
         # steady hum or room noise never reads as speech.
-        s.recent_levels_db = (s.recent_levels_db + [max(feats.level_db, -120.0)])[-int(cfg.noise_window_s * self.fps) :]
+        s.recent_levels_db = (s.recent_levels_db + [max(drive_db, -120.0)])[-int(cfg.noise_window_s * self.fps) :]
         floor_db = min(s.recent_levels_db)
-        speaking = feats.level_db > max(cfg.silence_db, floor_db + cfg.noise_margin_db)
+        speaking = drive_db > max(cfg.silence_db, floor_db + cfg.noise_margin_db)
         if speaking:
-            s.speech_peak_db = max(feats.level_db, s.speech_peak_db - cfg.peak_decay_db_per_s * dt)
+            s.speech_peak_db = max(drive_db, s.speech_peak_db - cfg.peak_decay_db_per_s * dt)
             s.speech_peak_db = float(np.clip(s.speech_peak_db, -40.0, -3.0))
             bottom = max(s.speech_peak_db - cfg.level_range_db, floor_db + cfg.noise_margin_db)
-            rel = (feats.level_db - bottom) / max(s.speech_peak_db - bottom, 3.0)
+            rel = (drive_db - bottom) / max(s.speech_peak_db - bottom, 3.0)
             target_open = float(np.clip(rel, 0, 1)) ** cfg.open_exponent * cfg.open_gain
             target_open *= 1.0 - cfg.hiss_closure * min(1.0, feats.hiss * 1.5)  # s, f, sh: teeth together
         else:

@@ -1,0 +1,78 @@
+"""``LatencyBudget``: where a session's speech-to-lips time goes, stage by stage.
+
+For every speech onset, the frame generated from it is followed through the server:
+
+    received    the packet in which speech starts arrives (after aiortc's jitter buffer and decode)
+    timeline    it is resampled and on the session's timeline (push_audio)
+    block_ready the rest of the frame's audio (and its lookahead) has arrived: the block can start
+    generated   the engine's worker has made the frame (queue wait + compute)
+    playout     the frame's playout slot comes (the margin that absorbs generation jitter)
+    sent        the first consumer's video track hands the frame to its encoder
+
+Each stage's duration is kept per onset; the stats give p50/p95 per stage and of the total (the
+server's own speech-to-lips; the viewer adds encode, network, jitter buffer and decode).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+import numpy as np
+
+from live_avatar.core.contract import BlockTimings
+
+STAGES = ("timeline", "block_ready", "generated", "playout", "sent")
+KEEP = 256  # onsets whose budget is kept
+PENDING = 64  # onsets waiting for their send
+
+
+class LatencyBudget:
+    def __init__(self) -> None:
+        self._pending: OrderedDict[int, list[dict[str, float]]] = OrderedDict()
+        self.done: deque[dict[str, float]] = deque(maxlen=KEEP)
+
+    def slot_published(self, slot: int, arrivals: list[float], timings: BlockTimings | None,
+                       pushed_at: dict[float, float] | None, added_at: float | None, slot_at: float,
+                       wait_for_send: bool) -> None:
+        """The frame of ``slot`` carries onsets that arrived at ``arrivals``."""
+        for arrival in arrivals:
+            marks = {"received": arrival}
+            marks["timeline"] = (pushed_at or {}).get(arrival, arrival)
+            if timings is not None:
+                marks["block_ready"] = max(timings.audio_ready_at, marks["timeline"])
+                marks["generated"] = timings.finished_at
+            if added_at is not None:
+                marks["handed_to_playout"] = added_at
+            marks["playout"] = slot_at
+            if wait_for_send:
+                self._pending.setdefault(slot, []).append(marks)
+                while len(self._pending) > PENDING:
+                    self._pending.popitem(last=False)
+            else:
+                marks["sent"] = slot_at
+                self._finish(marks)
+
+    def slot_sent(self, slot: int, t: float) -> None:
+        for marks in self._pending.pop(slot, []):
+            marks["sent"] = t
+            self._finish(marks)
+
+    def _finish(self, marks: dict[str, float]) -> None:
+        stages: dict[str, float] = {}
+        previous = marks["received"]
+        for stage in STAGES:
+            if stage in marks:
+                stages[stage] = max(0.0, marks[stage] - previous)
+                previous = marks[stage]
+        stages["total"] = marks.get("sent", previous) - marks["received"]
+        self.done.append(stages)
+
+    def summary(self) -> dict[str, object]:
+        """p50/p95 (ms) of each stage over the kept onsets."""
+        out: dict[str, object] = {"onsets": len(self.done), "stages": list(STAGES)}
+        for stage in (*STAGES, "total"):
+            values = np.asarray([d[stage] for d in self.done if stage in d], np.float64) * 1000.0
+            out[stage] = (
+                {"p50": float(np.median(values)), "p95": float(np.percentile(values, 95))} if values.size else None
+            )
+        return out
