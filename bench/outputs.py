@@ -58,8 +58,9 @@ SPEECH = ("Hello and welcome to the stream. Today we look at three new outputs o
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-s", type=float, default=20.0, help="seconds measured per step (default 20)")
     p.add_argument("--viewers", type=int, default=3, help="WHEP viewers added one by one (default 3)")
-    p.add_argument("--driver", choices=["webrtc", "websocket"], default="webrtc",
-                   help="what feeds the session's audio (websocket: POST /sessions + its audio WebSocket, once it exists)")
+    p.add_argument("--driver", choices=["webrtc", "websocket"], default="websocket",
+                   help="what feeds the session's audio: websocket (default: POST /sessions + its audio WebSocket, "
+                        "as a TTS does) or webrtc (a peer's microphone through POST /offer)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "outputs.json")
 
 
@@ -101,14 +102,37 @@ class WebRtcDriver(SessionDriver):
 
 
 class WebSocketDriver(SessionDriver):
-    """Hook for a session fed by the audio WebSocket (POST /sessions, then PCM over
-    /sessions/{id}/audio): that endpoint is built separately (issue 11, point 1)."""
+    """A session without a WebRTC input, as a TTS or an agent drives one: POST /sessions, then the
+    speech as 48 kHz s16le PCM over its audio WebSocket at real time. It has no peer of its own, so
+    a WHEP viewer of its own stands for the speaker's picture (the first consumer)."""
 
     name = "websocket"
 
     async def open(self, url: str, speech_48k: np.ndarray) -> str:
-        status, _ = await asyncio.to_thread(http_json, "POST", f"{url}/sessions", {})
-        raise RuntimeError(f"POST /sessions answered {status}: the WebSocket-driven session is not available in this server yet")
+        from tests.support.speech_socket import SpeechSocket
+        from tests.support.whep_viewer import WhepViewerPeer
+
+        status, body = await asyncio.to_thread(http_json, "POST", f"{url}/sessions", {})
+        if status != 201:
+            raise RuntimeError(f"POST /sessions answered {status}: {body}")
+        session_id = body["session_id"]
+        self.socket = await SpeechSocket.connect(url, session_id)
+        await self.socket.start(48000)
+        self._pushing = asyncio.create_task(self.socket.push(speech_48k, 48000, speed=1.0))
+        self.viewer = WhepViewerPeer(frame_format="gray", max_images=25 * 15)
+        await self.viewer.watch(url, session_id)
+        await asyncio.wait_for(self.viewer.connected.wait(), 20)
+        self.peer = self.viewer  # the content A/V measure reads the speaker's picture and sound here
+        return session_id
+
+    def frame_times(self) -> np.ndarray:
+        return self.viewer.frame_times()
+
+    async def close(self) -> None:
+        self._pushing.cancel()
+        await asyncio.gather(self._pushing, return_exceptions=True)
+        await self.socket.close()
+        await self.viewer.close()
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -304,7 +328,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                   + ", ".join(f"{k} {v:.1f}" for k, v in fps.items()), flush=True)
 
         await measure("speaker only")
-        webrtc_lag = peer_motion_audio_lag_ms(driver.peer) if isinstance(driver, WebRtcDriver) else None
+        webrtc_lag = peer_motion_audio_lag_ms(driver.peer)
         for i in range(args.viewers):
             viewer = WhepViewerPeer(frame_format=None)
             await viewer.watch(server.url, session_id)

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from live_avatar.server.config import ServerConfig
-from tests.support.inprocess import serve_in_process
+from tests.support.inprocess import heap_frozen_as_serve_does, serve_in_process
 from tests.support.live_checks import assert_kept_streaming, lite_engine_of_capacity, offer_sdp, start_streaming
 from tests.support.loopback_peer import LoopbackPeer
 from tests.support.raw_http import parse_response
@@ -125,7 +125,10 @@ def live(tmp_path_factory):
         server = LiveServer(lite_engine_of_capacity(4), wav, recorder)
         server.start()
         try:
-            yield server
+            # hypothesis allocates a lot: automatic full collections of the whole suite's heap would
+            # stall the live session by themselves (seen in CI: over a second)
+            with heap_frozen_as_serve_does():
+                yield server
         finally:
             server.stop()
 

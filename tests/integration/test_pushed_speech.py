@@ -10,7 +10,6 @@ portrait change with PATCH. Bounds are loose where a shared 2-core CPU makes tim
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import time
 
@@ -24,7 +23,7 @@ from yarl import URL
 from live_avatar.core.engines import load_engine
 from live_avatar.core.portraits import default_portrait
 from live_avatar.server.config import ServerConfig
-from tests.support.inprocess import serve_in_process
+from tests.support.inprocess import heap_frozen_as_serve_does, serve_in_process
 from tests.support.live_checks import (
     assert_json_error,
     offer_sdp,
@@ -59,14 +58,8 @@ async def server():
     engine = load_engine("lite", size="256*256")
     engine.capacity = 4
     async with serve_in_process(config, engine=engine) as running:
-        # as `avatar serve` does after start-up (server/gc_tuning.py): without it a full collection
-        # walks the test process's whole heap, a 300 ms stall of every live session
-        gc.collect()
-        gc.freeze()
-        try:
+        with heap_frozen_as_serve_does():
             yield running
-        finally:
-            gc.unfreeze()
 
 
 def mouth_box(avatar) -> tuple[int, int, int, int]:
@@ -270,6 +263,60 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     heard_corrs = np.array([c for _, c in heard])
     print(f"heard speech: piece correlations {np.round(heard_corrs, 2).tolist()}")
     assert (heard_corrs > 0.7).mean() >= 0.7, heard_corrs
+
+async def test_tts_session_without_webrtc_input_seen_through_whep(server, utterances) -> None:
+    """The TTS path end to end: POST /sessions (no WebRTC input at all), speech pushed 3x faster than
+    real time over its audio WebSocket, and an aiortc WHEP viewer of the session: ~25 fps video whose
+    mouth moves with the speech and rests before it, the speech in its audio, the events in order."""
+    from tests.support.whep_viewer import WhepViewerPeer
+
+    first, _ = utterances
+    created = await request(server.url, "POST", "/sessions", json={})
+    assert created.status == 201, created.body
+    session_id = created.body["session_id"]
+    assert created.body["whep"] == f"/sessions/{session_id}/whep"
+    viewer = WhepViewerPeer(frame_format="gray")
+    socket = None
+    try:
+        await viewer.watch(server.url, session_id)
+        await asyncio.wait_for(viewer.connected.wait(), 20)
+        deadline = time.monotonic() + 20
+        while len(viewer.video_frames) < 25 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(viewer.video_frames) >= 25, "the viewer got no picture of the idle session"
+        socket = await SpeechSocket.connect(server.url, session_id)
+        await asyncio.sleep(1.0)  # the resting face
+        await socket.start(RATE)
+        await socket.push(first, RATE, speed=3.0)
+        await socket.send({"type": "end_of_speech"})
+        finished = await socket.wait_for("speaking_finished")
+        started = socket.events[0]
+        await asyncio.sleep(0.3)
+    finally:
+        if socket is not None:
+            await socket.close()
+        await viewer.close()
+        await request(server.url, "DELETE", f"/sessions/{session_id}")
+
+    check_utterance_events([e.body for e in socket.events if e.arrival <= finished.arrival], first.size / RATE)
+    arrivals = np.array([f.arrival for f in viewer.video_frames])
+    span = arrivals[(arrivals > started.arrival - 1.0) & (arrivals < finished.arrival)]
+    fps = (span.size - 1) / (span[-1] - span[0])
+    assert 20.0 <= fps <= 30.0, f"the WHEP viewer received {fps:.1f} fps"
+    box = mouth_box(server.state["avatars"].get(None))
+
+    def activity(t0: float, t1: float) -> np.ndarray:
+        return mouth_activity([f.image for f in frames_between(viewer, t0, t1)], box)[1:]
+
+    talking = activity(started.arrival + 0.2, finished.arrival - 0.2)
+    before = activity(started.arrival - 0.9, started.arrival - 0.1)
+    print(f"whep viewer: {fps:.1f} fps; mouth activity talking {talking.mean():.2f}, before {before.mean():.2f}")
+    assert talking.size > 25 and before.size > 10
+    assert talking.mean() > 2.5 * before.mean()
+    heard = find_pieces(envelope(viewer.audio_samples(), 48000), envelope(first, RATE), slack=25)
+    heard_corrs = np.array([c for _, c in heard])
+    assert (heard_corrs > 0.7).mean() >= 0.7, heard_corrs
+
 
 def mouth_opening(frames: list[np.ndarray], rest: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """How open the mouth is in each grey frame: the share of the mouth region darker than anything

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -21,6 +22,20 @@ class RunningServer:
     @property
     def state(self) -> dict[str, Any]:
         return app_state(self.app)
+
+
+@contextlib.contextmanager
+def heap_frozen_as_serve_does():
+    """What ``avatar serve`` does once it is up (server/gc_tuning.py): collect, then freeze what is
+    alive. A test process's heap (every module and fixture of the suite, ~500 000 objects) would
+    otherwise make each automatic full collection a 0.3-1 s stall of every live session in it, which
+    is the test process's cost, not the server's."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
