@@ -90,16 +90,17 @@ async def _peer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         while len(peers) < spec["max_peers"]:
             peer = LoopbackPeer(samples, frame_format=None, max_frames=int((spec["max_peers"] * settle + hold + 60) * 25),
                                 layout="browser")
+            before = ((await _stats(f"{url}/healthz")) or {}).get("capacity")  # what the admission sees
             t = time.monotonic()
             try:
                 session_id = await peer.connect_offer(url)
             except RuntimeError as exc:
                 await peer.close()
-                refused = {"after_sessions": len(peers), "answer": str(exc)}
+                refused = {"after_sessions": len(peers), "answer": str(exc), "capacity_before": before}
                 print(f"offer {len(peers) + 1}: refused ({exc})", flush=True)
                 break
             peers.append((peer, session_id))
-            ramp.append({"session": session_id, "opened_at_s": round(t - spec["t0"], 2)})
+            ramp.append({"session": session_id, "opened_at_s": round(t - spec["t0"], 2), "capacity_before": before})
             print(f"offer {len(peers)}: admitted ({session_id})", flush=True)
             await asyncio.sleep(settle)
         # hold
