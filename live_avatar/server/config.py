@@ -18,7 +18,7 @@ class SessionConfig:
     max_sessions: int = 4
     playout_delay_ms: float = 40.0  # at the start; then the margin follows the jitter (adaptive_margin)
     adaptive_margin: bool = True
-    min_margin_ms: float = 12.0  # the low tail (2 %) of the frames' slack is kept near this
+    min_margin_ms: float = 30.0  # the low tail (2 %) of the frames' slack is kept near this (see server.yaml)
     max_buffered_frames: int = 50
     consumer_queue_slots: int = 4
     idle_timeout_s: float = 15.0
