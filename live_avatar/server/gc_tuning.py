@@ -25,24 +25,21 @@ import time
 log = logging.getLogger(__name__)
 
 _pending: asyncio.TimerHandle | None = None
-_startup_frozen = False
 SLOW_COLLECTION_MS = 50.0
 
 
 async def freeze_startup_objects(_app=None) -> None:
     """Collect once, then freeze what is left (an aiohttp on_startup hook: after the engine is loaded)."""
-    global _startup_frozen
     gc.collect()
     gc.freeze()
-    _startup_frozen = True
     log.debug("gc: %d start-up objects frozen", gc.get_freeze_count())
 
 
 def collect_soon(delay_s: float = 0.5) -> None:
     """One full collection ``delay_s`` from now on the running loop (calls in the meantime share it):
-    aiortc finishes its own closing tasks first. Nothing unless the start-up heap was frozen."""
+    aiortc finishes its own closing tasks first. Nothing unless the heap is frozen (then it is cheap)."""
     global _pending
-    if not _startup_frozen:
+    if gc.get_freeze_count() == 0:
         return
     if _pending is not None and not _pending.cancelled():
         return

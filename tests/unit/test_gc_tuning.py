@@ -11,28 +11,43 @@ import pytest
 from live_avatar.server import gc_tuning
 
 
+class FakeGc:
+    """Stands in for the gc module: counts collections, freezes nothing of the test process's heap."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.frozen = 0
+
+    def collect(self, *args) -> int:
+        self.collections += 1
+        return 0
+
+    def freeze(self) -> None:
+        self.frozen = 1000
+
+    def get_freeze_count(self) -> int:
+        return self.frozen
+
+
 @pytest.fixture
-def counted_collections(monkeypatch):
-    calls = []
-    monkeypatch.setattr(gc_tuning.gc, "collect", lambda *a: calls.append(a) or 0)
-    monkeypatch.setattr(gc_tuning.gc, "freeze", lambda: None)  # the test process's heap stays as it is
+def fake_gc(monkeypatch):
+    fake = FakeGc()
+    monkeypatch.setattr(gc_tuning, "gc", fake)
     monkeypatch.setattr(gc_tuning, "_pending", None)
-    return calls
+    return fake
 
 
-async def test_no_forced_collection_in_a_process_that_froze_nothing(counted_collections, monkeypatch):
-    monkeypatch.setattr(gc_tuning, "_startup_frozen", False)
+async def test_no_forced_collection_in_a_process_that_froze_nothing(fake_gc):
     gc_tuning.collect_soon(0.01)
     await asyncio.sleep(0.05)
-    assert counted_collections == []
+    assert fake_gc.collections == 0
 
 
-async def test_one_collection_after_closes_once_frozen(counted_collections, monkeypatch):
-    monkeypatch.setattr(gc_tuning, "_startup_frozen", False)
+async def test_one_collection_after_closes_once_frozen(fake_gc):
     await gc_tuning.freeze_startup_objects()
-    assert gc_tuning._startup_frozen and len(counted_collections) == 1
+    assert fake_gc.get_freeze_count() > 0 and fake_gc.collections == 1
     for _ in range(3):  # closes in quick succession share one collection
         gc_tuning.collect_soon(0.02)
     await asyncio.sleep(0.1)
-    assert len(counted_collections) == 2
+    assert fake_gc.collections == 2
     assert gc.isenabled()
