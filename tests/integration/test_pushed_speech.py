@@ -29,6 +29,7 @@ from tests.support.live_checks import (
     offer_sdp,
     request,
     upload_form,
+    wait_until_streaming,
 )
 from tests.support.loopback_analysis import mouth_activity
 from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
@@ -75,11 +76,7 @@ async def watch_pushed_session(server) -> LoopbackPeer:
     try:
         await peer.connect_offer(server.url, options={"audio_source": "websocket"})
         assert peer.offer_answer["audio_ws"] == f"/sessions/{peer.session_id}/audio"
-        await asyncio.wait_for(peer.connected.wait(), 20)
-        deadline = time.monotonic() + 20
-        while len(peer.video_frames) < 25 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert len(peer.video_frames) >= 25, "the session never started streaming"
+        await wait_until_streaming(peer, frames=25)
     except BaseException:
         await peer.close()
         raise
@@ -279,11 +276,7 @@ async def test_tts_session_without_webrtc_input_seen_through_whep(server, uttera
     socket = None
     try:
         await viewer.watch(server.url, session_id)
-        await asyncio.wait_for(viewer.connected.wait(), 20)
-        deadline = time.monotonic() + 20
-        while len(viewer.video_frames) < 25 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert len(viewer.video_frames) >= 25, "the viewer got no picture of the idle session"
+        await wait_until_streaming(viewer, frames=25)  # a picture of the idle session
         socket = await SpeechSocket.connect(server.url, session_id)
         await asyncio.sleep(1.0)  # the resting face
         await socket.start(RATE)

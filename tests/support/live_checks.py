@@ -96,15 +96,20 @@ async def start_streaming(base_url: str, wav, avatar_id: str | None = None, **pe
     peer = LoopbackPeer.from_wav(wav, frame_format=None, **peer_options)
     try:
         await peer.connect_offer(base_url, avatar_id=avatar_id)
-        await asyncio.wait_for(peer.connected.wait(), 20)
-        deadline = time.monotonic() + 20
-        while len(peer.video_frames) < 10 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert len(peer.video_frames) >= 10, "the live session never started streaming"
+        await wait_until_streaming(peer)
     except BaseException:
         await peer.close()
         raise
     return peer
+
+
+async def wait_until_streaming(peer: LoopbackPeer, frames: int = 10, timeout_s: float = 20.0) -> None:
+    """The peer (a LoopbackPeer or a WHEP viewer) is connected and has received ``frames`` video frames."""
+    await asyncio.wait_for(peer.connected.wait(), timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while len(peer.video_frames) < frames and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert len(peer.video_frames) >= frames, "the live session never started streaming"
 
 
 async def assert_kept_streaming(peer: LoopbackPeer, window_s: float = 1.0) -> None:
