@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=None, help="JSON file (default bench/results/liveavatar_<device>.json)")
     p.add_argument("--merge", action="store_true", help="keep the other modes/sizes already in --output")
     p.add_argument("--seed", type=int, default=420)
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option (repeatable), as avatar serve takes it, e.g. cuda_graphs=true or compile_vae=true; "
+                        "compiled modes compile what the server would with these options")
     pipe = p.add_argument_group("step pipeline (bench/liveavatar_pipeline.py): first --sizes entry, first --modes entry")
     pipe.add_argument("--num_gpus_dit", type=int, default=1, help="N > 1: the 4 steps over N ranks (one process each)")
     pipe.add_argument("--vae_gpu", action="store_true", help="the VAE on a rank of its own")
@@ -231,6 +234,8 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
             "prepare_avatar_s": round(prepare_s, 3),
             "frame_shape": list(frames.shape),
             "session_state_gb": round(gen.stepper.state_nbytes / 1e9, 2),
+            "vae_compiled": bool(MODES[mode][1] and engine.options.compile_vae),
+            "cuda_graph_steps": gen.stepper.graphs.recorded_steps if gen.stepper.graphs is not None else [],
         }
         flops = dit_flops_per_block(engine.parts.dit.config, engine.parts.model_config.streaming,
                                     gen.stepper.tokens_per_frame, gen.stepper.sink_tokens)
@@ -324,6 +329,8 @@ def _write(path: Path, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from live_avatar.cli.serve import parse_engine_options
+    from live_avatar.core.config_loading import ConfigError
     from live_avatar.core.engines import load_engine
 
     if args.blocks < 1 or args.warmup < 1:
@@ -337,13 +344,22 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "auto" and not torch.cuda.is_available() and not args.tiny:
         print("no GPU: the 14B benchmark needs CUDA (use --tiny --device cpu to check the code path)", file=sys.stderr)
         return 2
+    try:
+        extra_options = parse_engine_options(args.engine_option)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     modes = [m for m in MODES if m in args.modes]  # bf16 first, then FP8 (a fresh engine)
     output, data = args.output, {}
     for fp8 in sorted({MODES[m][0] for m in modes}):
-        options = {"device": args.device, "seed": args.seed, "aspect": args.aspect, "fp8": fp8}
+        options = {"device": args.device, "seed": args.seed, "aspect": args.aspect, **extra_options, "fp8": fp8}
         options["tiny" if args.tiny else "random_weights"] = True
         t0 = time.perf_counter()
-        engine = load_engine("liveavatar", **options)
+        try:
+            engine = load_engine("liveavatar", **options)
+        except ConfigError as exc:  # a bad --engine-option: say which, no traceback
+            print(f"liveavatar bench: {exc}", file=sys.stderr)
+            return 2
         build_s = time.perf_counter() - t0
         if output is None:
             tag = "cpu_tiny" if engine.device.type == "cpu" else torch.cuda.get_device_name(engine.device).split()[-1].lower()
@@ -362,9 +378,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"liveavatar bench: {engine.parts.description} on {engine.device} ({build_s:.1f} s to build)", flush=True)
         for mode in (m for m in modes if MODES[m][0] == fp8):
             if MODES[mode][1]:
+                # what avatar serve compiles with the same options (the VAE only with compile_vae): the
+                # benchmark times the server's path
                 torch._dynamo.reset()
-                engine.parts.dit.compile_blocks()  # static shapes: each size compiles its own graphs
-                engine.parts.codec.compile_decoder()
+                mode_kwargs = {"mode": engine.options.compile_mode} if engine.options.compile_mode else {}
+                engine.parts.dit.compile_blocks(**mode_kwargs)  # static shapes: each size compiles its own graphs
+                if engine.options.compile_vae:
+                    engine.parts.codec.compile_decoder()
             for size in sizes:
                 t1 = time.perf_counter()
                 try:

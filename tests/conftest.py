@@ -17,6 +17,19 @@ from tests.support.speech import SPEECH_TEXT, read_wav_16k, write_wav
 os.environ.setdefault("AVATAR_CAPACITY_ADMISSION", "off")
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# tests/gpu need a CUDA device: run them on the GPU machine (python3 -m pytest tests/gpu); elsewhere
+# they are not collected (no skips for what cannot run here)
+collect_ignore = [] if _cuda_available() else ["gpu"]
+
+
 def espeak_wav(path: Path, text: str, *, words_per_minute: int = 150) -> Path:
     """espeak-ng speech into ``path``; the test is skipped where espeak-ng is missing."""
     try:

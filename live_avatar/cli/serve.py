@@ -54,8 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _engine_options(args: argparse.Namespace) -> dict:
-    import yaml
-
     options: dict = {}
     if args.weights:
         options["weights"] = args.weights
@@ -67,9 +65,18 @@ def _engine_options(args: argparse.Namespace) -> dict:
         options["num_gpus_dit"] = args.num_gpus_dit
     if args.vae_gpu:
         options["vae_gpu"] = True
-    for item in args.engine_option:
+    options.update(parse_engine_options(args.engine_option))
+    return options
+
+
+def parse_engine_options(items: list[str]) -> dict:
+    """``--engine-option KEY=VALUE`` items as a dict (VALUE parsed as YAML: true, 3, 0.5, a string)."""
+    import yaml
+
+    options = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"--engine-option expects KEY=VALUE, got {item!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options

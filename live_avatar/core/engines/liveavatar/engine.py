@@ -18,6 +18,9 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``compile_backend`` "inductor" (default); "eager" traces with dynamo only (tests count graphs on a CPU)
 ``warmup``         run one throwaway session before serving (default: when compiling or on a GPU), so that no
                    live session compiles; see :mod:`.warmup`
+``cuda_graphs``    record the steady-state DiT calls (full KV ring) as CUDA graphs, one per step and session,
+                   so that a call is one launch whatever else holds the GIL (CUDA only; off by default until
+                   tests/gpu and the benchmark have run it on a GPU)
 ``gil_switch_interval_ms`` the interpreter's GIL switch interval (``sys.setswitchinterval``) while the
                    engine runs; the DiT thread issues thousands of kernel launches a block under the GIL, and
                    with Python's default 5 ms another busy thread (the event loop: RTP, encoding) can hold
@@ -85,6 +88,7 @@ from live_avatar.core.contract import AvatarError, EngineBusyError
 from .generator import LiveAvatar, LiveAvatarGenerator
 from .options import EngineConfigError, LiveAvatarOptions, frame_size, resolve_device, resolve_dtype
 from .parts import load_parts, random_full_parts, tiny_parts
+from .step_graphs import GraphContext
 from .warmup import WarmupReport, compiled_graphs, warm_up
 
 logger = logging.getLogger(__name__)
@@ -133,6 +137,11 @@ class LiveAvatarEngine:
             self.parts.dit.compile_blocks(**compile_kwargs)  # the dense block halves; attention and caches stay eager
         if opts.compile_vae:
             self.parts.codec.compile_decoder(backend=opts.compile_backend)
+        self.graph_context: GraphContext | None = None
+        if opts.cuda_graphs:
+            if self.device.type != "cuda":
+                raise EngineConfigError("cuda_graphs needs a CUDA device")
+            self.graph_context = GraphContext.for_device(self.device)
         if opts.gil_switch_interval_ms is not None:
             sys.setswitchinterval(opts.gil_switch_interval_ms / 1000.0)
         self.pipeline = None
@@ -142,6 +151,7 @@ class LiveAvatarEngine:
             self.pipeline = StepPipeline(self)  # starts ranks 1..N-1 and waits for their models
             self.capacity = self.pipeline.capacity
         self.warmup_report: WarmupReport | None = None
+        self.warming_up = False
         self._graphs_at_ready = compiled_graphs()
         logger.info("liveavatar engine ready: %s, %s %s, %dx%d, %.1f s", self.parts.description, self.device,
                     self.dtype, *self.size, time.perf_counter() - t0)
@@ -154,7 +164,11 @@ class LiveAvatarEngine:
     def warm_up(self, progress=None) -> WarmupReport:
         """One throwaway session at the engine's size (see :mod:`.warmup`); sessions opened afterwards
         should compile nothing (``compiles_since_warmup`` in their stats)."""
-        self.warmup_report = warm_up(self, progress)
+        self.warming_up = True  # its generator compiles by design: no "compiled during a session" warning
+        try:
+            self.warmup_report = warm_up(self, progress)
+        finally:
+            self.warming_up = False
         self._graphs_at_ready = compiled_graphs()
         return self.warmup_report
 

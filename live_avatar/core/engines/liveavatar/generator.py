@@ -69,6 +69,8 @@ class LiveAvatarGenerator:
         self.stepper = CausalStepper(
             parts.dit, streaming, LatentGeometry.from_pixels(h, w), rope_rng=random.Random(engine.options.seed)
         )
+        if engine.graph_context is not None:
+            self.stepper.use_graphs(engine.graph_context)
         self.noise = ClipNoise(
             engine.options.seed, self.stepper.clip_noise_shape, streaming.latent_frames_per_block,
             device=engine.device, dtype=engine.dtype,
@@ -151,7 +153,7 @@ class LiveAvatarGenerator:
     def _note_compiles(self) -> None:
         """Warn when graphs were compiled after the engine's warm-up: each one stalled a live session."""
         compiled = self.engine.compiles_since_ready()
-        if compiled > self._compiles_seen:
+        if compiled > self._compiles_seen and not self.engine.warming_up:
             logger.warning("liveavatar: %d graph(s) compiled after the warm-up (%d in all since ready), during a "
                            "session: its frames stalled meanwhile (compile_vae is known to do this)",
                            compiled - self._compiles_seen, compiled)

@@ -34,6 +34,7 @@ class LiveAvatarOptions:
     compile_mode: str | None = None  # torch.compile mode: None (default), "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs)
     compile_backend: str = "inductor"  # "eager": dynamo traces and counts graphs without code generation (tests)
     warmup: bool | None = None  # None: warm up at start-up when compiling or on a GPU
+    cuda_graphs: bool = False  # the full-ring DiT calls as CUDA graphs (step_graphs.py); not yet measured on a GPU
     # Python's GIL hand-over interval for the whole process while this engine runs (None: Python's 5 ms);
     # the DiT thread launches kernels under the GIL, so a long hand-over starves the GPU (see engine.py)
     gil_switch_interval_ms: float | None = None

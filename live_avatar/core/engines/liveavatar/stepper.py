@@ -68,6 +68,7 @@ from .dit import CausalS2VDiT
 from .injector import attend
 from .rope import apply_rope, grid_positions, rope_cos_sin, rotation, subsampled_indices
 from .sampler import euler_update, flow_match_schedule
+from .step_graphs import GraphContext, StepGraphs
 
 
 class StepperInputError(ValueError):
@@ -126,17 +127,24 @@ class SinkCache:
 class _InferenceAttention:
     """Self-attention of a denoising call: ring write-then-read plus the re-rotated sink."""
 
-    def __init__(self, ring: StepRing, sink: SinkCache, noisy_rot, sink_rot, slot: int, valid: int) -> None:
+    def __init__(self, ring: StepRing, sink: SinkCache, noisy_rot, sink_rot, slot: int | torch.Tensor,
+                 valid: int) -> None:
         self.ring, self.sink = ring, sink
         self.noisy_rot, self.sink_rot = noisy_rot, sink_rot
+        # slot: the block's first ring row (an int), or the buffer rows it writes as a tensor (a CUDA
+        # graph reads them from a fixed address: step_graphs.py)
         self.slot, self.valid = slot, valid
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n, cap, ns = q.shape[0], self.ring.sink_capacity, self.sink.length
         buf_k, buf_v = self.ring.k[layer], self.ring.v[layer]
-        start = cap + self.slot
-        buf_k[start:start + n] = apply_rope(k, self.noisy_rot)
-        buf_v[start:start + n] = v
+        if isinstance(self.slot, torch.Tensor):
+            buf_k.index_copy_(0, self.slot, apply_rope(k, self.noisy_rot))
+            buf_v.index_copy_(0, self.slot, v)
+        else:
+            start = cap + self.slot
+            buf_k[start:start + n] = apply_rope(k, self.noisy_rot)
+            buf_v[start:start + n] = v
         sink_k = apply_rope(self.sink.k[layer, :ns], self.sink_rot)
         end = cap + self.valid
         # Attention is order-free and positions live inside K, so [sink ; ring] needs no mask.
@@ -224,6 +232,12 @@ class CausalStepper:
         self._motion_latents: torch.Tensor | None = None
         self._pending_refresh_ref: torch.Tensor | None = None
         self.ref_offsets: list[int] = []  # Delta of the most recent block's calls (inspection/tests)
+        self.graphs: StepGraphs | None = None  # CUDA graphs of the full-ring calls (use_graphs)
+
+    def use_graphs(self, context: GraphContext | None) -> None:
+        """Run the calls that see a full ring through :class:`StepGraphs`: CUDA graphs recorded on
+        first use, or (``context`` None) the same static-buffer path run eagerly."""
+        self.graphs = StepGraphs(self, context)
 
     # ---- geometry / RoPE ------------------------------------------------------------------------
 
@@ -307,7 +321,13 @@ class CausalStepper:
     @torch.no_grad()
     def set_text(self, text_context: torch.Tensor) -> None:
         """Embed the prompt and cache its per-layer cross-attention K/V."""
-        self.text_kv = self.model.text_kv(self.model.embed_text(text_context))
+        text_kv = self.model.text_kv(self.model.embed_text(text_context))
+        if self.text_kv is None or self.graphs is None:
+            self.text_kv = text_kv
+            return
+        for (k, v), (new_k, new_v) in zip(self.text_kv, text_kv, strict=True):  # in place: the graphs read these addresses
+            k.copy_(new_k)
+            v.copy_(new_v)
 
     @torch.no_grad()
     def prefill(self, ref_latent: torch.Tensor, motion_latents: torch.Tensor, text_context: torch.Tensor) -> None:
@@ -383,12 +403,21 @@ class CausalStepper:
         valid = slot + self.block_tokens if start < self.ring_tokens else self.ring_tokens
         noisy_rope = self.noisy_rope(frame)
         sink_rope = self.sink_rope(self.ref_rope_frame(frame, offset))
-        cache = _InferenceAttention(self.rings[step], self.sink, rotation(noisy_rope, self.dtype),
-                                    rotation(sink_rope, self.dtype), slot, valid)
+        noisy_rot, sink_rot = rotation(noisy_rope, self.dtype), rotation(sink_rope, self.dtype)
+        if self.graphs is not None and trace is None and self.graphs.covers(valid):
+            return self.graphs.run(step, x, audio, slot, noisy_rot, sink_rot)
+        cache = _InferenceAttention(self.rings[step], self.sink, noisy_rot, sink_rot, slot, valid)
+        if trace is not None:
+            trace.update(noisy_rope=noisy_rope, sink_rope=sink_rope)
+        return self.velocity(step, x, audio, cache, trace=trace)
 
+    def velocity(self, step: int, x: torch.Tensor, audio: AudioTokens, cache: _InferenceAttention,
+                 trace: dict | None = None) -> torch.Tensor:
+        """The DiT call of :meth:`denoise_step` once its positions are in ``cache`` (every op on the
+        device, nothing read back: a CUDA graph can record it)."""
         tokens = self.model.embed_noisy(x)
         if trace is not None:
-            trace.update(x_in_blocks=tokens, noisy_rope=noisy_rope, sink_rope=sink_rope)
+            trace["x_in_blocks"] = tokens
         e, e0 = self._step_temb[step]
         out = self.model.run_blocks(tokens, e0, self.text_kv, cache, norm3_input_bf16=self.streaming.norm3_input_bf16,
                                     audio=(audio.tokens, audio.glob), trace=trace)

@@ -1,0 +1,133 @@
+"""CUDA graphs of the steady-state denoising calls of one :class:`~.stepper.CausalStepper`.
+
+A denoising call of the 14B DiT is ~40 blocks of compiled halves with eager RoPE, ring writes and
+attention between them: thousands of kernel launches from one Python thread. Launched one by one,
+the GPU waits whenever that thread does (the GIL held by the event loop or an encoder thread, guard
+checks, the allocator), which is what a block costs more inside a live server than alone. Recorded
+once as a CUDA graph, a call is one launch.
+
+What varies between calls of one step is made a tensor that a graph reads from a fixed address:
+the noisy latents, the audio tokens, the two RoPE rotations (block position, rolling reference
+offset) and the ring rows the block writes (an ``index_copy_``, not a Python slice). The number of
+valid ring rows is a Python int, so only the calls where the ring is full (from block
+``blocks_per_clip - 1`` on) are graphed; a session's first blocks run as before. So one graph per
+denoising step and stepper, recorded by the first full-ring call of that step (the engine's warm-up
+has compiled every kernel by then; recording costs about what an ordinary call does).
+
+Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
+(``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
+memory pool for their intermediates and one recording stream (a :class:`GraphContext` per engine):
+calls never overlap (the engine's compute lock), and each output is copied out before the next replay.
+
+Without a context the same static-buffer path runs eagerly: the CPU tests check it against the
+ordinary path; tests/gpu checks the recorded graphs against both on a CUDA machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .stepper import AudioTokens, CausalStepper
+
+
+@dataclass
+class GraphContext:
+    """What the steppers of one engine share: the graphs' memory pool and the stream they are recorded
+    on (its first recording is preceded by one eager call: lazy cuBLAS and attention set-up)."""
+
+    pool: Any = None
+    stream: Any = None
+    warmed: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "GraphContext":
+        return cls(pool=torch.cuda.graph_pool_handle(), stream=torch.cuda.Stream(device))
+
+
+@dataclass
+class _Recorded:
+    graph: Any  # torch.cuda.CUDAGraph, or None when running eagerly
+    out: torch.Tensor | None
+
+
+class StepGraphs:
+    def __init__(self, stepper: "CausalStepper", context: GraphContext | None) -> None:
+        """``context`` None: the static-buffer path runs eagerly (CPU tests)."""
+        if context is not None and stepper.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.stepper, self.context = stepper, context
+        s, g, cfg = stepper, stepper.geometry, stepper.model.config
+        dev = stepper.device
+        rot_dtype = torch.complex128 if s.dtype in (torch.float32, torch.float64) else torch.complex64
+        self.x = torch.zeros(cfg.in_dim, s.streaming.latent_frames_per_block, g.latent_height, g.latent_width,
+                             device=dev, dtype=s.dtype)
+        self.rows = torch.zeros(s.block_tokens, device=dev, dtype=torch.long)
+        self.noisy_rot = torch.zeros(s.block_tokens, cfg.head_dim // 2, device=dev, dtype=rot_dtype)
+        self.sink_rot = torch.zeros(s.sink_tokens, cfg.head_dim // 2, device=dev, dtype=rot_dtype)
+        self.audio_tokens: torch.Tensor | None = None  # shaped by the first block's audio
+        self.audio_glob: torch.Tensor | None = None
+        self._recorded: dict[int, _Recorded] = {}
+
+    @property
+    def recorded_steps(self) -> list[int]:
+        return sorted(step for step, r in self._recorded.items() if r.graph is not None)
+
+    def covers(self, valid: int) -> bool:
+        """Whether a call that sees ``valid`` ring rows can be graphed (only the full ring)."""
+        return valid == self.stepper.ring_tokens
+
+    def run(self, step: int, x: torch.Tensor, audio: "AudioTokens", slot: int, noisy_rot: torch.Tensor,
+            sink_rot: torch.Tensor) -> torch.Tensor:
+        """The velocity of one full-ring call (a fresh tensor, safe to keep)."""
+        self._load(x, audio, slot, noisy_rot, sink_rot)
+        recorded = self._recorded.get(step)
+        if recorded is None:
+            recorded = self._recorded[step] = self._record(step)
+        if recorded.graph is None:
+            return self._call(step)
+        recorded.graph.replay()
+        return recorded.out.clone()
+
+    def _load(self, x, audio, slot, noisy_rot, sink_rot) -> None:
+        s = self.stepper
+        if self.audio_tokens is None:
+            self.audio_tokens = torch.empty_like(audio.tokens)
+            self.audio_glob = torch.empty_like(audio.glob)
+        self.x.copy_(x)
+        self.audio_tokens.copy_(audio.tokens)
+        self.audio_glob.copy_(audio.glob)
+        self.noisy_rot.copy_(noisy_rot)
+        self.sink_rot.copy_(sink_rot)
+        first = s.rings[s.owned_steps[0]].sink_capacity + slot
+        torch.arange(first, first + s.block_tokens, out=self.rows)
+
+    def _call(self, step: int) -> torch.Tensor:
+        from .stepper import AudioTokens, _InferenceAttention
+
+        s = self.stepper
+        cache = _InferenceAttention(s.rings[step], s.sink, self.noisy_rot, self.sink_rot, slot=self.rows,
+                                    valid=s.ring_tokens)
+        return s.velocity(step, self.x, AudioTokens(self.audio_tokens, self.audio_glob), cache)
+
+    def _record(self, step: int) -> _Recorded:
+        ctx = self.context
+        if ctx is None:
+            return _Recorded(graph=None, out=None)
+        main = torch.cuda.current_stream(self.stepper.device)
+        ctx.stream.wait_stream(main)
+        if not ctx.warmed:
+            # The statics hold this block's inputs, so this call writes exactly the ring rows the
+            # replay writes next: harmless.
+            with torch.cuda.stream(ctx.stream):
+                self._call(step)
+            ctx.warmed = True
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (the server's) meanwhile do not break the recording
+        with torch.cuda.graph(graph, pool=ctx.pool, stream=ctx.stream, capture_error_mode="thread_local"):
+            out = self._call(step)
+        main.wait_stream(ctx.stream)
+        return _Recorded(graph=graph, out=out)

@@ -1,0 +1,60 @@
+"""CUDA graphs of the denoising calls (step_graphs.py) against the ordinary calls, on a CUDA device.
+
+Not collected without CUDA (tests/conftest.py); run on the GPU machine: ``python3 -m pytest tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from live_avatar.core.engines.liveavatar.config import LatentGeometry, load_model_config
+from live_avatar.core.engines.liveavatar.loader import build_random_model
+from live_avatar.core.engines.liveavatar.sampler import ClipNoise
+from live_avatar.core.engines.liveavatar.step_graphs import GraphContext
+from live_avatar.core.engines.liveavatar.stepper import CausalStepper
+from tests.unit.liveavatar.conftest import CONFIGS
+
+TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
+GEOMETRY = LatentGeometry(16, 24)
+BLOCKS = 7  # the first clip (the last of its blocks graphed), the sink refresh, the ring wrap
+DEVICE = torch.device("cuda")
+
+
+def _session(model, seed: int, context: GraphContext | None):
+    gen = torch.Generator().manual_seed(seed)
+    cfg, s = TINY.dit, TINY.streaming
+    h, w = GEOMETRY.latent_height, GEOMETRY.latent_width
+    stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(seed))
+    if context is not None:
+        stepper.use_graphs(context)
+    stepper.prefill(torch.randn(cfg.in_dim, 1, h, w, generator=gen),
+                    torch.randn(cfg.in_dim, s.lat_motion_frames, h, w, generator=gen),
+                    torch.randn(9, cfg.text_dim, generator=gen))
+    audio = torch.randn(cfg.num_audio_layers, cfg.audio_dim, BLOCKS * s.video_frames_per_block, generator=gen)
+    noise = ClipNoise(seed, stepper.clip_noise_shape, s.latent_frames_per_block, device=DEVICE, dtype=torch.bfloat16)
+    prompt = torch.randn(5, cfg.text_dim, generator=gen)
+    v = s.video_frames_per_block
+
+    def block(b: int) -> torch.Tensor:
+        if b == 5:
+            stepper.set_text(prompt)  # a new prompt mid-stream: copied into what the graphs read
+        return stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
+
+    return stepper, block
+
+
+@torch.inference_mode()
+def test_graphed_sessions_equal_ordinary_ones_even_interleaved():
+    model = build_random_model(TINY.dit, TINY.streaming, seed=11, device=DEVICE, dtype=torch.bfloat16)
+    context = GraphContext.for_device(DEVICE)
+    plain = {seed: _session(model, seed, None)[1] for seed in (1, 2)}
+    graphed = {seed: _session(model, seed, context) for seed in (1, 2)}
+    for b in range(BLOCKS):
+        for seed in (1, 2):  # two sessions' graphs share one pool: each must still see its own data
+            expected = plain[seed](b)
+            got = graphed[seed][1](b)
+            assert torch.equal(got, expected), f"session {seed}, block {b}: max diff {(got.float() - expected.float()).abs().max()}"
+    for stepper, _ in graphed.values():
+        assert stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
