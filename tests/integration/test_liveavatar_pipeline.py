@@ -63,6 +63,27 @@ def test_n_ranks_give_the_single_process_frames(tmp_path, reference, n, mode, va
         _check_overlap(got["traces"])
 
 
+@pytest.mark.slow
+def test_a_stream_session_keeps_blocks_in_the_pipe_and_gets_the_single_process_frames(tmp_path):
+    """What the server runs: a StreamSession over 2 ranks submits a block while earlier ones are further
+    down the pipe, and the frames equal those of the one-process session."""
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"session_n{n}.npz"
+        cmd = [sys.executable, "-m", "tests.support.pipeline_render", str(out), "--num_gpus_dit", str(n),
+               "--sink_refresh", "keep_motion", "--through-session"]
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, env=ENV, cwd=REPO)
+        assert res.returncode == 0, res.stderr[-3000:]
+        data = np.load(out)
+        runs[n] = (data["frames"], json.loads(str(data["stats"])))
+    (one, one_stats), (two, two_stats) = runs[1], runs[2]
+    assert one.shape == (12, 12, 64, 64, 3) and one.std() > 1.0
+    assert np.array_equal(one, two)
+    assert one_stats["max_blocks_in_flight"] == 1
+    assert two_stats["max_blocks_in_flight"] == 3 and two_stats["blocks_in_flight_max"] >= 2, two_stats
+    assert two_stats["frames_skipped"] == 0
+
+
 def _check_overlap(traces: list[dict]) -> None:
     """Block k+1 runs on rank 0 while block k is further down, also across the clip-1 sink refresh
     ("keep_motion": the latent it needs was sent as soon as block 0 was clean, so the pipe does not drain)."""

@@ -2,6 +2,7 @@
 save frames, clean latents and the pipeline's per-rank records to an .npz (tests of the step pipeline).
 
     python -m tests.support.pipeline_render OUT.npz --num_gpus_dit N [--sink_refresh MODE] [--vae_gpu]
+    python -m tests.support.pipeline_render OUT.npz --num_gpus_dit N --through-session
 
 N=1 runs the single-process generator. With N>1 up to ``pipeline_depth`` blocks are in flight, as the
 offline renderer keeps them. The audio is seeded noise, the same in every process.
@@ -68,13 +69,52 @@ def render(num_gpus_dit: int, sink_refresh: str, vae_gpu: bool):
     return np.stack(frames), torch.stack(latents).float().numpy(), traces
 
 
+def render_through_session(num_gpus_dit: int, sink_refresh: str):
+    """The same 12 blocks' audio pushed into a buffered StreamSession (what the server runs for a TTS):
+    over N > 1 ranks the session keeps several blocks in the pipe. Frames and the session's stats."""
+    import asyncio
+
+    from live_avatar.core.engines.liveavatar.engine import LiveAvatarEngine
+    from live_avatar.core.stream import StreamConfig
+
+    torch.set_num_threads(1)
+    engine = LiveAvatarEngine(tiny=True, size=SIZE, aspect="1:1", seed=11, sink_refresh=sink_refresh,
+                              num_gpus_dit=num_gpus_dit, pipeline_timeout_s=60)
+    samples = (np.random.default_rng(7).standard_normal(BLOCKS * 12 * 640) * 0.1).astype(np.float32)
+
+    async def run():
+        session = engine.open_session(engine.prepare_avatar(portrait()), config=StreamConfig(buffered=True))
+        try:
+            session.push_audio(samples)
+            session.end_of_speech()
+            chunks = []
+            async for chunk in session.chunks():
+                chunks.append(chunk)
+                if len(chunks) == BLOCKS:
+                    break
+            return [c.frames for c in chunks], session.stats()
+        finally:
+            await session.close()
+
+    try:
+        frames, stats = asyncio.run(run())
+    finally:
+        engine.close()
+    return np.stack(frames), stats
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
     p.add_argument("--num_gpus_dit", type=int, default=1)
     p.add_argument("--sink_refresh", default="reencode")
     p.add_argument("--vae_gpu", action="store_true")
+    p.add_argument("--through-session", action="store_true", help="push the audio into a buffered StreamSession")
     args = p.parse_args(argv)
+    if args.through_session:
+        frames, stats = render_through_session(args.num_gpus_dit, args.sink_refresh)
+        np.savez(args.out, frames=frames, stats=json.dumps(stats, default=str))
+        return 0
     frames, latents, traces = render(args.num_gpus_dit, args.sink_refresh, args.vae_gpu)
     np.savez(args.out, frames=frames, latents=latents, traces=json.dumps(traces))
     return 0

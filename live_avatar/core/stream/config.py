@@ -38,6 +38,10 @@ class StreamConfig:
     stats_window: int = 256
     # How long close() waits for a generate() call in progress.
     close_timeout_s: float = 10.0
+    # Blocks submitted and not yet collected, for a generator that pipelines (submit()/collect(), e.g.
+    # liveavatar over --num_gpus_dit N): block k+1 enters the pipe as soon as its audio is there, while
+    # block k is still further down. None: the generator's pipeline_depth; 1: one block at a time.
+    max_blocks_in_flight: int | None = None
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
@@ -49,6 +53,8 @@ class StreamConfig:
             raise ValueError("max_live_backlog_s and max_buffered_audio_s must be > 0")
         if self.stats_window < 1 or self.close_timeout_s <= 0:
             raise ValueError("stats_window must be >= 1 and close_timeout_s > 0")
+        if self.max_blocks_in_flight is not None and self.max_blocks_in_flight < 1:
+            raise ValueError(f"max_blocks_in_flight must be >= 1, got {self.max_blocks_in_flight}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, source: str = "stream options") -> "StreamConfig":

@@ -8,7 +8,7 @@ S samples a frame and lookahead L:
   * ready when the timeline holds samples up to (f+B)*S + L; if the input is late, a live block
     waits until t0 + ((f+B)*S + L)/sr + input_jitter_s (never past half a block after its
     playout), then pads silence;
-  * buffered: generated at most max(buffered_lead_s, one block) before its playout;
+  * buffered: generated at most max(buffered_lead_s, one block, its expected compute) before its playout;
   * a worker more than a block behind the playout skips whole blocks ahead.
 """
 
@@ -84,10 +84,11 @@ class BlockSchedule:
         return f + blocks * B
 
     def buffered_start_at(self, f: int) -> float | None:
-        """Buffered: the earliest time block ``f`` may start (a bounded lead on its playout)."""
+        """Buffered: the earliest time block ``f`` may start (a bounded lead on its playout, never less
+        than a block takes from start to frames: a pipelined generator's blocks take longer than one)."""
         if not self.config.buffered or self.first_ready is None:
             return None
-        lead = max(self.config.buffered_lead_s, self.block_frames / self.fps)
+        lead = max(self.config.buffered_lead_s, self.block_frames / self.fps, self.expected_compute())
         return self.playout_due(f) - lead
 
     def input_deadline(self, f: int, need: int) -> float:

@@ -5,6 +5,12 @@ moves buffers under a short lock; a worker thread waits for each block's input (
 calls the synchronous ``generate()`` and queues the chunk. Block j covers frames
 [jB, (j+1)B) plus the generator's context/lookahead samples.
 
+A generator that pipelines (``submit()`` / ``collect()`` and a ``pipeline_depth``: liveavatar over
+``--num_gpus_dit N``) gets up to ``max_blocks_in_flight`` blocks at once: the worker submits each
+block as soon as its input is there, and a collector thread takes the frames out in order. A block
+then costs the real-time budget what its busiest stage spent on it (the generator's
+``block_cost_s`` after ``collect()``), not its whole trip through the ranks.
+
 The schedule (playout due times, input deadlines, catch-up skips) is ``BlockSchedule``
 (schedule.py): with no input, idle blocks keep coming at real-time pace; a buffered producer ahead
 of real time is generated as soon as its audio is there but a bounded lead before its playout; a
@@ -88,6 +94,11 @@ class StreamSession:
         self.samples_per_frame = sample_rate // fps
         self.block_frames = block_frames
         self._budget = ComputeBudget(block_frames / fps, name=f"{type(generator).__name__} session")
+        self._depth = _blocks_in_flight(generator, self.config.max_blocks_in_flight)
+        self._in_flight: deque[tuple[_Job, float]] = deque()  # submitted, not collected: (job, submitted at)
+        self._in_flight_max = 0
+        self._last_delivered_at: float | None = None
+        self._collector: threading.Thread | None = None
         self._context = context
         self._lookahead = lookahead
 
@@ -259,6 +270,7 @@ class StreamSession:
             restart = min(self._played_frame + 1, self._next_frame)
         else:
             candidates = [c.first_frame for c in self._out]
+            candidates += [job.block.first_frame for job, _ in self._in_flight if job.epoch == self._epoch]
             if self._in_progress is not None:
                 candidates.append(self._in_progress)
             restart = min(candidates, default=self._next_frame)
@@ -327,6 +339,7 @@ class StreamSession:
                 input_backlog_samples=self._timeline.write_cursor - self._next_frame * self.samples_per_frame,
             )
             stats.update(self._budget.stats())
+            stats.update(max_blocks_in_flight=self._depth, blocks_in_flight_max=self._in_flight_max)
         engine_stats = getattr(self.generator, "engine_stats", None)  # engine-specific figures, optional
         if callable(engine_stats):
             stats["engine"] = engine_stats()
@@ -382,19 +395,25 @@ class StreamSession:
 
     def _run(self) -> None:
         try:
+            if self._depth > 1:
+                self._collector = threading.Thread(target=self._collect_forever, daemon=True,
+                                                   name=f"stream-collector-{id(self):x}")
+                self._collector.start()
             while True:
+                if self._depth > 1 and not self._wait_for_room():
+                    break
                 job = self._wait_for_job()
                 if job is None:
                     break
-                self._run_job(job)
+                if self._depth > 1:
+                    self._submit_job(job)
+                else:
+                    self._run_job(job)
         except BaseException as exc:  # noqa: BLE001 - any failure ends the session visibly
-            logger.exception("stream session worker failed")
-            with self._cond:
-                self._exception = exc
-                self._error = f"{type(exc).__name__}: {exc}"
-                self._state = "error"
-                self._cond.notify_all()
+            self._fail(exc, "stream session worker failed")
         finally:
+            if self._collector is not None:
+                self._collector.join()  # it stops at close (or a failure) after the collect() it is in
             self._signal_consumer()
             with self._cond:
                 self._worker_done = True
@@ -402,11 +421,31 @@ class StreamSession:
             if close_now:
                 self._close_generator()
 
+    def _fail(self, exc: BaseException, what: str) -> None:
+        logger.exception(what)
+        with self._cond:
+            if self._exception is None:
+                self._exception = exc
+                self._error = f"{type(exc).__name__}: {exc}"
+            self._state = "error"
+            self._cond.notify_all()
+
+    def _stopping(self) -> bool:
+        return self._closing or self._state == "error"
+
+    def _wait_for_room(self) -> bool:
+        """Pipelined: wait until fewer than max_blocks_in_flight blocks are in the pipe; False once
+        the session stops."""
+        with self._cond:
+            while len(self._in_flight) >= self._depth and not self._stopping():
+                self._cond.wait(0.5)
+            return not self._stopping()
+
     def _wait_for_job(self) -> _Job | None:
         cfg, schedule = self.config, self._schedule
         with self._cond:
             while True:
-                if self._closing:
+                if self._stopping():
                     return None
                 now = time.monotonic()
                 f = self._next_frame
@@ -488,16 +527,62 @@ class StreamSession:
             except Exception:  # noqa: BLE001
                 logger.exception("change_avatar callback failed")
 
-    def _run_job(self, job: _Job) -> None:
+    def _prepare(self, job: _Job) -> None:
         if job.reset_motion:
             self.generator.reset_motion_to_idle()
         if job.change is not None:
             self._apply_change(job.change, job.block.first_frame)
-        block = job.block
+
+    def _run_job(self, job: _Job) -> None:
+        self._prepare(job)
         started = time.monotonic()
-        frames = self.generator.generate(block)
-        finished = time.monotonic()
+        frames = self.generator.generate(job.block)
+        self._deliver(job, frames, started, time.monotonic(), pipelined=False)
+
+    def _submit_job(self, job: _Job) -> None:
+        """Pipelined: hand the block to the generator; the collector delivers its frames."""
+        self._prepare(job)
+        started = time.monotonic()
+        self.generator.submit(job.block)
+        with self._cond:
+            self._in_flight.append((job, started))
+            self._in_flight_max = max(self._in_flight_max, len(self._in_flight))
+            self._in_progress = None
+            if job.epoch == self._epoch:  # else interrupt() has rewound next_frame already
+                self._next_frame = job.block.first_frame + job.block.num_frames
+            self._cond.notify_all()
+
+    def _collect_forever(self) -> None:
+        """Pipelined: the frames of the oldest block in flight, in order, until the session stops."""
+        try:
+            while True:
+                with self._cond:
+                    while not self._in_flight and not self._stopping():
+                        self._cond.wait(0.5)
+                    if self._stopping():
+                        return  # closing the generator drops the blocks still in flight
+                    job, started = self._in_flight[0]
+                frames = self.generator.collect()
+                finished = time.monotonic()
+                cost = getattr(self.generator, "block_cost_s", None)
+                with self._cond:
+                    self._in_flight.popleft()
+                    self._cond.notify_all()  # room in the pipe for the worker
+                self._deliver(job, frames, started, finished, pipelined=True, cost=cost)
+        except BaseException as exc:  # noqa: BLE001 - any failure ends the session visibly
+            self._fail(exc, "stream session collector failed")
+
+    def _deliver(self, job: _Job, frames: np.ndarray, started: float, finished: float, *, pipelined: bool,
+                 cost: float | None = None) -> None:
+        """Queue a finished block's chunk. ``cost``: what the block took of the real-time budget (default:
+        the time it ran, or for a pipe that does not say, since the previous block came out); how long
+        a block takes to come out (``record_compute``: the catch-up and buffered-lead estimates) is its
+        whole trip."""
+        block = job.block
         frames = _check_frames(frames, block.num_frames)
+        previous, self._last_delivered_at = self._last_delivered_at, finished
+        if cost is None:
+            cost = finished - max(started, previous if previous is not None else started)
         chunk = Chunk(
             frames=frames,
             audio=block.frame_samples(self.samples_per_frame).copy(),
@@ -507,7 +592,7 @@ class StreamSession:
                 audio_ready_at=job.audio_ready_at,
                 started_at=started,
                 finished_at=finished,
-                compute_s=finished - started,
+                compute_s=cost,
             ),
             speech_onset_arrivals=job.onset_arrivals,
             full_band_audio=job.full_band,
@@ -515,12 +600,13 @@ class StreamSession:
         )
         with self._cond:
             self._schedule.record_compute(finished - started)
-            self._budget.note(finished - started)
+            self._budget.note(cost)
             if job.epoch != self._epoch:
                 return  # interrupted meanwhile: interrupt() already rewound next_frame
-            self._in_progress = None
             self._out.append(chunk)
-            self._next_frame = block.first_frame + block.num_frames
+            if not pipelined:
+                self._in_progress = None
+                self._next_frame = block.first_frame + block.num_frames
             self._counters.note_block(block.num_frames, speech=bool(block.speech.any()))
             self._schedule.note_ready(block.first_frame, finished)
             self._trim_timeline()
@@ -567,6 +653,16 @@ class StreamSession:
             self.generator.close()
         except Exception:  # noqa: BLE001 - closing must not raise into the server
             logger.exception("generator.close() failed")
+
+
+def _blocks_in_flight(generator: BlockGenerator, configured: int | None) -> int:
+    """How many blocks the session keeps in the generator at once (1 unless it pipelines)."""
+    pipelines = callable(getattr(generator, "submit", None)) and callable(getattr(generator, "collect", None))
+    if configured is None:
+        return max(1, int(getattr(generator, "pipeline_depth", 1))) if pipelines else 1
+    if configured > 1 and not pipelines:
+        raise ValueError("max_blocks_in_flight > 1 needs a generator with submit() and collect()")
+    return configured
 
 
 def _as_mono_float32(samples: np.ndarray) -> np.ndarray:

@@ -133,6 +133,7 @@ class PipelinedGenerator:
         self.return_latents = return_latents
         self.last_latents: torch.Tensor | None = None  # the clean latents of the last collected block (return_latents)
         self.traces: list[dict] = []  # per finished block: when it was submitted/collected and each rank's record
+        self.block_cost_s: float | None = None  # the busiest rank's compute on the last collected block
 
     def start(self) -> None:
         t0 = time.perf_counter()
@@ -199,6 +200,10 @@ class PipelinedGenerator:
         self.traces.append({"block": k, "submitted": t_submit, "collected": now, "ranks": message.body["trace"]})
         del self.traces[:-64]
         self.timings = BlockStageTimes(total_s=now - t_submit, extra={"ranks": message.body["trace"]})
+        busy: dict[int, float] = {}
+        for record in message.body["trace"]:
+            busy[record["rank"]] = busy.get(record["rank"], 0.0) + record.get("compute_s", 0.0)
+        self.block_cost_s = max(busy.values())  # the busiest rank's time on this block: what bounds throughput
         self.last_latents = message.body.get("latents")
         self.blocks_done += 1
         return message.body["frames"]
