@@ -121,8 +121,11 @@ def test_generate_is_reproducible_and_the_same_over_two_ranks(tmp_path, speech_w
     for name, extra, torchrun in (("a", (), False), ("b", (), False), ("two", ("--num_gpus_dit", "2"), False),
                                   ("torchrun", ("--num_gpus_dit", "2"), True)):
         out, proc = _generate(tmp_path, name, *extra, audio=speech_with_silence_wav, torchrun=torchrun)
-        _, err = proc.communicate(timeout=300)
+        said, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
+        # under torchrun rank 1 runs the command too, but only rank 0 prepares the audio and plans
+        # (both did, and raced on the work folder's files)
+        assert said.count("plan: ") == 1, said
         runs[name] = _frames(out)
     assert runs["a"].shape == (144, 64, 64, 3)
     assert runs["a"].std() > 1.0  # not a blank video

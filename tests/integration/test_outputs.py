@@ -146,9 +146,10 @@ async def test_whep_viewers_get_the_same_frames_and_a_dead_one_slows_nobody(serv
             assert match["paired"] > 0.9, f"only {match['paired']:.0%} of viewer {number}'s frames are slots the speaker got"
             # the mouth moves during the speech: the right pairing stands out from one 2 slots off
             assert match["error"] < 0.7 * match["error_two_slots_off"], f"viewer {number}'s frames are not the speaker's: {match}"
-            # every consumer's slot leaves at its due time (2-9 ms apart measured on a quiet machine);
-            # the bound allows this process's three receivers to be starved for a couple of frames
-            assert abs(match["lag_s"]) < 0.1, f"viewer {number} receives {match['lag_s'] * 1000:.0f} ms after the speaker"
+            # every consumer's slot leaves at its due time (2-9 ms apart measured on a quiet machine). A
+            # viewer fed late (a backed-up fan-out) would be behind: at most 100 ms. The speaker's own
+            # receiver in this process may be starved for a few frames (seen: the viewer 102 ms ahead)
+            assert -0.25 < match["lag_s"] < 0.1, f"viewer {number} receives {match['lag_s'] * 1000:.0f} ms after the speaker"
         # and the speech: the viewer's audio is the speech the speaker got back (20 ms envelopes)
         viewer_audio, speaker_audio = viewers[0].audio_samples(), speaker.audio_samples()
         assert np.abs(viewer_audio).max() > 0.05, "the viewer got no speech"

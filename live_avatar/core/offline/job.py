@@ -45,6 +45,7 @@ from live_avatar.core.offline.plan import (
     ENGINE_LIMITS,
     PlanError,
     RenderPlan,
+    choose_size,
     make_plan,
     parse_size,
 )
@@ -216,6 +217,11 @@ def _engine_config(
     return config, notes
 
 
+def _torchrun_worker() -> bool:
+    """This process is a torchrun rank other than 0 (see pipeline.launcher.serve_if_torchrun_worker)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")) > 0
+
+
 def _load_engine(name: str, config: dict[str, Any]):
     from live_avatar.core.engines import load_engine
 
@@ -308,6 +314,16 @@ class GenerateJob:
             raise GenerateRefused(f"--audio {request.audio}: no such file")
         if not files.output.parent.exists():
             raise GenerateRefused(f"output folder {files.output.parent} does not exist")
+
+        if request.engine == "liveavatar" and _torchrun_worker():
+            # Under torchrun every rank runs this command; ranks > 0 only serve the step pipeline. They
+            # need the engine's options (the frame size follows the photo), never the audio or the
+            # output's files, which rank 0 alone prepares (two ranks writing them raced).
+            limits = ENGINE_LIMITS[request.engine]
+            size = choose_size(image.shape[1], image.shape[0], max_area, limits.size_divisor)
+            engine_config, _ = _engine_config(request, settings, seed, size)
+            _load_engine(request.engine, engine_config)  # a worker serves the pipeline and leaves the process there
+            raise RuntimeError("a step pipeline worker came back from serving")  # pragma: no cover - unreachable
 
         # 2. An unfinished render of the same output: continue it (resume) or refuse to overwrite it.
         state = None
