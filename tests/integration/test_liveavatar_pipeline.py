@@ -6,6 +6,7 @@ process joins one torch.distributed group in its life. Three clips (12 blocks) c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -177,6 +178,12 @@ def test_serve_reports_the_pipeline_and_a_dead_rank_on_healthz(tmp_path):
         assert status == 200 and health["status"] == "ok", health
         assert health["pipeline"]["world_size"] == 2 and health["pipeline"]["failure"] is None
         assert "rank 1: steps [2, 3]" in health["pipeline"]["plan"]
+        # a WebRTC session through the real server, pipelined: up to 3 blocks in the pipe (this fast tiny
+        # pipe is done with a block before the next one's audio is there; the overlap is tested above)
+        stream = asyncio.run(_live_session_stats(server.url, tmp_path))
+        assert stream["max_blocks_in_flight"] == 3 and stream["blocks_in_flight_max"] >= 1, stream
+        assert stream["frames_generated"] >= 24 and stream["compute_ms_p50"] > 0, stream
+        print("live session over 2 ranks:", {k: stream[k] for k in ("frames_generated", "frames_skipped", "compute_ms_p50", "compute_margin_pct")})
         workers = [c for c in psutil.Process(server.proc.pid).children(recursive=True)
                    if "pipeline.worker" in " ".join(c.cmdline())]
         assert len(workers) == 1
@@ -189,3 +196,20 @@ def test_serve_reports_the_pipeline_and_a_dead_rank_on_healthz(tmp_path):
             time.sleep(0.2)
         assert status == 200 and health["status"] == "degraded", health  # the server stays up and says why
         assert "rank 1" in health["pipeline"]["failure"] and "exited" in health["pipeline"]["failure"]
+
+
+async def _live_session_stats(url: str, folder: Path) -> dict:
+    """Stream 4 s of a tone into a session over /offer; its stream stats once it has shown frames."""
+    from tests.support.live_checks import start_streaming
+    from tests.support.server_process import http_json
+    from tests.support.speech import write_wav
+
+    tone = (0.2 * np.sin(2 * np.pi * 220 * np.arange(16_000 * 4) / 16_000)).astype(np.float32)
+    peer = await start_streaming(url, write_wav(folder / "tone.wav", tone, 16_000))
+    try:
+        await asyncio.sleep(2.0)
+        status, stats = await asyncio.to_thread(http_json, "GET", f"{url}/sessions/{peer.session_id}/stats")
+        assert status == 200, stats
+        return stats["stream"]
+    finally:
+        await peer.close()
