@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp8", action="store_true", help="DiT Linears in FP8 (engine option fp8)")
     p.add_argument("--eager", action="store_true",
                    help="no torch.compile (the engine's default; the measured figures are compiled: compile, compile_vae)")
+    p.add_argument("--vae-eager", action="store_true",
+                   help="compiled DiT, but the VAE decoder not compiled (compile without compile_vae, the server's default "
+                        "for compile=true): the eager decoder's measured cost is added")
     p.add_argument("--gpu", default=None, metavar="NAME", help="a known GPU (H200, H100 SXM, A100 80GB, L40S, RTX 4090, ...)")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory per GPU (default: the GPU's)")
     p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs for the step pipeline (--num_gpus_dit N): the 4 steps of a block over N GPUs")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     request = PreflightRequest(
-        size=args.size, aspect=args.aspect, fp8=args.fp8, compiled=not args.eager, gpu=args.gpu,
+        size=args.size, aspect=args.aspect, fp8=args.fp8, compiled=not args.eager, compiled_vae=not args.vae_eager, gpu=args.gpu,
         gpu_memory_gb=args.gpu_memory, gpus=args.gpus, live_factor=args.live_factor, text_encoder=not args.random_weights,
     )
     try:

@@ -138,7 +138,8 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
             return f"preflight skipped: {gpu} is not in the table of known GPUs (give --gpu-memory GB to check)"
     result = estimate(PreflightRequest(
         size=str(options.get("size") or "704*384"), aspect=str(options.get("aspect") or "9:16"),
-        fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")), gpu=gpu, gpu_memory_gb=gpu_memory,
+        fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")), compiled_vae=bool(options.get("compile_vae")),
+        gpu=gpu, gpu_memory_gb=gpu_memory,
         text_encoder=not options.get("random_weights"), gpus=int(options.get("num_gpus_dit") or 1),
     ))
     if result.ok:
