@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-factor", type=float, default=None, metavar="X",
                    help="live session cost / direct block time (default from the table: 1.10)")
     p.add_argument("--random-weights", action="store_true", help="14B random weights (benchmarks): no umT5 text encoder")
+    p.add_argument("--text-encoder-cpu", action="store_true",
+                   help="umT5-XXL kept in CPU memory (engine option text_encoder_device=cpu): its 11.4 GB off the GPU")
+    p.add_argument("--kv-layout", choices=["contiguous", "compact"], default="contiguous",
+                   help="the KV rings' layout (engine option kv_layout): compact keeps one sink copy, ~15 %% less state")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     request = PreflightRequest(
         size=args.size, aspect=args.aspect, fp8=args.fp8, compiled=not args.eager, compiled_vae=not args.vae_eager, gpu=args.gpu,
-        gpu_memory_gb=args.gpu_memory, gpus=args.gpus, live_factor=args.live_factor, text_encoder=not args.random_weights,
+        gpu_memory_gb=args.gpu_memory, gpus=args.gpus, live_factor=args.live_factor,
+        text_encoder=not (args.random_weights or args.text_encoder_cpu), kv_layout=args.kv_layout,
     )
     try:
         result = estimate(request)

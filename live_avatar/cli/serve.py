@@ -140,7 +140,8 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
         size=str(options.get("size") or "704*384"), aspect=str(options.get("aspect") or "9:16"),
         fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")), compiled_vae=bool(options.get("compile_vae")),
         gpu=gpu, gpu_memory_gb=gpu_memory,
-        text_encoder=not options.get("random_weights"), gpus=int(options.get("num_gpus_dit") or 1),
+        text_encoder=not options.get("random_weights") and options.get("text_encoder_device", "auto") != "cpu",
+        kv_layout=str(options.get("kv_layout") or "contiguous"), gpus=int(options.get("num_gpus_dit") or 1),
     ))
     if result.ok:
         return (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps "

@@ -172,3 +172,21 @@ def test_a_compiled_dit_with_the_vae_decoder_eager_costs_its_measured_difference
                                  gpu_memory=141)
     fps = float(line.split("about ")[1].split(" fps")[0])
     assert fps == pytest.approx(estimate(PreflightRequest(size="256*384", fp8=True, compiled_vae=False, gpu_memory_gb=141)).expected_fps, abs=0.5)
+
+
+def test_384x640_bf16_fits_80_gb_with_one_sink_copy_and_the_text_encoder_off_the_gpu(capsys) -> None:
+    """Issue 8 point 4: the measured contiguous state (47 GB) less the per-step sink copies (computed from the
+    layouts: 14.6 % at this size), with umT5-XXL in CPU memory, leaves a session and 5 GB on 80 GB."""
+    code, default = _json(capsys, ["--size", "688*368", "--gpu-memory", "80"])
+    assert default["fits"] is False
+    code, out = _json(capsys, ["--size", "688*368", "--gpu-memory", "80", "--kv-layout", "compact", "--text-encoder-cpu"])
+    assert out["frame"] == [384, 640] and out["fits"] is True and out["sessions_by_memory_per_gpu"] == 1
+    assert out["per_session_gb"] == pytest.approx(47.0 * (1 - 0.146), abs=0.1)
+    assert out["weights_gb"] == pytest.approx(31.83)
+    assert 80 - out["weights_gb"] - out["per_session_gb"] - 3.0 > 4.0  # headroom beyond the table's 3 GB
+    options = {"weights": "/x", "size": "688*368", "kv_layout": "compact", "text_encoder_device": "cpu"}
+    assert "fits in memory (1 session)" in serve.preflight_check("liveavatar", options, gpu_memory=80, allow_slow=True)
+    assert "does not fit" in serve.preflight_check("liveavatar", {"weights": "/x", "size": "688*368"}, gpu_memory=80,
+                                                   allow_slow=True)
+    with pytest.raises(PreflightError, match="kv-layout"):
+        estimate(PreflightRequest(size="384*640", kv_layout="sparse"))

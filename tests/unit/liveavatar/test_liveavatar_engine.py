@@ -204,3 +204,23 @@ def test_checkpoint_folder_layout_loads_and_matches_the_tiny_engine(engine, avat
     finally:
         a.close()
         b.close()
+
+
+def test_compact_kv_and_a_cpu_text_encoder_give_the_same_frames_with_less_state(engine, avatar):
+    """kv_layout="compact" keeps one sink copy (less per-session state); text_encoder_device="cpu" only moves
+    umT5 (here everything is on the CPU: the option's plumbing). Both give the default engine's frames."""
+    other = load_engine("liveavatar", tiny=True, capacity=2, seed=7, kv_layout="compact", text_encoder_device="cpu")
+    assert other.parts.model_config.streaming.kv_layout == "compact"
+    assert next(other.parts.text.model.parameters()).device.type == "cpu"
+    frames = {}
+    for name, eng in (("default", engine), ("compact", other)):
+        gen = eng.new_generator(eng.prepare_avatar(avatar.image), "a person talks")
+        try:
+            frames[name] = [gen.generate(_block(gen, k, seed=k)) for k in range(5)]  # across the clip boundary
+            frames[name + "_state"] = gen.stepper.state_nbytes
+        finally:
+            gen.close()
+    assert all(np.array_equal(a, b) for a, b in zip(frames["default"], frames["compact"], strict=True))
+    assert frames["compact_state"] < 0.9 * frames["default_state"]
+    with pytest.raises(EngineConfigError, match="text_encoder_device"):
+        load_engine("liveavatar", tiny=True, text_encoder_device="gpu")

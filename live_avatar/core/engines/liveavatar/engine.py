@@ -18,6 +18,11 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``compile_backend`` "inductor" (default); "eager" traces with dynamo only (tests count graphs on a CPU)
 ``warmup``         run one throwaway session before serving (default: when compiling or on a GPU), so that no
                    live session compiles; see :mod:`.warmup`
+``kv_layout``      "contiguous" (default: a sink copy beside each step's KV ring, one slice per attention) or
+                   "compact" (one sink copy, concatenated per call): 14.6 % less per-session state, speed
+                   not yet measured on a GPU
+``text_encoder_device`` "auto" (the engine's device) or "cpu": umT5-XXL (11.4 GB bf16) stays off the GPU; a
+                   new prompt is then encoded on the CPU (seconds; outside the compute lock; cached)
 ``cuda_graphs``    record the steady-state DiT calls (full KV ring) as CUDA graphs, one per step and session,
                    so that a call is one launch whatever else holds the GIL (CUDA only; off by default until
                    tests/gpu and the benchmark have run it on a GPU)

@@ -93,8 +93,10 @@ class LiveAvatarGenerator:
     def start(self) -> None:
         """Sink prefill + VAE priming (done lazily before the first block; the benchmark times it alone)."""
         t0 = self._sync()
+        # outside the compute lock: on an encoder kept on the CPU a new prompt takes seconds, and other
+        # sessions' blocks must not wait for it
+        context = self.engine.parts.text.encode(self._prompt)
         with self.engine.compute_lock, torch.inference_mode():
-            context = self.engine.parts.text.encode(self._prompt)
             self.stepper.prefill(self.avatar.reference_latent, self.avatar.motion_latents, context)
             self.video.start(self.avatar.motion_latents)
         self._recent.clear()
@@ -182,6 +184,8 @@ class LiveAvatarGenerator:
             avatar = avatar if avatar is not None else self._pending_change[0]
             prompt = prompt if prompt is not None else self._pending_change[1]
         self._pending_change = (avatar, prompt)
+        if prompt is not None:  # encoded now (cached), not under the compute lock at the clip boundary
+            self.engine.parts.text.encode(prompt if prompt else self.engine.options.prompt)
         if not self._started:
             return 0
         per_clip = self.engine.parts.model_config.streaming.blocks_per_clip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +35,12 @@ class LiveAvatarOptions:
     compile_mode: str | None = None  # torch.compile mode: None (default), "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs)
     compile_backend: str = "inductor"  # "eager": dynamo traces and counts graphs without code generation (tests)
     warmup: bool | None = None  # None: warm up at start-up when compiling or on a GPU
+    # the KV rings: "contiguous" (a sink copy beside each step's ring: one slice per attention) or
+    # "compact" (one sink, concatenated per call: ~15 % less per-session state); None: the engine config's
+    kv_layout: Literal["contiguous", "compact"] | None = None
+    # where umT5-XXL (11.4 GB in bf16) runs: "auto" the engine's device, "cpu" keeps it off the GPU (a new
+    # prompt then takes seconds to encode, outside the compute lock; prompts are cached)
+    text_encoder_device: str = "auto"
     cuda_graphs: bool = False  # the full-ring DiT calls as CUDA graphs (step_graphs.py); not yet measured on a GPU
     # Python's GIL hand-over interval for the whole process while this engine runs (None: Python's 5 ms);
     # the DiT thread launches kernels under the GIL, so a long hand-over starves the GPU (see engine.py)
@@ -65,6 +72,8 @@ class LiveAvatarOptions:
             raise EngineConfigError("capacity must be >= 1")
         if self.gil_switch_interval_ms is not None and not 0.01 <= self.gil_switch_interval_ms <= 100:
             raise EngineConfigError("gil_switch_interval_ms must be between 0.01 and 100")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.text_encoder_device):
+            raise EngineConfigError(f"text_encoder_device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.text_encoder_device!r}")
         if self.num_gpus_dit < 1:
             raise EngineConfigError(f"num_gpus_dit must be >= 1, got {self.num_gpus_dit}")
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .audio_features import AudioFeatureConfig, Wav2VecFeatures
-from .options import EngineConfigError, LiveAvatarOptions
+from .options import EngineConfigError, LiveAvatarOptions, resolve_device
 from .text_encoder import PromptEncoder, TextEncoderConfig
 from .vae_stream import WanVaeCodec
 
@@ -95,6 +95,8 @@ def _model_config(opts: LiveAvatarOptions, dit_config=None):
     if dit_config is not None:
         model_config = replace(model_config, dit=dit_config)
     streaming = model_config.streaming
+    if opts.kv_layout is not None:
+        streaming = replace(streaming, kv_layout=opts.kv_layout)
     # The engine performs the sink refresh itself (it may re-encode the motion latents); the stepper's
     # own refresh, when it has one, is switched off.
     if any(f.name == "sink_refresh" for f in fields(StreamingConfig)):
@@ -122,8 +124,18 @@ def load_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.dtype
     )
     codec = WanVaeCodec(load_wan_vae(wan, device, dtype))
     audio = Wav2VecFeatures.from_folder(wav2vec, device=device, dtype=dtype, config=_audio_config(opts))
-    text = PromptEncoder.from_folder(wan, device=device, dtype=dtype, config=TextEncoderConfig(text_len=model_config.dit.text_len))
+    text = PromptEncoder.from_folder(wan, device=_text_device(opts, device), dtype=dtype,
+                                     config=TextEncoderConfig(text_len=model_config.dit.text_len))
     return LiveAvatarParts(dit, model_config, codec, audio, text, description=f"checkpoint {wan} + LoRA {lora}")
+
+
+def _text_device(opts: LiveAvatarOptions, device: torch.device) -> torch.device:
+    if opts.text_encoder_device == "auto":
+        return device
+    try:
+        return resolve_device(opts.text_encoder_device)
+    except EngineConfigError as exc:
+        raise EngineConfigError(f"text_encoder_device: {exc}") from None
 
 
 def _audio_config(opts: LiveAvatarOptions) -> AudioFeatureConfig:
@@ -150,7 +162,8 @@ def tiny_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.dtype
         w2v = write_tiny_wav2vec(Path(tmp) / "wav2vec", hidden_size=spec.audio_dim, num_layers=spec.audio_layers, seed=spec.seed)
         audio = Wav2VecFeatures.from_folder(w2v, device=device, dtype=dtype, config=_audio_config(opts))
         t5 = write_tiny_umt5(Path(tmp) / "umt5", d_model=spec.text_dim, vocab_size=spec.text_vocab, seed=spec.seed)
-        text = PromptEncoder.from_folder(t5, device=device, dtype=dtype, config=TextEncoderConfig(text_len=model_config.dit.text_len))
+        text = PromptEncoder.from_folder(t5, device=_text_device(opts, device), dtype=dtype,
+                                         config=TextEncoderConfig(text_len=model_config.dit.text_len))
     return LiveAvatarParts(dit, model_config, codec, audio, text, description="tiny random models")
 
 

@@ -177,7 +177,8 @@ class PreflightRequest:
     gpu_memory_gb: float | None = None
     gpus: int = 1
     live_factor: float | None = None  # None: the table's
-    text_encoder: bool = True  # a real checkpoint holds umT5-XXL on the GPU; random weights do not
+    text_encoder: bool = True  # a real checkpoint holds umT5-XXL on the GPU (unless text_encoder_device=cpu); random weights do not
+    kv_layout: str = "contiguous"  # "compact": one sink copy instead of one per step (the table measured contiguous)
 
 
 @dataclass
@@ -228,6 +229,8 @@ def estimate(request: PreflightRequest, table: PreflightTable | None = None, *, 
     table = table or load_table()
     if request.gpus < 1:
         raise PreflightError(f"--gpus must be >= 1, got {request.gpus}")
+    if request.kv_layout not in ("contiguous", "compact"):
+        raise PreflightError(f"--kv-layout must be 'contiguous' or 'compact', got {request.kv_layout!r}")
     if request.gpu_memory_gb is not None and not request.gpu_memory_gb > 0:
         raise PreflightError(f"--gpu-memory must be a positive number of GB, got {request.gpu_memory_gb}")
     live_factor = table.live_factor if request.live_factor is None else request.live_factor
@@ -282,11 +285,15 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
                    f"({reference.bandwidth_tbs:g} -> {gpu.bandwidth_tbs:g} TB/s)")
     memory = request.gpu_memory_gb if request.gpu_memory_gb is not None else (gpu or reference).memory_gb
 
+    if request.kv_layout == "compact":
+        state_gb *= 1.0 - compact_state_saving(frame)
+        state_kind += f"; kv_layout compact: {compact_state_saving(frame):.0%} less (computed from the layouts)"
+
     w = table.weights
     dit_gb = w.fp8_gb if fp8 else w.bf16_gb
     weights_gb = dit_gb + (w.text_encoder_gb if request.text_encoder else 0.0)
     detail = f"DiT {'FP8' if fp8 else 'bf16'} + VAE + wav2vec2 {dit_gb:.1f} (measured)"
-    detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (random weights: no text encoder)"
+    detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (no text encoder on the GPU: random weights, or text_encoder_device=cpu)"
     pipelines = 1
     if request.gpus > 1:  # the step pipeline: every rank holds the DiT and the KV rings of its own steps
         vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else base)], tokens)
@@ -314,6 +321,21 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
                "estimate": "an estimate from measured figures, not a measurement of this configuration"},
         notes=notes,
     )
+
+
+def compact_state_saving(frame: tuple[int, int]) -> float:
+    """The share of a session's state that kv_layout "compact" saves at ``frame`` (width, height): the
+    contiguous layout keeps a copy of the sink's K and V beside each of the 4 steps' rings, plus the sink's
+    un-rotated K; compact keeps the sink's K and V once. In token rows of one layer's K+V:
+    contiguous 4 (S + R) + S/2 + text, compact 4 R + S + text."""
+    from .config import DiTConfig, LatentGeometry, StreamingConfig
+
+    streaming, geometry = StreamingConfig(), LatentGeometry.from_pixels(frame[1], frame[0])
+    sink = geometry.sink_tokens(streaming)
+    ring = streaming.ring_latent_frames * geometry.tokens_per_frame
+    steps = streaming.num_steps
+    contiguous = steps * (sink + ring) + sink / 2 + DiTConfig().text_len
+    return (steps * sink + sink / 2 - sink) / contiguous
 
 
 def _with_eager_vae(table: PreflightTable, mode: str, tokens: int, block_ms: float) -> tuple[float, str]:
