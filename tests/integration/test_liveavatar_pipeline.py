@@ -83,6 +83,9 @@ def test_a_stream_session_keeps_blocks_in_the_pipe_and_gets_the_single_process_f
     assert one_stats["max_blocks_in_flight"] == 1
     assert two_stats["max_blocks_in_flight"] == 3 and two_stats["blocks_in_flight_max"] >= 2, two_stats
     assert two_stats["frames_skipped"] == 0
+    # the budget is charged the busiest rank's share of a block, less than the block's trip through both
+    charged_ms = two_stats["compute_budget_ms"] * (1 - two_stats["compute_margin_pct"] / 100)
+    assert 0 < charged_ms < two_stats["compute_ms_p50"], two_stats
 
 
 def _check_overlap(traces: list[dict]) -> None:
