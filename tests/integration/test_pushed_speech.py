@@ -125,6 +125,18 @@ def frames_between(peer: LoopbackPeer, t0: float, t1: float) -> list[ReceivedVid
     return [f for f in peer.video_frames if t0 <= f.arrival < t1 and f.image is not None]
 
 
+def received_fps(peer, t0: float, t1: float) -> float:
+    """Video frames a peer received per second between t0 and t1 (first to last arrival in the window)."""
+    arrivals = np.array([f.arrival for f in peer.video_frames])
+    span = arrivals[(arrivals > t0) & (arrivals < t1)]
+    return (span.size - 1) / (span[-1] - span[0])
+
+
+def mouth_activity_between(peer, box: tuple[int, int, int, int], t0: float, t1: float) -> np.ndarray:
+    """mouth_activity of the frames a peer received between t0 and t1 (without the first frame's 0)."""
+    return mouth_activity([f.image for f in frames_between(peer, t0, t1)], box)[1:]
+
+
 class SlotRecorder:
     """Every slot the session's playout publishes (a fan-out consumer inside the server process):
     what every output plays, before any network or receiving CPU can drop a piece of it."""
@@ -221,17 +233,14 @@ async def test_speech_pushed_three_times_faster(server, utterances) -> None:
     # -- 25 fps video without gaps: every slot played, and the peer got about that many frames
     # (arrival times are looser: a CPU shared with other jobs delays the receiving side now and then)
     assert_every_slot(recorder, started1.arrival - 1.0, finished2.arrival)
-    arrivals = np.array([f.arrival for f in peer.video_frames])
-    span = arrivals[(arrivals > started1.arrival - 1.0) & (arrivals < finished2.arrival)]
-    fps = (span.size - 1) / (span[-1] - span[0])
+    fps = received_fps(peer, started1.arrival - 1.0, finished2.arrival)
     assert 20.0 <= fps <= 30.0, f"received {fps:.1f} fps"
 
     # -- the mouth moves with the speech and rests in the pause (and before it)
     box = mouth_box(server.state["avatars"].get(None))
 
     def activity(t0: float, t1: float) -> np.ndarray:
-        frames = frames_between(peer, t0, t1)
-        return mouth_activity([f.image for f in frames], box)[1:]
+        return mouth_activity_between(peer, box, t0, t1)
 
     talking = np.concatenate([activity(started1.arrival + 0.2, finished1.arrival - 0.2),
                               activity(started2.arrival + 0.2, finished2.arrival - 0.2)])
@@ -292,14 +301,12 @@ async def test_tts_session_without_webrtc_input_seen_through_whep(server, uttera
         await request(server.url, "DELETE", f"/sessions/{session_id}")
 
     check_utterance_events([e.body for e in socket.events if e.arrival <= finished.arrival], first.size / RATE)
-    arrivals = np.array([f.arrival for f in viewer.video_frames])
-    span = arrivals[(arrivals > started.arrival - 1.0) & (arrivals < finished.arrival)]
-    fps = (span.size - 1) / (span[-1] - span[0])
+    fps = received_fps(viewer, started.arrival - 1.0, finished.arrival)
     assert 20.0 <= fps <= 30.0, f"the WHEP viewer received {fps:.1f} fps"
     box = mouth_box(server.state["avatars"].get(None))
 
     def activity(t0: float, t1: float) -> np.ndarray:
-        return mouth_activity([f.image for f in frames_between(viewer, t0, t1)], box)[1:]
+        return mouth_activity_between(viewer, box, t0, t1)
 
     talking = activity(started.arrival + 0.2, finished.arrival - 0.2)
     before = activity(started.arrival - 0.9, started.arrival - 0.1)

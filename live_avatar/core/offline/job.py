@@ -218,8 +218,9 @@ def _engine_config(
 
 
 def _torchrun_worker() -> bool:
-    """This process is a torchrun rank other than 0 (see pipeline.launcher.serve_if_torchrun_worker)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")) > 0
+    from live_avatar.core.engines.liveavatar.pipeline.launcher import is_torchrun_worker
+
+    return is_torchrun_worker()
 
 
 def _load_engine(name: str, config: dict[str, Any]):
@@ -315,7 +316,7 @@ class GenerateJob:
         if not files.output.parent.exists():
             raise GenerateRefused(f"output folder {files.output.parent} does not exist")
 
-        if request.engine == "liveavatar" and _torchrun_worker():
+        if request.engine == "liveavatar" and _torchrun_worker():  # torch is there: the extra was checked above
             # Under torchrun every rank runs this command; ranks > 0 only serve the step pipeline. They
             # need the engine's options (the frame size follows the photo), never the audio or the
             # output's files, which rank 0 alone prepares (two ranks writing them raced).

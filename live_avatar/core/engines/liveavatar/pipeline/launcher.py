@@ -94,10 +94,15 @@ def _config(opts: LiveAvatarOptions) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def is_torchrun_worker() -> bool:
+    """This process is a torchrun rank other than 0: it serves rank 0's pipeline, nothing else."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")) > 0
+
+
 def serve_if_torchrun_worker(opts: LiveAvatarOptions) -> None:
     """Under torchrun every process runs the command; ranks other than 0 become workers here, before the
     engine loads anything (a worker loads only its own parts), and leave the process when rank 0 is done."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("RANK", "0")) == 0:
+    if not is_torchrun_worker():
         return
     os.environ[ENV_CONFIG] = json.dumps(_config(opts))
     from .worker import worker_main

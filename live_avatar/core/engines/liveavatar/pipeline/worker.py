@@ -136,11 +136,7 @@ class RankWorker:
                 x = euler_update(x, velocity, sig[step], sig[step + 1])
             stepper.advance()
             self._sync()
-        t_done = time.perf_counter()
-        record = {"rank": self.rank, "role": "steps", "received_at": body.get("received_at"), "start": t_in,
-                  "end": t_done, "compute_s": t_done - t_in, "peak_memory_bytes": self._peak_memory(),
-                  "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
-        session.last_done = t_done
+        record = self._record(session, "steps", body, t_in)
         trace = body["trace"] + [record]
         pipe = self.plan.pipelines[session.pipeline]
         last = stepper.owned_steps[-1]
@@ -174,14 +170,19 @@ class RankWorker:
                 motion = self.codec.encode(torch.stack(list(session.recent), dim=1))
                 self.emit(0, {"kind": "refresh", "sid": body["sid"], "ref": session.first_latent, "motion": motion})
             self._sync()
-        t_done = time.perf_counter()
-        record = {"rank": self.rank, "role": "vae", "received_at": body.get("received_at"), "start": t_in,
-                  "end": t_done, "compute_s": t_done - t_in, "peak_memory_bytes": self._peak_memory(),
-                  "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
-        session.last_done = t_done
+        record = self._record(session, "vae", body, t_in)
         record["sent_at"] = time.perf_counter()
         self.emit(0, {"kind": "frames", "sid": body["sid"], "block": block, "frames": frames,
                       "latents": x if session.return_latents else None, "trace": body["trace"] + [record]})
+
+    def _record(self, session, role: str, body: dict, t_in: float) -> dict:
+        """This rank's record of the block it just finished (for the trace); the bubble is the wait since its previous one."""
+        t_done = time.perf_counter()
+        record = {"rank": self.rank, "role": role, "received_at": body.get("received_at"), "start": t_in,
+                  "end": t_done, "compute_s": t_done - t_in, "peak_memory_bytes": self._peak_memory(),
+                  "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
+        session.last_done = t_done
+        return record
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
