@@ -22,6 +22,7 @@ from .audio_encoder import CausalAudioEncoder
 from .config import DiTConfig
 from .framepack import FramePackMotioner
 from .injector import AttentionProjections, AudioInjector, attend
+from .rope import use_fused_rope
 
 # Module-name prefixes kept in float32 even when the rest is bf16 (the reference's fp32 autocast regions;
 # upcasting bf16 weights once at load is numerically identical to upcasting them on every call).
@@ -187,6 +188,8 @@ class CausalS2VDiT(nn.Module):
             if hasattr(inductor_config, "emulate_precision_casts"):
                 inductor_config.emulate_precision_casts = True
         compile_kwargs.setdefault("dynamic", False)
+        if compile_kwargs.get("backend", "inductor") == "inductor" and self.device.type == "cuda":
+            use_fused_rope({k: v for k, v in compile_kwargs.items() if k != "mode"})  # RoPE between the halves
         for block in self.blocks:
             block._compiled = (
                 torch.compile(block.attention_inputs, **compile_kwargs),

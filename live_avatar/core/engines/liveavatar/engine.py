@@ -26,6 +26,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``cuda_graphs``    record the steady-state DiT calls (full KV ring) as CUDA graphs, one per step and session,
                    so that a call is one launch whatever else holds the GIL (CUDA only; off by default until
                    tests/gpu and the benchmark have run it on a GPU)
+``overlap_vae``    decode block k on a thread and CUDA stream of its own while block k+1 is denoised (the
+                   generator pipelines: the live session keeps 2 blocks in it); same frames
 ``gil_switch_interval_ms`` the interpreter's GIL switch interval (``sys.setswitchinterval``) while the
                    engine runs; the DiT thread issues thousands of kernel launches a block under the GIL, and
                    with Python's default 5 ms another busy thread (the event loop: RTP, encoding) can hold
@@ -239,7 +241,10 @@ class LiveAvatarEngine:
                 from .pipeline.driver import PipelinedGenerator
 
                 return PipelinedGenerator(self, self.pipeline, avatar, prompt)
-            return LiveAvatarGenerator(self, avatar, prompt, sync_timing=bool(options.get("sync_timing", False)))
+            kind = LiveAvatarGenerator
+            if self.options.overlap_vae:
+                from .vae_overlap import VaeOverlapGenerator as kind
+            return kind(self, avatar, prompt, sync_timing=bool(options.get("sync_timing", False)))
         except BaseException:
             self._release_session()
             raise

@@ -87,7 +87,8 @@ class LiveAvatarGenerator:
 
     def _sync(self) -> float:
         if self.sync_timing and self.engine.device.type == "cuda":
-            torch.cuda.synchronize(self.engine.device)
+            # this thread's stream only: a VAE decode on its own stream (vae_overlap.py) is not this stage's
+            torch.cuda.current_stream(self.engine.device).synchronize()
         return time.perf_counter()
 
     def start(self) -> None:
@@ -117,6 +118,14 @@ class LiveAvatarGenerator:
         self._first_latent = None
 
     def generate(self, block: AudioBlock) -> np.ndarray:
+        latents, t = self._denoise(block)
+        with self.engine.compute_lock, torch.inference_mode():
+            frames = self._decode(self.video, latents, t)
+        self._finish_block(t)
+        return frames
+
+    def _denoise(self, block: AudioBlock) -> tuple[torch.Tensor, BlockStageTimes]:
+        """Audio features, the clip-boundary sink work and the block's four DiT calls -> clean latents."""
         if self._closed:
             raise RuntimeError("generator is closed")
         if block.num_frames != self.block_frames:
@@ -140,17 +149,23 @@ class LiveAvatarGenerator:
             latents = self.stepper.step_block(feats[None].to(self.engine.dtype), self.noise.block(self.stepper.block_index))
             if self.stepper.block_index == 1:
                 self._first_latent = latents[:, :1].clone()
-            t3 = self._sync()
-            t.dit_s = t3 - t2
-            pixels = self.video.decode_block(latents)  # [3, 12, H, W]
-            self._recent.extend(pixels.unbind(1))
-            frames = to_uint8_frames(pixels).numpy()
-            t.vae_s = self._sync() - t3
+            t.dit_s = self._sync() - t2
+        return latents, t
+
+    def _decode(self, video, latents: torch.Tensor, t: BlockStageTimes) -> np.ndarray:
+        """The streaming VAE decode of a block's latents -> uint8 frames (the caller holds what it needs)."""
+        t3 = time.perf_counter()
+        pixels = video.decode_block(latents)  # [3, 12, H, W]
+        self._recent.extend(pixels.unbind(1))
+        frames = to_uint8_frames(pixels).numpy()  # the copy to the host waits for the decode
+        t.vae_s = time.perf_counter() - t3
+        return frames
+
+    def _finish_block(self, t: BlockStageTimes) -> None:
         t.total_s = t.audio_s + t.refresh_s + t.dit_s + t.vae_s
         self.timings = t
         self.blocks_done += 1
         self._note_compiles()
-        return frames
 
     def _note_compiles(self) -> None:
         """Warn when graphs were compiled after the engine's warm-up: each one stalled a live session."""

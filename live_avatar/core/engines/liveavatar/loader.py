@@ -329,4 +329,8 @@ def quantize_fp8_(model: CausalS2VDiT) -> list[str]:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Fp8Linear(getattr(parent, child)))
+    if names and model.device.type == "cuda":
+        # Hand the freed bf16 weights (~28 GB for the 14B) back to the driver: ranks that share one GPU
+        # (--share-gpu) otherwise each keep them cached and the fourth cannot create its cuBLAS handle.
+        torch.cuda.empty_cache()
     return names

@@ -25,6 +25,7 @@ ordinary path; tests/gpu checks the recorded graphs against both on a CUDA machi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ import torch
 
 if TYPE_CHECKING:
     from .stepper import AudioTokens, CausalStepper
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,9 +128,13 @@ class StepGraphs:
             with torch.cuda.stream(ctx.stream):
                 self._call(step)
             ctx.warmed = True
+        reserved = torch.cuda.memory_reserved(self.stepper.device)
         graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls of other threads (the server's) meanwhile do not break the recording
         with torch.cuda.graph(graph, pool=ctx.pool, stream=ctx.stream, capture_error_mode="thread_local"):
             out = self._call(step)
         main.wait_stream(ctx.stream)
+        log.info("CUDA graph of denoising step %d recorded: GPU memory reserved %+.2f GB (now %.1f GB)", step,
+                 (torch.cuda.memory_reserved(self.stepper.device) - reserved) / 1e9,
+                 torch.cuda.memory_reserved(self.stepper.device) / 1e9)
         return _Recorded(graph=graph, out=out)
