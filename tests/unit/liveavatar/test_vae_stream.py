@@ -131,3 +131,46 @@ def test_compiled_decoder_traces_the_cache_and_matches():
     b.start(motion)
     for block in blocks:
         torch.testing.assert_close(b.decode_block(block), a.decode_block(block), atol=0, rtol=0)
+
+
+def test_fixed_buffer_decoder_path_of_cuda_graphs_gives_the_same_frames(vae, monkeypatch):
+    """From the steady state on (every cache entry kept its shape) the decoder runs through DecoderGraph's
+    fixed buffers, a CUDA graph on a GPU and the same path eagerly here: the same pixels as the plain calls,
+    across blocks and a restart."""
+    from live_avatar.core.engines.liveavatar.vae_stream import DecoderGraph
+
+    calls = []
+    monkeypatch.setattr(DecoderGraph, "_call", _counting(DecoderGraph._call, calls))
+    g = torch.Generator().manual_seed(11)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(4)]
+    plain, static = _codec(vae), _codec(vae)
+    static.decoder_graphs = "static"
+    a, b = plain.stream(), static.stream()
+    for restart in range(2):
+        a.start(motion)
+        b.start(motion)  # the priming latents reach the steady state: the next latent uses the buffers
+        for block in blocks[restart:]:
+            torch.testing.assert_close(b.decode_block(block), a.decode_block(block), atol=0, rtol=0)
+        assert b._graph is not None and b._cache == []
+    # per start: the priming latents from the 4th on (the first three change the cache shapes), then every
+    # block latent
+    assert len(calls) == 2 * (7 - 3) + 3 * (len(blocks) + len(blocks) - 1)
+
+
+def test_a_cache_that_changes_shape_is_not_steady():
+    t2, t1 = torch.zeros(1, 4, 2, 3, 3), torch.zeros(1, 4, 1, 3, 3)
+    from live_avatar.core.engines.liveavatar.vae_stream import DecoderGraph
+
+    assert DecoderGraph.steady([t2, t2], [t2.clone(), t2.clone()])
+    assert not DecoderGraph.steady([t1, t2], [t2, t2])
+    assert not DecoderGraph.steady([None, t2], [t2, t2])
+    assert DecoderGraph.steady([None, t2], [None, t2])  # a convolution that keeps no cache
+    assert not DecoderGraph.steady(["Rep", t2], [t2, t2])
+
+
+def _counting(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return counted

@@ -26,6 +26,7 @@ ordinary path; tests/gpu checks the recorded graphs against both on a CUDA machi
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,10 @@ class StepGraphs:
         """``context`` None: the static-buffer path runs eagerly (CPU tests)."""
         if context is not None and stepper.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        self.stepper, self.context = stepper, context
+        # a weak reference: the stepper owns this object, and a cycle would keep a closed session's KV rings
+        # (~31 GB at 320x512) alive until a full garbage collection (the likely cause of the benchmark's 29 GB
+        # higher peak with graphs, where its second session starts after the first closed)
+        self.stepper, self.context = weakref.proxy(stepper), context
         s, g, cfg = stepper, stepper.geometry, stepper.model.config
         dev = stepper.device
         rot_dtype = torch.complex128 if s.dtype in (torch.float32, torch.float64) else torch.complex64
