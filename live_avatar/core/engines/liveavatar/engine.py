@@ -23,11 +23,13 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    not yet measured on a GPU
 ``text_encoder_device`` "auto" (the engine's device) or "cpu": umT5-XXL (11.4 GB bf16) stays off the GPU; a
                    new prompt is then encoded on the CPU (seconds; outside the compute lock; cached)
-``cuda_graphs``    record the steady-state DiT calls (full KV ring) and VAE decoder calls (from the session's
-                   priming on) as CUDA graphs, one per denoising step and session and one decoder graph per session,
+``cuda_graphs``    record the steady-state DiT calls (full KV ring) as CUDA graphs, one per step and session,
                    so that a call is one launch whatever else holds the GIL (default: on for CUDA devices;
                    320x512 FP8 on an H200: DiT 517 -> 443 ms a block, and the live session's block costs what
                    the benchmark's does; no extra GPU memory)
+``vae_graphs``     with cuda_graphs: the steady-state VAE decoder calls (from a session's priming on) replay one
+                   CUDA graph per session too; off: the eager decode is GPU-bound, not launch-bound (320x512 on
+                   an H200: 120 vs 126 ms a block), so it saves little; worth it where launches are slow
 ``overlap_vae``    decode block k on a thread and CUDA stream of its own while block k+1 is denoised (the
                    generator pipelines: the live session keeps 2 blocks in it); same frames. Off: at 320x512
                    on an H200 the graphed DiT saturates the GPU and the overlap gave 580 vs 572 ms a block
@@ -152,7 +154,8 @@ class LiveAvatarEngine:
             if self.device.type != "cuda":
                 raise EngineConfigError("cuda_graphs needs a CUDA device")
             self.graph_context = GraphContext.for_device(self.device)
-            self.parts.codec.decoder_graphs = "cuda"  # the steady-state VAE decoder calls too (vae_stream.DecoderGraph)
+            if opts.vae_graphs:
+                self.parts.codec.decoder_graphs = "cuda"  # the steady-state VAE decoder calls too (vae_stream.DecoderGraph)
         if opts.gil_switch_interval_ms is not None:
             sys.setswitchinterval(opts.gil_switch_interval_ms / 1000.0)
         self.pipeline = None

@@ -42,6 +42,7 @@ class LiveAvatarOptions:
     # prompt then takes seconds to encode, outside the compute lock; prompts are cached)
     text_encoder_device: str = "auto"
     cuda_graphs: bool | None = None  # the full-ring DiT calls as CUDA graphs (step_graphs.py); None: on CUDA devices
+    vae_graphs: bool = False  # with cuda_graphs, the VAE decoder's steady-state calls too (vae_stream.DecoderGraph)
     overlap_vae: bool = False  # decode block k on a thread and CUDA stream of its own during block k+1's DiT (vae_overlap.py)
     # Python's GIL hand-over interval for the whole process while this engine runs (None: Python's 5 ms);
     # the DiT thread launches kernels under the GIL, so a long hand-over starves the GPU (see engine.py)
