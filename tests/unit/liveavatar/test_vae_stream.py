@@ -133,6 +133,35 @@ def test_compiled_decoder_traces_the_cache_and_matches():
         torch.testing.assert_close(b.decode_block(block), a.decode_block(block), atol=0, rtol=0)
 
 
+def test_compiled_decoder_does_not_recompile_for_cache_strides():
+    """The compiled decoder's guards check every cache tensor's strides: entries with the same data but
+    other strides (a size-1 dimension's stride, a non-contiguous layout, as another session's history or
+    a GPU convolution's output layout may leave them) are normalised first, so nothing recompiles."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    g = torch.Generator().manual_seed(5)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(3)]
+    eager, compiled = WanVaeCodec(tiny_vae(seed=4)), WanVaeCodec(tiny_vae(seed=4))
+    torch._dynamo.reset()
+    compiled.compile_decoder(backend="eager")
+    a, b = eager.stream(), compiled.stream()
+    a.start(motion)
+    b.start(motion)
+    b.decode_block(blocks[0]), a.decode_block(blocks[0])
+    graphs = counters["stats"]["unique_graphs"]
+    tensors = [i for i, e in enumerate(b._cache) if isinstance(e, torch.Tensor)]
+    first, second = b._cache[tensors[0]], b._cache[tensors[1]]
+    stride = list(first.stride())
+    stride[0] += 7  # dimension 0 has size 1: any stride addresses the same data
+    b._cache[tensors[0]] = first.as_strided(first.shape, stride)
+    b._cache[tensors[1]] = second.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, not contiguous
+    for block in blocks[1:]:
+        torch.testing.assert_close(b.decode_block(block), a.decode_block(block), atol=0, rtol=0)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_fixed_buffer_decoder_path_of_cuda_graphs_gives_the_same_frames(vae, monkeypatch):
     """From the steady state on (every cache entry kept its shape) the decoder runs through DecoderGraph's
     fixed buffers, a CUDA graph on a GPU and the same path eagerly here: the same pixels as the plain calls,

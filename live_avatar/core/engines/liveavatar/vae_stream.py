@@ -118,6 +118,10 @@ class WanVaeCodec:
     def stream(self) -> "LatentVideoStream":
         return LatentVideoStream(self)
 
+    @property
+    def decoder_compiled(self) -> bool:
+        return self._decoder is not self.vae.decoder
+
     def compile_decoder(self, **compile_kwargs) -> None:
         """torch.compile the per-latent decoder call (GPU). Three graphs: a fresh cache, the second latent
         (one cached frame), and the steady state; the cache list is mutated in place as in eager."""
@@ -225,6 +229,8 @@ class LatentVideoStream:
             self._cache = []  # the graph's buffers hold the caches from now on
         if self._graph is not None:
             return self._graph(frame)
+        if self.codec.decoder_compiled:
+            self._cache[:] = [_standard_layout(e) for e in self._cache]
         before = list(self._cache)
         out = self.codec._decoder(frame, feat_cache=self._cache, feat_idx=[0])
         self._steady = DecoderGraph.steady(before, self._cache)
@@ -258,6 +264,23 @@ class LatentVideoStream:
                 frames = kept
         self.frames_emitted += frames.shape[1]
         return frames
+
+
+def _standard_layout(entry):
+    """A cache entry with the strides of a fresh contiguous tensor. The compiled decoder's guards check
+    every cache tensor's strides, also those of size-1 dimensions, which depend on how the entry was made
+    (a slice, a concatenation, a convolution's output layout): a new pattern recompiles, which stalls a
+    live session. Contiguous data only gets a view with the standard strides; other data is copied."""
+    if not isinstance(entry, torch.Tensor):
+        return entry
+    if not entry.is_contiguous():
+        entry = entry.contiguous()
+    standard, step = [], 1
+    for size in reversed(entry.shape):
+        standard.append(step)
+        step *= size
+    standard = tuple(reversed(standard))
+    return entry if entry.stride() == standard else entry.as_strided(entry.shape, standard)
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> "torch.Tensor":
