@@ -58,3 +58,40 @@ def test_graphed_sessions_equal_ordinary_ones_even_interleaved():
             assert torch.equal(got, expected), f"session {seed}, block {b}: max diff {(got.float() - expected.float()).abs().max()}"
     for stepper, _ in graphed.values():
         assert stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
+
+
+@torch.inference_mode()
+def test_graphed_partial_steppers_chained_equal_the_full_stepper():
+    """What a pipeline rank runs: one stepper per step, each with its own graphs (one context per rank
+    process), chained block by block, gives the ordinary full stepper's latents."""
+    import dataclasses
+
+    from live_avatar.core.engines.liveavatar.sampler import euler_update
+
+    s = dataclasses.replace(TINY.streaming, ref_rope_offset_mode="fixed", ref_rope_fixed_offset=17)
+    cfg, h, w = TINY.dit, GEOMETRY.latent_height, GEOMETRY.latent_width
+    model = build_random_model(cfg, s, seed=11, device=DEVICE, dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(4)
+    ref, motion = torch.randn(cfg.in_dim, 1, h, w, generator=gen), torch.randn(cfg.in_dim, s.lat_motion_frames, h, w, generator=gen)
+    text = torch.randn(9, cfg.text_dim, generator=gen)
+    audio = torch.randn(cfg.num_audio_layers, cfg.audio_dim, BLOCKS * s.video_frames_per_block, generator=gen)
+    full = CausalStepper(model, s, GEOMETRY)
+    ranks = [CausalStepper(model, s, GEOMETRY, steps=[step]) for step in range(s.num_steps)]
+    for rank in ranks:
+        rank.use_graphs(GraphContext.for_device(DEVICE))
+    for stepper in [full, *ranks]:
+        stepper.prefill(ref, motion, text)
+    noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block, device=DEVICE, dtype=torch.bfloat16)
+    v, sig = s.video_frames_per_block, full.schedule.sigmas
+    for b in range(BLOCKS):
+        block_audio = audio[..., b * v:(b + 1) * v]
+        expected = full.step_block(block_audio, noise.block(b))
+        x = noise.block(b)
+        for rank in ranks:
+            rank.refresh_sink_if_due()
+        for step, rank in enumerate(ranks):
+            x = euler_update(x, rank.denoise_step(step, x, rank.encode_audio(block_audio)), sig[step], sig[step + 1])
+        for rank in ranks:
+            rank.advance(x)
+        assert torch.equal(x, expected), f"block {b}: max diff {(x.float() - expected.float()).abs().max()}"
+    assert all(rank.graphs.recorded_steps == [step] for step, rank in enumerate(ranks))

@@ -128,13 +128,20 @@ def test_compiled_block_halves_trace_and_match():
     torch._dynamo.reset()
 
 
-def test_partial_steppers_chained_like_tpp_equal_full_stepper(model):
+@pytest.mark.parametrize("graphed", [False, True])
+def test_partial_steppers_chained_like_tpp_equal_full_stepper(model, graphed):
     """One stepper per denoising step (as TPP puts each step on its own GPU), chained block by block,
-    reproduces the single stepper exactly; each holds one ring only."""
+    reproduces the single stepper exactly; each holds one ring only. ``graphed``: the pipeline ranks'
+    steppers take their full-ring calls through StepGraphs' fixed buffers (CUDA graphs on a GPU)."""
     s = dataclasses.replace(TINY.streaming, ref_rope_offset_mode="fixed", ref_rope_fixed_offset=17)
     ref, motion, text, audio = _inputs(0)
     full = CausalStepper(model, s, GEOMETRY)
     ranks = [CausalStepper(model, s, GEOMETRY, steps=[step]) for step in range(s.num_steps)]
+    calls = []
+    if graphed:
+        for rank in ranks:
+            rank.use_graphs(None)
+            rank.graphs.run = _counting(rank.graphs.run, calls)
     for stepper in [full, *ranks]:
         stepper.prefill(ref, motion, text)
     assert all(sum(r is not None for r in rank.rings) == 1 for rank in ranks)
@@ -153,6 +160,7 @@ def test_partial_steppers_chained_like_tpp_equal_full_stepper(model):
         for rank in ranks:
             rank.advance(x)
         assert torch.equal(x, expected), f"block {b} differs between chained ranks and the full stepper"
+    assert len(calls) == (s.num_steps * (NUM_BLOCKS - s.blocks_per_clip + 1) if graphed else 0)
     with pytest.raises(StepperInputError, match="not held by this stepper"):
         ranks[0].denoise_step(1, x, ranks[0].encode_audio(audio[..., :v]))
     with pytest.raises(StepperInputError, match="needs every step"):

@@ -100,7 +100,7 @@ from live_avatar.core.contract import AvatarError, EngineBusyError
 from .generator import LiveAvatar, LiveAvatarGenerator
 from .options import EngineConfigError, LiveAvatarOptions, frame_size, resolve_device, resolve_dtype
 from .parts import load_parts, random_full_parts, tiny_parts
-from .step_graphs import GraphContext
+from .step_graphs import GraphContext, graphs_wanted
 from .warmup import WarmupReport, compiled_graphs, warm_up
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class LiveAvatarEngine:
         if opts.compile_vae:
             self.parts.codec.compile_decoder(backend=opts.compile_backend)
         self.graph_context: GraphContext | None = None
-        if opts.cuda_graphs or (opts.cuda_graphs is None and self.device.type == "cuda"):
+        if graphs_wanted(opts.cuda_graphs, self.device):
             if self.device.type != "cuda":
                 raise EngineConfigError("cuda_graphs needs a CUDA device")
             self.graph_context = GraphContext.for_device(self.device)

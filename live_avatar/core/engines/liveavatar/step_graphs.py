@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def graphs_wanted(option: bool | None, device: torch.device) -> bool:
+    """The engine option ``cuda_graphs``: as given, or (None) on CUDA devices."""
+    return bool(option) if option is not None else device.type == "cuda"
+
+
 @dataclass
 class GraphContext:
     """What the steppers of one engine share: the graphs' memory pool and the stream they are recorded

@@ -44,8 +44,9 @@ class StepPipeline:
         self.plan = make_plan(opts, streaming.num_steps)
         self.timeout_s = opts.pipeline_timeout_s
         self.ranks = RankGroup(opts, self.plan)
+        # rank 0's steps run under the engine's compute lock, so they may share its graph context
         self.worker = RankWorker(0, self.plan, self.ranks.channel, engine.parts.dit, engine.parts.model_config,
-                                 engine.parts.codec, engine.device, engine.dtype)
+                                 engine.parts.codec, engine.device, engine.dtype, engine.graph_context)
         self._free = list(range(len(self.plan.pipelines)))
         self._lock = threading.Lock()
         self._sids = itertools.count(1)

@@ -55,10 +55,12 @@ def draw_offsets(rng: random.Random, streaming) -> list[int]:
 class RankWorker:
     """One rank's sessions: its steppers (its steps only) and, on the decoding rank, the VAE streams."""
 
-    def __init__(self, rank: int, plan: PipelinePlan, channel: Channel, dit, model_config, codec, device, dtype) -> None:
+    def __init__(self, rank: int, plan: PipelinePlan, channel: Channel, dit, model_config, codec, device, dtype,
+                 graph_context=None) -> None:
         self.rank, self.plan, self.channel = rank, plan, channel
         self.dit, self.model_config, self.codec = dit, model_config, codec
         self.device, self.dtype = device, dtype
+        self.graph_context = graph_context  # this rank's steppers record their full-ring calls as CUDA graphs
         self.streaming = model_config.streaming
         self.sessions: dict[int, _Session] = {}
 
@@ -101,6 +103,8 @@ class RankWorker:
         with torch.inference_mode():
             if steps:
                 session.stepper = CausalStepper(self.dit, self.streaming, LatentGeometry.from_pixels(h, w), steps=steps)
+                if self.graph_context is not None:
+                    session.stepper.use_graphs(self.graph_context)
                 session.stepper.prefill(body["ref"], body["motion"], body["text"].to(self.device, self.dtype))
             if pipe.vae_rank == self.rank:
                 session.stream = self.codec.stream()
@@ -207,7 +211,10 @@ def worker_main() -> int:
 
         parts = load_rank_parts(opts, device, dtype, with_dit=plan.pipeline_of(env.rank) is not None,
                                 with_vae=plan.decodes(env.rank))
-        worker = RankWorker(env.rank, plan, channel, parts.dit, parts.model_config, parts.codec, device, dtype)
+        from ..step_graphs import GraphContext, graphs_wanted
+
+        graphs = GraphContext.for_device(device) if parts.dit is not None and graphs_wanted(opts.cuda_graphs, device) else None
+        worker = RankWorker(env.rank, plan, channel, parts.dit, parts.model_config, parts.codec, device, dtype, graphs)
         memory = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         channel.send(0, {"kind": "ready", "rank": env.rank, "device": str(device), "memory_bytes": memory,
                          "dit": parts.dit is not None, "vae": parts.codec is not None})
