@@ -14,7 +14,7 @@ from live_avatar.core.engines.liveavatar.loader import build_random_model
 from live_avatar.core.engines.liveavatar.sampler import ClipNoise
 from live_avatar.core.engines.liveavatar.step_graphs import GraphContext
 from live_avatar.core.engines.liveavatar.stepper import CausalStepper
-from tests.unit.liveavatar.conftest import CONFIGS
+from tests.unit.liveavatar.conftest import CONFIGS, step_chained
 
 TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
 GEOMETRY = LatentGeometry(16, 24)
@@ -66,8 +66,6 @@ def test_graphed_partial_steppers_chained_equal_the_full_stepper():
     process), chained block by block, gives the ordinary full stepper's latents."""
     import dataclasses
 
-    from live_avatar.core.engines.liveavatar.sampler import euler_update
-
     s = dataclasses.replace(TINY.streaming, ref_rope_offset_mode="fixed", ref_rope_fixed_offset=17)
     cfg, h, w = TINY.dit, GEOMETRY.latent_height, GEOMETRY.latent_width
     model = build_random_model(cfg, s, seed=11, device=DEVICE, dtype=torch.bfloat16)
@@ -82,16 +80,10 @@ def test_graphed_partial_steppers_chained_equal_the_full_stepper():
     for stepper in [full, *ranks]:
         stepper.prefill(ref, motion, text)
     noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block, device=DEVICE, dtype=torch.bfloat16)
-    v, sig = s.video_frames_per_block, full.schedule.sigmas
+    v = s.video_frames_per_block
     for b in range(BLOCKS):
         block_audio = audio[..., b * v:(b + 1) * v]
         expected = full.step_block(block_audio, noise.block(b))
-        x = noise.block(b)
-        for rank in ranks:
-            rank.refresh_sink_if_due()
-        for step, rank in enumerate(ranks):
-            x = euler_update(x, rank.denoise_step(step, x, rank.encode_audio(block_audio)), sig[step], sig[step + 1])
-        for rank in ranks:
-            rank.advance(x)
+        x = step_chained(ranks, noise.block(b), block_audio)
         assert torch.equal(x, expected), f"block {b}: max diff {(x.float() - expected.float()).abs().max()}"
     assert all(rank.graphs.recorded_steps == [step] for step, rank in enumerate(ranks))

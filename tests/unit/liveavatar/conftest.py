@@ -95,3 +95,18 @@ def split_into_base_and_lora(state: dict[str, torch.Tensor], rank: int, scale: f
         lora[f"{prefix}{module}.lora_A{infix}.weight"] = a
         lora[f"{prefix}{module}.lora_B{infix}.weight"] = b
     return base, lora
+
+
+def step_chained(ranks, x: torch.Tensor, block_audio: torch.Tensor) -> torch.Tensor:
+    """One block through one-step steppers chained as the pipeline ranks run them (sink refresh when due,
+    each rank's step, then every rank advances); returns the clean latents."""
+    from live_avatar.core.engines.liveavatar.sampler import euler_update
+
+    sig = ranks[0].schedule.sigmas
+    for rank in ranks:
+        rank.refresh_sink_if_due()
+    for step, rank in enumerate(ranks):
+        x = euler_update(x, rank.denoise_step(step, x, rank.encode_audio(block_audio)), sig[step], sig[step + 1])
+    for rank in ranks:
+        rank.advance(x)
+    return x

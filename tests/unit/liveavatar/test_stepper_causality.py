@@ -10,10 +10,10 @@ import torch
 
 from live_avatar.core.engines.liveavatar.config import LatentGeometry, load_model_config
 from live_avatar.core.engines.liveavatar.loader import build_random_model
-from live_avatar.core.engines.liveavatar.sampler import ClipNoise, euler_update
+from live_avatar.core.engines.liveavatar.sampler import ClipNoise
 from live_avatar.core.engines.liveavatar.stepper import CausalStepper, StepperInputError
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, step_chained
 
 TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
 GEOMETRY = LatentGeometry(16, 24)
@@ -147,18 +147,11 @@ def test_partial_steppers_chained_like_tpp_equal_full_stepper(model, graphed):
     assert all(sum(r is not None for r in rank.rings) == 1 for rank in ranks)
     assert ranks[0].state_nbytes < full.state_nbytes
     noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block)
-    v, sig = s.video_frames_per_block, full.schedule.sigmas
+    v = s.video_frames_per_block
     for b in range(NUM_BLOCKS):
         block_audio = audio[..., b * v:(b + 1) * v]
         expected = full.step_block(block_audio, noise.block(b))
-        x = noise.block(b)
-        for rank in ranks:
-            rank.refresh_sink_if_due()
-        for step, rank in enumerate(ranks):
-            velocity = rank.denoise_step(step, x, rank.encode_audio(block_audio))
-            x = euler_update(x, velocity, sig[step], sig[step + 1])
-        for rank in ranks:
-            rank.advance(x)
+        x = step_chained(ranks, noise.block(b), block_audio)
         assert torch.equal(x, expected), f"block {b} differs between chained ranks and the full stepper"
     assert len(calls) == (s.num_steps * (NUM_BLOCKS - s.blocks_per_clip + 1) if graphed else 0)
     with pytest.raises(StepperInputError, match="not held by this stepper"):
