@@ -14,7 +14,7 @@ from live_avatar.core.engines.liveavatar.loader import build_random_model
 from live_avatar.core.engines.liveavatar.sampler import ClipNoise
 from live_avatar.core.engines.liveavatar.step_graphs import GraphContext
 from live_avatar.core.engines.liveavatar.stepper import CausalStepper
-from tests.unit.liveavatar.conftest import CONFIGS, step_chained
+from tests.unit.liveavatar.conftest import CONFIGS, assert_chained_equal_full
 
 TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
 GEOMETRY = LatentGeometry(16, 24)
@@ -80,10 +80,5 @@ def test_graphed_partial_steppers_chained_equal_the_full_stepper():
     for stepper in [full, *ranks]:
         stepper.prefill(ref, motion, text)
     noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block, device=DEVICE, dtype=torch.bfloat16)
-    v = s.video_frames_per_block
-    for b in range(BLOCKS):
-        block_audio = audio[..., b * v:(b + 1) * v]
-        expected = full.step_block(block_audio, noise.block(b))
-        x = step_chained(ranks, noise.block(b), block_audio)
-        assert torch.equal(x, expected), f"block {b}: max diff {(x.float() - expected.float()).abs().max()}"
+    assert_chained_equal_full(full, ranks, audio, noise, BLOCKS)
     assert all(rank.graphs.recorded_steps == [step] for step, rank in enumerate(ranks))

@@ -75,32 +75,34 @@ def render_through_session(num_gpus_dit: int, sink_refresh: str):
     import asyncio
 
     from live_avatar.core.engines.liveavatar.engine import LiveAvatarEngine
-    from live_avatar.core.stream import StreamConfig
 
     torch.set_num_threads(1)
     engine = LiveAvatarEngine(tiny=True, size=SIZE, aspect="1:1", seed=11, sink_refresh=sink_refresh,
                               num_gpus_dit=num_gpus_dit, pipeline_timeout_s=60)
-    samples = (np.random.default_rng(7).standard_normal(BLOCKS * 12 * 640) * 0.1).astype(np.float32)
-
-    async def run():
-        session = engine.open_session(engine.prepare_avatar(portrait()), config=StreamConfig(buffered=True))
-        try:
-            session.push_audio(samples)
-            session.end_of_speech()
-            chunks = []
-            async for chunk in session.chunks():
-                chunks.append(chunk)
-                if len(chunks) == BLOCKS:
-                    break
-            return [c.frames for c in chunks], session.stats()
-        finally:
-            await session.close()
-
     try:
-        frames, stats = asyncio.run(run())
+        return asyncio.run(frames_through_session(engine, BLOCKS))
     finally:
         engine.close()
-    return np.stack(frames), stats
+
+
+async def frames_through_session(engine, blocks: int):
+    """``blocks`` blocks of seeded noise audio pushed into a buffered StreamSession of ``engine`` (what the
+    server runs for a TTS): the frames of its first ``blocks`` chunks ``[blocks, 12, H, W, 3]`` and its stats."""
+    from live_avatar.core.stream import StreamConfig
+
+    samples = (np.random.default_rng(7).standard_normal(blocks * 12 * 640) * 0.1).astype(np.float32)
+    session = engine.open_session(engine.prepare_avatar(portrait()), config=StreamConfig(buffered=True))
+    try:
+        session.push_audio(samples)
+        session.end_of_speech()
+        frames = []
+        async for chunk in session.chunks():
+            frames.append(chunk.frames)
+            if len(frames) == blocks:
+                break
+        return np.stack(frames), session.stats()
+    finally:
+        await session.close()
 
 
 def main(argv=None) -> int:

@@ -110,3 +110,15 @@ def step_chained(ranks, x: torch.Tensor, block_audio: torch.Tensor) -> torch.Ten
     for rank in ranks:
         rank.advance(x)
     return x
+
+
+def assert_chained_equal_full(full, ranks, audio: torch.Tensor, noise, blocks: int) -> torch.Tensor:
+    """``blocks`` blocks through ``full`` (every step) and through the chained one-step ``ranks``: the
+    clean latents must be equal, block by block. Returns the last block's latents."""
+    v = full.streaming.video_frames_per_block
+    for b in range(blocks):
+        block_audio = audio[..., b * v:(b + 1) * v]
+        expected = full.step_block(block_audio, noise.block(b))
+        x = step_chained(ranks, noise.block(b), block_audio)
+        assert torch.equal(x, expected), f"block {b}: chained ranks differ from the full stepper by {(x.float() - expected.float()).abs().max()}"
+    return x

@@ -13,7 +13,7 @@ from live_avatar.core.engines.liveavatar.loader import build_random_model
 from live_avatar.core.engines.liveavatar.sampler import ClipNoise
 from live_avatar.core.engines.liveavatar.stepper import CausalStepper, StepperInputError
 
-from .conftest import CONFIGS, step_chained
+from .conftest import CONFIGS, assert_chained_equal_full
 
 TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
 GEOMETRY = LatentGeometry(16, 24)
@@ -147,12 +147,8 @@ def test_partial_steppers_chained_like_tpp_equal_full_stepper(model, graphed):
     assert all(sum(r is not None for r in rank.rings) == 1 for rank in ranks)
     assert ranks[0].state_nbytes < full.state_nbytes
     noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block)
+    x = assert_chained_equal_full(full, ranks, audio, noise, NUM_BLOCKS)
     v = s.video_frames_per_block
-    for b in range(NUM_BLOCKS):
-        block_audio = audio[..., b * v:(b + 1) * v]
-        expected = full.step_block(block_audio, noise.block(b))
-        x = step_chained(ranks, noise.block(b), block_audio)
-        assert torch.equal(x, expected), f"block {b} differs between chained ranks and the full stepper"
     assert len(calls) == (s.num_steps * (NUM_BLOCKS - s.blocks_per_clip + 1) if graphed else 0)
     with pytest.raises(StepperInputError, match="not held by this stepper"):
         ranks[0].denoise_step(1, x, ranks[0].encode_audio(audio[..., :v]))

@@ -11,8 +11,7 @@ import torch
 
 from live_avatar.core.engines.liveavatar.engine import LiveAvatarEngine
 from live_avatar.core.engines.liveavatar.vae_overlap import VaeOverlapGenerator
-from live_avatar.core.stream import StreamConfig
-from tests.support.pipeline_render import audio_blocks, portrait
+from tests.support.pipeline_render import audio_blocks, frames_through_session, portrait
 
 BLOCKS = 6  # clip 0 and the first blocks of clip 1 (its sink refresh included)
 
@@ -57,27 +56,11 @@ def test_overlapped_decode_gives_the_same_frames(sink_refresh):
 
 
 def test_a_live_session_keeps_two_blocks_in_it_and_skips_nothing():
-    samples = (np.random.default_rng(7).standard_normal(BLOCKS * 12 * 640) * 0.1).astype(np.float32)
-
-    async def run(engine):
-        session = engine.open_session(engine.prepare_avatar(portrait()), config=StreamConfig(buffered=True))
-        try:
-            session.push_audio(samples)
-            session.end_of_speech()
-            frames = []
-            async for chunk in session.chunks():
-                frames.append(chunk.frames)
-                if len(frames) == BLOCKS:
-                    break
-            return np.stack(frames), session.stats()
-        finally:
-            await session.close()
-
     results = {}
     for overlap in (False, True):
         engine = _engine("keep_motion", overlap)
         try:
-            results[overlap] = asyncio.run(run(engine))
+            results[overlap] = asyncio.run(frames_through_session(engine, BLOCKS))
         finally:
             engine.close()
     (serial, serial_stats), (overlapped, stats) = results[False], results[True]

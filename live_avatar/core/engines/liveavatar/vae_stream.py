@@ -232,9 +232,11 @@ class LatentVideoStream:
             return self._graph(frame)
         if self.codec.decoder_compiled:
             self._cache[:] = [_standard_layout(e) for e in self._cache]
+        if mode is None:
+            return self.codec._decoder(frame, feat_cache=self._cache, feat_idx=[0])
         before = list(self._cache)
         out = self.codec._decoder(frame, feat_cache=self._cache, feat_idx=[0])
-        self._steady = DecoderGraph.steady(before, self._cache)
+        self._steady = DecoderGraph.steady(before, self._cache)  # only graphs need to know
         return out
 
     def start(self, motion_latents: torch.Tensor) -> None:
