@@ -21,3 +21,10 @@ def test_compiled_rope_is_within_one_bf16_step_of_the_complex_multiply():
     diff = (got.float() - expected.float()).abs()
     assert bool((diff <= expected.float().abs().clamp(min=2.0**-126) * 2.0**-7).all()), f"max diff {diff.max()}"
     assert (diff == 0).float().mean() > 0.999
+
+
+def test_compiled_rotate_into_ring_at_the_14b_shapes():
+    """320x512: a block of 1920 tokens into a ring of 7680 rows after a sink of 1280, 40 heads x 128."""
+    from tests.unit.liveavatar.test_rope_fused import check_rotate_into_ring
+
+    check_rotate_into_ring(torch.device("cuda"), n=1920, ns=1280, cap=1280, ring=7680, heads=40, head_dim=128)

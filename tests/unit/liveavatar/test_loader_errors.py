@@ -10,13 +10,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from live_avatar.core.engines.liveavatar.config import ConfigError, DiTConfig, StreamingConfig, load_model_config
+from live_avatar.core.engines.liveavatar.fp8 import Fp8Linear, fp8_scale, fp8_targets
 from live_avatar.core.engines.liveavatar.loader import (
     INDEX_NAME,
-    Fp8Linear,
     WeightLoadError,
     build_meta_model,
     build_random_model,
-    fp8_targets,
     load_dit,
 )
 
@@ -256,15 +255,45 @@ def test_fp8_targets_of_14b_follow_spec(golden):
     assert (len(blocks), len(injectors), len(adain), len(names)) == (400, 48, 12, 460)
 
 
-def test_fp8_linear_close_to_bf16():
+@pytest.mark.parametrize("scaling", ["tensor", "row"])
+def test_fp8_linear_close_to_bf16(scaling):
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
     x = torch.randn(5, 7, 64, dtype=torch.bfloat16)
-    fp8 = Fp8Linear(linear)
+    fp8 = Fp8Linear(linear, scaling)
     assert fp8.weight.dtype == torch.float8_e4m3fn
+    assert fp8.weight_scale_inv.shape == ((1, 32) if scaling == "row" else ())
     out, expected = fp8(x).float(), linear(x).float()
     assert out.shape == expected.shape
     assert ((out - expected).norm() / expected.norm()).item() < 0.05
+
+
+def test_fp8_tensor_scale_is_the_spec_formula():
+    """The per-row-then-all maximum gives exactly spec 9's ``min(448 / max|X|, 448)``."""
+    x = torch.randn(37, 96, dtype=torch.bfloat16) * torch.logspace(-3, 2, 37, dtype=torch.bfloat16)[:, None]
+    expected = torch.clamp(448.0 / x.abs().amax().float().clamp_min(1e-12), max=448.0)
+    assert torch.equal(fp8_scale(x), expected)
+    assert torch.equal(fp8_scale(torch.zeros(4, 16)), torch.tensor(448.0))
+    rows = fp8_scale(x, rowwise=True)
+    assert rows.shape == (37, 1) and torch.equal(rows.min(), expected)
+
+
+def test_fp8_row_scaling_keeps_small_tokens():
+    """Tokens far smaller than the largest one lose their precision under one per-matrix scale (they
+    fall into e4m3's subnormals), not under per-token scales."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    x[0] *= 1e5  # one loud token
+    expected = linear(x).float()[1:]
+    error = {s: ((Fp8Linear(linear, s)(x).float()[1:] - expected).norm() / expected.norm()).item()
+             for s in ("tensor", "row")}
+    assert error["row"] < 0.05 < error["tensor"]
+
+
+def test_fp8_scaling_is_checked():
+    with pytest.raises(ValueError, match="FP8 scaling must be one of"):
+        Fp8Linear(torch.nn.Linear(16, 16), "block")
 
 
 def test_load_with_fp8(ckpt):

@@ -215,6 +215,33 @@ def test_static_buffer_path_of_cuda_graphs_gives_same_output(model, baseline, kv
         assert torch.equal(k, k2) and torch.equal(val, val2)
 
 
+def test_fused_ring_rotation_of_graphed_calls_matches_the_ordinary_path(monkeypatch):
+    """On CUDA (compiled) the graphed calls rotate and store q/k/v and the sink K in one kernel
+    (rope.rotate_into_ring, real arithmetic); here the same function runs uncompiled in bf16 against the
+    complex-multiply path: the blocks agree to bf16 rounding, and every full-ring call used it."""
+    import live_avatar.core.engines.liveavatar.stepper as stepper_module
+    from live_avatar.core.engines.liveavatar import rope
+
+    model = build_random_model(TINY.dit, TINY.streaming, seed=11, dtype=torch.bfloat16)
+    ref, motion, text, audio = _inputs(0)
+    v = TINY.streaming.video_frames_per_block
+    outputs, used = [], []
+    for fused in (False, True):
+        if fused:
+            monkeypatch.setattr(stepper_module, "fused_ring_rotation",
+                                lambda x, rot: used.append(x.shape) or rope.rotate_into_ring)
+        stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
+        stepper.use_graphs(None)
+        stepper.prefill(ref, motion, text)
+        noise = ClipNoise(42, stepper.clip_noise_shape, TINY.streaming.latent_frames_per_block)
+        outputs.append([stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)) for b in range(NUM_BLOCKS)])
+    full_ring_calls = (NUM_BLOCKS - TINY.streaming.blocks_per_clip + 1) * TINY.streaming.num_steps
+    assert len(used) == full_ring_calls * TINY.dit.num_layers
+    for b, (plain, fused) in enumerate(zip(*outputs, strict=True)):
+        error = ((fused.float() - plain.float()).norm() / plain.float().norm()).item()
+        assert error < 0.02, f"block {b}: relative error {error}"
+
+
 def test_a_stepper_with_graphs_is_freed_when_dropped(model):
     """No reference cycle through StepGraphs: a closed session's KV rings go at once, not at the next full
     garbage collection (on a GPU they are ~31 GB at 320x512)."""

@@ -167,10 +167,12 @@ class CausalS2VDiT(nn.Module):
         return self.patch_embedding.weight.device
 
     def compile_blocks(self, **compile_kwargs) -> None:
-        """``torch.compile`` the two dense halves of every block (GPU; the first calls are slow).
+        """``torch.compile`` the two dense halves of every block and the audio injections (GPU; the first
+        calls are slow).
 
-        RoPE, the cache writes and the self-attention stay eager between them, so shapes are static
-        per geometry: one graph for the sink call and one for the denoising calls, per block.
+        The self-attention stays eager between the halves (on CUDA its RoPE and ring stores are compiled
+        kernels of their own: rope.use_fused_rope), so shapes are static per geometry: one graph for the
+        sink call and one for the denoising calls, per block.
         """
         import torch._dynamo
 
@@ -195,6 +197,7 @@ class CausalS2VDiT(nn.Module):
                 torch.compile(block.attention_inputs, **compile_kwargs),
                 torch.compile(block.attention_residual_and_ffn, **compile_kwargs),
             )
+        self.audio_injector.compile_inject(**compile_kwargs)
 
     # ---- conditioning ---------------------------------------------------------------------------
 

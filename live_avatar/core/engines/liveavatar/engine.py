@@ -40,6 +40,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``compile_vae``    also torch.compile the streaming VAE decoder (-70 ms a block on an H200; a later session may
                    recompile parts of it, seen stalling a session start for ~25 s, hence off by default)
 ``fp8``            FP8 (e4m3) Linears in the DiT (spec §9; Hopper/Ada GPUs), quantised after the LoRA merge
+``fp8_scaling``    "tensor" (spec §9: one scale per weight and per activation matrix) or "row" (per output
+                   channel and per token: finer scales, and no whole-matrix reduction pass on a GPU)
 ``size``           area cap "W*H" (reference ``--size`` rule, spec §7), applied to a frame of ``aspect``
 ``aspect``         "9:16" (portrait, default), "16:9", "1:1", ... : the output frame's aspect ratio
 ``prompt``         default prompt; ``seed`` noise seed (clip r uses seed + r)
@@ -135,9 +137,9 @@ class LiveAvatarEngine:
         self.block_frames = streaming.video_frames_per_block
         self.capacity = opts.capacity
         if opts.fp8 and not opts.weights_dir:  # load_dit quantises checkpoints itself
-            from .loader import quantize_fp8_
+            from .fp8 import quantize_fp8_
 
-            quantize_fp8_(self.parts.dit)
+            quantize_fp8_(self.parts.dit, opts.fp8_scaling)
             self.parts.description += ", FP8 Linears"
         self.compute_lock = threading.RLock()  # one model, several threads (sessions, avatar preparation)
         self._sessions = 0

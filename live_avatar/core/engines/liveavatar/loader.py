@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from .config import DiTConfig, StreamingConfig
 from .dit import FP32_MODULES, CausalS2VDiT
+from .fp8 import quantize_fp8_
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,13 @@ def load_dit(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     fp8: bool = False,
+    fp8_scaling: str = "tensor",
 ) -> CausalS2VDiT:
     """Load the DiT from ``checkpoint_dir`` (and merge ``lora_path``) onto ``device``.
 
     dtype defaults to bf16 on GPU and float32 on CPU; FP32_MODULES stay float32. LoRA rank/alpha come
     from ``streaming`` (spec: 128 / 64 -> scale 0.5). ``fp8`` quantises the Linears of spec 9 after the
-    merge (:func:`quantize_fp8_`).
+    merge (:func:`quantize_fp8_`, with ``fp8_scaling``).
     """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
@@ -223,7 +225,7 @@ def load_dit(
     log.info("loaded %d tensors from %d shard(s) of %s; LoRA: %d merged Linears, %d replaced tensors%s",
              len(weight_map), len(by_shard), folder, len(lora), len(replacements), "; FP8" if fp8 else "")
     if fp8:
-        quantize_fp8_(model)
+        quantize_fp8_(model, fp8_scaling)
     return model.eval()
 
 
@@ -268,69 +270,3 @@ def build_random_model(config: DiTConfig, streaming: StreamingConfig | None = No
                        device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> CausalS2VDiT:
     """A model with random weights, built directly on ``device`` (no CPU copy)."""
     return random_init_(build_meta_model(config, streaming), seed, device=device, dtype=dtype)
-
-
-# ---- FP8 (spec section 9) ------------------------------------------------------------------------
-
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
-# Substrings of module paths whose Linears stay in bf16 (spec 9).
-FP8_SKIP = ("text_embedding", "time_embedding", "time_projection", "head.head", "casual_audio_encoder.encoder.final_linear")
-
-
-def _fp8_scale(t: torch.Tensor) -> torch.Tensor:
-    """Per-tensor scale ``min(448 / max|t|, 448)`` (max|t| floored at 1e-12), float32 scalar."""
-    amax = t.detach().abs().amax().float().clamp_min(1e-12)
-    return torch.clamp(FP8_MAX / amax, max=FP8_MAX)
-
-
-def _to_fp8(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (t.float() * scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-
-
-class Fp8Linear(torch.nn.Module):
-    """A Linear whose weight is e4m3 with a per-tensor scale; activations are quantised per call over
-    the whole ``[tokens, in]`` matrix and multiplied with ``torch._scaled_mm`` (fast accumulation)."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        if self.in_features % 16 or self.out_features % 16:
-            raise ValueError(f"FP8 GEMM needs in/out features divisible by 16, got {self.in_features}x{self.out_features}")
-        scale = _fp8_scale(linear.weight)
-        self.weight = torch.nn.Parameter(_to_fp8(linear.weight, scale), requires_grad=False)
-        self.register_buffer("weight_scale_inv", (1.0 / scale).float())
-        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
-        self.bias = torch.nn.Parameter(bias, requires_grad=False) if bias is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        scale = _fp8_scale(flat)
-        out = torch._scaled_mm(_to_fp8(flat, scale), self.weight.t(), scale_a=(1.0 / scale).float(),
-                               scale_b=self.weight_scale_inv, bias=self.bias, out_dtype=torch.bfloat16,
-                               use_fast_accum=True)
-        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-
-
-def fp8_targets(model: torch.nn.Module) -> list[str]:
-    """Names of the Linears that FP8 quantises (works on a meta model too)."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and not any(skip in n for skip in FP8_SKIP)]
-
-
-@torch.no_grad()
-def quantize_fp8_(model: CausalS2VDiT) -> list[str]:
-    """Replace the Linears of spec 9 by :class:`Fp8Linear` in place (after any LoRA merge).
-
-    Returns the quantised module names. Needs ``torch._scaled_mm`` for float8 (Hopper/Ada GPUs; recent
-    CPU builds also run it, slowly).
-    """
-    names = fp8_targets(model)
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Fp8Linear(getattr(parent, child)))
-    if names and model.device.type == "cuda":
-        # Hand the freed bf16 weights (~28 GB for the 14B) back to the driver: ranks that share one GPU
-        # (--share-gpu) otherwise each keep them cached and the fourth cannot create its cuBLAS handle.
-        torch.cuda.empty_cache()
-    return names

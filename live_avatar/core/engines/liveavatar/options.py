@@ -48,6 +48,9 @@ class LiveAvatarOptions:
     # the DiT thread launches kernels under the GIL, so a long hand-over starves the GPU (see engine.py)
     gil_switch_interval_ms: float | None = None
     fp8: bool = False
+    # FP8 scales (fp8.py): "tensor" per weight and activation matrix (spec 9), "row" per output channel
+    # and per token (finer scales; fewer reduction passes on a GPU)
+    fp8_scaling: Literal["tensor", "row"] = "tensor"
     size: str | None = None  # None: "704*384" (real), "128*64" (tiny)
     aspect: str = "9:16"
     prompt: str = DEFAULT_PROMPT

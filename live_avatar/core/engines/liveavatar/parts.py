@@ -120,7 +120,7 @@ def load_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.dtype
         raise EngineConfigError(f"no wav2vec2 folder in {wan}: expected {WAV2VEC_DIR}/config.json")
     dit = load_dit(
         wan, config=model_config.dit, streaming=model_config.streaming, lora_path=lora, device=device, dtype=dtype,
-        fp8=opts.fp8,
+        fp8=opts.fp8, fp8_scaling=opts.fp8_scaling,
     )
     codec = WanVaeCodec(load_wan_vae(wan, device, dtype))
     audio = Wav2VecFeatures.from_folder(wav2vec, device=device, dtype=dtype, config=_audio_config(opts))

@@ -71,18 +71,44 @@ def rotate_pairs(x: torch.Tensor, rot_real: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, heads, head_dim).to(x.dtype)
 
 
+def rotate_into_ring(buf_k: torch.Tensor, buf_v: torch.Tensor, rows: torch.Tensor, q: torch.Tensor,
+                     k: torch.Tensor, v: torch.Tensor, sink_k: torch.Tensor, noisy_rot_real: torch.Tensor,
+                     sink_rot_real: torch.Tensor, sink_start: int) -> torch.Tensor:
+    """The RoPE and the KV stores of one denoising call's self-attention, for one compiled kernel:
+    rotated k and v into ``rows`` of one layer's ring buffers, the re-rotated sink K into rows
+    ``[sink_start, sink_start + len(sink_k))``; returns the rotated q. Compiled, the stores go straight
+    into the buffers (no block-sized temporaries, no separate copy kernels)."""
+    buf_k.index_copy_(0, rows, rotate_pairs(k, noisy_rot_real))
+    buf_v.index_copy_(0, rows, v)
+    buf_k[sink_start:sink_start + sink_k.shape[0]] = rotate_pairs(sink_k, sink_rot_real)
+    return rotate_pairs(q, noisy_rot_real)
+
+
 # rotate_pairs compiled for CUDA (set by CausalS2VDiT.compile_blocks with the inductor backend): the
 # eager complex RoPE of q, k and the sink's K (4 steps x 40 layers x 3 rotations a block, each through
 # float32 copies) was ~50 ms of copies and multiplies per 320x512 block on an H200; compiled, the DiT
-# went from 443 to 418 ms a block.
+# went from 443 to 418 ms a block. rotate_into_ring compiled too: the graphed calls' ring stores.
 _fused_rotate = None
+_fused_rotate_into_ring = None
 
 
 def use_fused_rope(compile_kwargs: dict | None) -> None:
-    """Rotate bf16/fp16 CUDA tensors with a compiled :func:`rotate_pairs` (``compile_kwargs`` for
-    ``torch.compile``), or with the complex multiply again (None). Process-wide, like a backend flag."""
-    global _fused_rotate
-    _fused_rotate = None if compile_kwargs is None else torch.compile(rotate_pairs, **{"dynamic": False, **compile_kwargs})
+    """Rotate bf16/fp16 CUDA tensors with a compiled :func:`rotate_pairs` and :func:`rotate_into_ring`
+    (``compile_kwargs`` for ``torch.compile``), or with the complex multiply again (None). Process-wide,
+    like a backend flag."""
+    global _fused_rotate, _fused_rotate_into_ring
+    if compile_kwargs is None:
+        _fused_rotate = _fused_rotate_into_ring = None
+        return
+    _fused_rotate = torch.compile(rotate_pairs, **{"dynamic": False, **compile_kwargs})
+    _fused_rotate_into_ring = torch.compile(rotate_into_ring, **{"dynamic": False, **compile_kwargs})
+
+
+def fused_ring_rotation(x: torch.Tensor, rot: torch.Tensor):
+    """The compiled :func:`rotate_into_ring` when the fused RoPE applies to ``x`` and ``rot``, else None."""
+    if _fused_rotate_into_ring is not None and rot.dtype == torch.complex64 and x.is_cuda:
+        return _fused_rotate_into_ring
+    return None
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ from .audio_encoder import encode_audio_block
 from .config import ConfigError, LatentGeometry, StreamingConfig
 from .dit import CausalS2VDiT
 from .injector import attend
-from .rope import apply_rope, grid_positions, rope_cos_sin, rotation, subsampled_indices
+from .rope import apply_rope, fused_ring_rotation, grid_positions, rope_cos_sin, rotation, subsampled_indices
 from .sampler import euler_update, flow_match_schedule
 from .step_graphs import GraphContext, StepGraphs
 
@@ -138,6 +138,11 @@ class _InferenceAttention:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n, cap, ns = q.shape[0], self.ring.sink_capacity, self.sink.length
         buf_k, buf_v = self.ring.k[layer], self.ring.v[layer]
+        fused = fused_ring_rotation(q, self.noisy_rot) if cap and isinstance(self.slot, torch.Tensor) else None
+        if fused is not None:  # CUDA, compiled: one kernel rotates and stores (the graphed calls)
+            q = fused(buf_k, buf_v, self.slot, q, k, v, self.sink.k[layer, :ns], torch.view_as_real(self.noisy_rot),
+                      torch.view_as_real(self.sink_rot), cap - ns)
+            return attend(q, buf_k[cap - ns:cap + self.valid], buf_v[cap - ns:cap + self.valid])
         if isinstance(self.slot, torch.Tensor):
             buf_k.index_copy_(0, self.slot, apply_rope(k, self.noisy_rot))
             buf_v.index_copy_(0, self.slot, v)

@@ -61,14 +61,15 @@ def load_rank_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.
         model_config = parts._model_config(opts, DiTConfig.from_checkpoint_dir(wan))
         if with_dit:
             dit = load_dit(wan, config=model_config.dit, streaming=model_config.streaming,
-                           lora_path=parts._find_lora(root, wan, opts.lora_path), device=device, dtype=dtype, fp8=opts.fp8)
+                           lora_path=parts._find_lora(root, wan, opts.lora_path), device=device, dtype=dtype, fp8=opts.fp8,
+                           fp8_scaling=opts.fp8_scaling)
         if with_vae:
             codec = WanVaeCodec(parts.load_wan_vae(wan, device, dtype))
     if dit is not None:
         if opts.fp8 and not opts.weights_dir:
-            from ..loader import quantize_fp8_
+            from ..fp8 import quantize_fp8_
 
-            quantize_fp8_(dit)
+            quantize_fp8_(dit, opts.fp8_scaling)
         if opts.compile:
             dit.compile_blocks()
     if codec is not None and opts.compile_vae:
