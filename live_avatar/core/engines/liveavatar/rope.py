@@ -80,7 +80,10 @@ def rotate_into_ring(buf_k: torch.Tensor, buf_v: torch.Tensor, rows: torch.Tenso
     into the buffers (no block-sized temporaries, no separate copy kernels)."""
     buf_k.index_copy_(0, rows, rotate_pairs(k, noisy_rot_real))
     buf_v.index_copy_(0, rows, v)
-    buf_k[sink_start:sink_start + sink_k.shape[0]] = rotate_pairs(sink_k, sink_rot_real)
+    # an index store, not a slice assignment: inductor rewrote a sliced input as a whole (the layer's
+    # 8960 rows at 320x512, 140 us a call on an H200) where it scatters into the given rows in place
+    sink_rows = torch.arange(sink_start, sink_start + sink_k.shape[0], device=buf_k.device)
+    buf_k.index_copy_(0, sink_rows, rotate_pairs(sink_k, sink_rot_real))
     return rotate_pairs(q, noisy_rot_real)
 
 

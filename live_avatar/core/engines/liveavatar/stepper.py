@@ -258,6 +258,10 @@ class CausalStepper:
 
     def _cos_sin(self, positions: torch.Tensor) -> torch.Tensor:
         cs = rope_cos_sin(positions, self.model.config.head_dim, self.streaming.rope_theta, self.streaming.rope_fp16_table)
+        if self.device.type == "cuda":
+            # from pinned memory, asynchronously: a copy from pageable memory first waits for the stream,
+            # i.e. for the previous step's DiT call, and the GPU then idles while this thread prepares the next
+            return cs.pin_memory().to(self.device, non_blocking=True)
         return cs.to(self.device)
 
     def _build_rope_tables(self) -> None:
