@@ -38,6 +38,7 @@ def test_sessions_after_the_warm_up_compile_nothing_and_a_compile_is_reported(en
         report = engine.warm_up(lambda message: None)
     assert not [r for r in caplog.records if "compiled after the warm-up" in r.getMessage()], "the warm-up compiles by design"
     assert report.graphs_compiled > 0 and report.blocks == 5
+    assert report.sessions == 2 and report.graphs_in_last_session == 0  # the second one compiled nothing
     # another portrait and prompt, through a clip boundary: the graphs of the warm-up serve it
     stats = _run_session(engine, default_portrait()[:, ::-1].copy(), "Someone else speaking.")
     assert stats["compiles_since_ready"] == 0
@@ -47,3 +48,31 @@ def test_sessions_after_the_warm_up_compile_nothing_and_a_compile_is_reported(en
         stats = _run_session(engine, default_portrait(), None, blocks=1)
     assert stats["compiles_since_ready"] > 0
     assert any("compiled after the warm-up" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("compiles_per_session, sessions, left", [([30, 15, 0], 3, 0), ([30, 15, 4], 3, 4), ([30, 0], 2, 0)])
+def test_the_warm_up_repeats_sessions_until_one_compiles_nothing(monkeypatch, caplog, compiles_per_session, sessions, left):
+    """A GPU's compiled VAE compiled more graphs in a second session: the warm-up runs sessions until
+    one compiles nothing, at most MAX_WARMUP_SESSIONS, and warns when the last one still compiled."""
+    from types import SimpleNamespace
+
+    from live_avatar.core.engines.liveavatar import warmup
+
+    counter = {"graphs": 0, "sessions": 0}
+
+    def fake_session(engine, avatar, blocks, progress):
+        counter["graphs"] += compiles_per_session[counter["sessions"]]
+        counter["sessions"] += 1
+        return [1.0] + [0.5] * (blocks - 1)
+
+    monkeypatch.setattr(warmup, "_warmup_session", fake_session)
+    monkeypatch.setattr(warmup, "compiled_graphs", lambda: counter["graphs"])
+    fake_engine = SimpleNamespace(size=(64, 128), prepare_avatar=lambda image: object(),
+                                  parts=SimpleNamespace(model_config=SimpleNamespace(streaming=SimpleNamespace(blocks_per_clip=4))))
+    assert warmup.MAX_WARMUP_SESSIONS == 3
+    with caplog.at_level(logging.WARNING, logger="live_avatar.core.engines.liveavatar.warmup"):
+        report = warmup.warm_up(fake_engine, lambda message: None)
+    assert (report.sessions, report.graphs_in_last_session) == (sessions, left)
+    assert report.graphs_compiled == sum(compiles_per_session[:sessions])
+    assert report.first_block_s == 1.0 and report.steady_block_s == 0.5
+    assert any("still compiled" in r.getMessage() for r in caplog.records) == bool(left)
