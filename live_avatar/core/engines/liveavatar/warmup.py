@@ -92,8 +92,8 @@ def warm_up(engine: "LiveAvatarEngine", progress: Callable[[str], None] | None =
     while sessions < MAX_WARMUP_SESSIONS:
         sessions += 1
         session_start = compiled_graphs()
-        times = _warmup_session(engine, avatar, blocks, lambda k, s: say(
-            f"liveavatar warm-up at {w}x{h}: session {sessions}, block {k + 1}/{blocks} in {s:.1f} s"))
+        times = _warmup_session(engine, avatar, blocks, lambda k, s, n=sessions: say(
+            f"liveavatar warm-up at {w}x{h}: session {n}, block {k + 1}/{blocks} in {s:.1f} s"))
         first_session_times = first_session_times or times
         compiled_in_session = compiled_graphs() - session_start
         if sessions > 1 and compiled_in_session == 0:
