@@ -190,6 +190,13 @@ def _blocks_out(gen, ks, context: int, lookahead: int, sync):
         yield pending.pop(0), frames, time.perf_counter()
 
 
+def _vae_compiled(engine, mode: str) -> bool:
+    """Whether a compiled mode compiles the VAE decoder too, as the server would with compile=true."""
+    from live_avatar.core.engines.liveavatar.options import vae_compile_wanted
+
+    return bool(MODES[mode][1]) and vae_compile_wanted(engine.options.compile_vae, True, engine.device.type)
+
+
 def _median_ms(values) -> float:
     return round(1000.0 * statistics.median(values), 1)
 
@@ -258,7 +265,7 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
             "prepare_avatar_s": round(prepare_s, 3),
             "frame_shape": list(frames.shape),
             "session_state_gb": round(gen.stepper.state_nbytes / 1e9, 2),
-            "vae_compiled": bool(MODES[mode][1] and engine.options.compile_vae),
+            "vae_compiled": _vae_compiled(engine, mode),
             "cuda_graph_steps": gen.stepper.graphs.recorded_steps if gen.stepper.graphs is not None else [],
             "blocks_in_flight": getattr(gen, "pipeline_depth", 1) if callable(getattr(gen, "submit", None)) else 1,
         }
@@ -414,12 +421,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"liveavatar bench: {engine.parts.description} on {engine.device} ({build_s:.1f} s to build)", flush=True)
         for mode in (m for m in modes if MODES[m][0] == fp8):
             if MODES[mode][1]:
-                # what avatar serve compiles with the same options (the VAE only with compile_vae): the
-                # benchmark times the server's path
+                # what avatar serve compiles with compile=true and the same options (the VAE too, unless
+                # compile_vae=false): the benchmark times the server's path
                 torch._dynamo.reset()
                 mode_kwargs = {"mode": engine.options.compile_mode} if engine.options.compile_mode else {}
                 engine.parts.dit.compile_blocks(**mode_kwargs)  # static shapes: each size compiles its own graphs
-                if engine.options.compile_vae:
+                if _vae_compiled(engine, mode):
                     engine.parts.codec.compile_decoder()
             for size in sizes:
                 t1 = time.perf_counter()

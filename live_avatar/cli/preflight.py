@@ -27,13 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eager", action="store_true",
                    help="no torch.compile (the engine's default; the measured figures are compiled: compile, compile_vae)")
     p.add_argument("--vae-eager", action="store_true",
-                   help="compiled DiT, but the VAE decoder not compiled (compile without compile_vae, the server's default "
-                        "for compile=true): the eager decoder's measured cost is added")
+                   help="compiled DiT, but the VAE decoder not compiled (compile=true with compile_vae=false): the eager "
+                        "decoder's measured cost is added")
     p.add_argument("--gpu", default=None, metavar="NAME", help="a known GPU (H200, H100 SXM, A100 80GB, L40S, RTX 4090, ...)")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory per GPU (default: the GPU's)")
     p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs for the step pipeline (--num_gpus_dit N): the 4 steps of a block over N GPUs")
     p.add_argument("--live-factor", type=float, default=None, metavar="X",
-                   help="live session cost / direct block time (default from the table: 1.10)")
+                   help="live session cost / direct block time (default from the table: 1.01)")
     p.add_argument("--random-weights", action="store_true", help="14B random weights (benchmarks): no umT5 text encoder")
     p.add_argument("--text-encoder-cpu", action="store_true",
                    help="umT5-XXL kept in CPU memory (engine option text_encoder_device=cpu): its 11.4 GB off the GPU")

@@ -118,6 +118,7 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
     configuration does not fit or cannot reach 25 fps, unless ``allow_slow``. Skipped for CPU/tiny runs."""
     if engine != "liveavatar" or options.get("tiny") or str(options.get("device") or "auto").startswith("cpu"):
         return None
+    from live_avatar.core.engines.liveavatar.options import vae_compile_wanted
     from live_avatar.core.engines.liveavatar.preflight import (
         PreflightRequest,
         estimate,
@@ -138,7 +139,9 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
             return f"preflight skipped: {gpu} is not in the table of known GPUs (give --gpu-memory GB to check)"
     result = estimate(PreflightRequest(
         size=str(options.get("size") or "704*384"), aspect=str(options.get("aspect") or "9:16"),
-        fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")), compiled_vae=bool(options.get("compile_vae")),
+        fp8=bool(options.get("fp8")), compiled=bool(options.get("compile")),
+        # what the engine will resolve on this (CUDA) GPU: compile_vae defaults to on with compile
+        compiled_vae=vae_compile_wanted(options.get("compile_vae"), bool(options.get("compile")), "cuda"),
         gpu=gpu, gpu_memory_gb=gpu_memory,
         text_encoder=not options.get("random_weights") and options.get("text_encoder_device", "auto") != "cpu",
         kv_layout=str(options.get("kv_layout") or "contiguous"), gpus=int(options.get("num_gpus_dit") or 1),

@@ -28,23 +28,30 @@ def test_the_table_loads_through_the_config_reader_with_dates_and_commands() -> 
     table = load_table()
     base = table.modes["fp8-compiled"].points
     assert [p.frame for p in base][:3] == [(256, 384), (320, 512), (384, 640)]
-    assert [p.block_ms for p in base][:3] == [326, 534, 855]
-    assert all(p.measured.startswith("2026-11") and "avatar bench liveavatar" in p.command for p in base)
+    assert [p.block_ms for p in base][:3] == [326, 471.8, 855]
+    assert all(p.measured.startswith(("2026-11", "2026-12")) and "avatar bench liveavatar" in p.command for p in base)
     assert latent_tokens((320, 512)) == 20 * 32
 
 
 def test_320x512_fp8_on_141_gb_fits_with_sessions_by_memory(capsys) -> None:
     code, out = _json(capsys, ["--size", "320*512", "--fp8", "--gpu-memory", "141"])
     assert out["fits"] is True and out["sessions_by_memory_per_gpu"] >= 1
-    assert out["weights_gb"] == pytest.approx(16.94 + 11.4) and out["per_session_gb"] == pytest.approx(31.0)
-    assert out["sessions_by_memory_per_gpu"] == int((141 - 3.0 - 28.34) // 31.0)
-    # measured 534 ms direct for 480 ms of video: one H200 cannot hold 25 fps at this size
-    assert out["expected_fps"] == pytest.approx(12000 / (534 * 1.00), abs=0.05)  # live factor 1.00 (graphs)
-    assert out["realtime"] is False and out["sessions"] == 0 and code == 1
+    assert out["weights_gb"] == pytest.approx(16.94 + 11.4) and out["per_session_gb"] == pytest.approx(31.48)
+    assert out["sessions_by_memory_per_gpu"] == int((141 - 3.0 - 28.34) // 31.48)
+    # measured 471.8 ms direct (478.5 in a live session) for 480 ms of video: one H200 just holds 25 fps, one
+    # session at a time (capacity comes from the GPU's time, not its memory)
+    assert out["expected_fps"] == pytest.approx(12000 / (471.8 * 1.01), abs=0.05)
+    assert out["realtime"] is True and out["sessions"] == 1 and code == 0
     assert out["basis"]["timing"] == "measured" and "estimate" in out["basis"]["estimate"]
+    # an 80 GB GPU of the same speed holds it too; a 40 GB one has no room for a session
+    code, out = _json(capsys, ["--size", "320*512", "--fp8", "--gpu-memory", "40"])
+    assert code == 1 and out["fits"] is False
+    # bf16 at this size cannot hold real time: the suggestion is a smaller frame that does
+    code, out = _json(capsys, ["--size", "320*512", "--gpu-memory", "141"])
+    assert out["realtime"] is False and out["sessions"] == 0 and code == 1
     suggestion = out["suggestion"]
     assert suggestion["works_on_this_gpu"] and suggestion["expected_fps"] >= 25 and suggestion["sessions"] >= 1
-    assert latent_tokens(tuple(suggestion["frame"])) < latent_tokens((320, 512))
+    assert latent_tokens(tuple(suggestion["frame"])) < latent_tokens((320, 512)) or suggestion["fp8"]
 
 
 def test_384x640_bf16_on_80_gb_does_not_fit_with_numbers_from_the_table(capsys) -> None:
@@ -121,7 +128,7 @@ def test_preflight_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["frame"] == [320, 512]
 
 
@@ -157,7 +164,8 @@ def test_estimate_rejects_bad_numbers() -> None:
 
 
 def test_a_compiled_dit_with_the_vae_decoder_eager_costs_its_measured_difference(capsys) -> None:
-    """The compiled figures were measured with compile_vae; the server compiles the VAE only when asked.
+    """The compiled figures were measured with compile_vae, which the server turns on with compile on a GPU
+    unless compile_vae=false.
     At 320x512 the eager decoder measured 124 ms against 76 compiled (bench/results/liveavatar_h200_after_move.json)."""
     both = estimate(PreflightRequest(size="320*512", fp8=True, gpu="H200"))
     dit_only = estimate(PreflightRequest(size="320*512", fp8=True, compiled_vae=False, gpu="H200"))
@@ -167,11 +175,13 @@ def test_a_compiled_dit_with_the_vae_decoder_eager_costs_its_measured_difference
     assert eager.block_ms == estimate(PreflightRequest(size="320*512", compiled=False, gpu="H200")).block_ms
     code, out = _json(capsys, ["--size", "320*512", "--fp8", "--gpu", "H200", "--vae-eager"])
     assert out["block_ms"] == pytest.approx(dit_only.block_ms, abs=0.1)
-    # avatar serve checks what it will run: compile without compile_vae is the eager decoder
-    line = serve.preflight_check("liveavatar", {"weights": "/x", "size": "256*384", "fp8": True, "compile": True},
-                                 gpu_memory=141)
-    fps = float(line.split("about ")[1].split(" fps")[0])
-    assert fps == pytest.approx(estimate(PreflightRequest(size="256*384", fp8=True, compiled_vae=False, gpu_memory_gb=141)).expected_fps, abs=0.5)
+    # avatar serve checks what it will run: compile alone compiles the decoder too, compile_vae=false does not
+    options = {"weights": "/x", "size": "256*384", "fp8": True, "compile": True}
+    for compile_vae, compiled_vae in ((None, True), (False, False), (True, True)):
+        line = serve.preflight_check("liveavatar", {**options, "compile_vae": compile_vae}, gpu_memory=141)
+        fps = float(line.split("about ")[1].split(" fps")[0])
+        expected = estimate(PreflightRequest(size="256*384", fp8=True, compiled_vae=compiled_vae, gpu_memory_gb=141))
+        assert fps == pytest.approx(expected.expected_fps, abs=0.5)
 
 
 def test_384x640_bf16_fits_80_gb_with_one_sink_copy_and_the_text_encoder_off_the_gpu(capsys) -> None:

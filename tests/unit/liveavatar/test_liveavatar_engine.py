@@ -152,6 +152,18 @@ def test_options_are_validated(tmp_path):
         load_engine("liveavatar", weights_dir=str(tmp_path))
 
 
+def test_compile_vae_follows_compile_on_cuda_unless_given():
+    from live_avatar.core.engines.liveavatar.options import vae_compile_wanted
+
+    assert vae_compile_wanted(None, True, "cuda") and not vae_compile_wanted(None, False, "cuda")
+    assert not vae_compile_wanted(None, True, "cpu")  # the CPU tests' compiled DiT keeps the eager decoder
+    assert not vae_compile_wanted(False, True, "cuda") and vae_compile_wanted(True, False, "cpu")
+    cpu = load_engine("liveavatar", tiny=True, compile=True, compile_backend="eager", warmup=False)
+    assert cpu.compile_vae is False and not cpu.parts.codec.decoder_compiled
+    asked = load_engine("liveavatar", tiny=True, compile_vae=True, compile_backend="eager", warmup=False)
+    assert asked.compile_vae is True and asked.parts.codec.decoder_compiled
+
+
 def test_frame_size_rule():
     assert frame_size("704*384", "9:16") == (384, 704)
     assert frame_size("688*368", "9:16") == (384, 640)

@@ -172,7 +172,7 @@ class LiveAvatarGenerator:
         compiled = self.engine.compiles_since_ready()
         if compiled > self._compiles_seen and not self.engine.warming_up:
             logger.warning("liveavatar: %d graph(s) compiled after the warm-up (%d in all since ready), during a "
-                           "session: its frames stalled meanwhile (compile_vae is known to do this)",
+                           "session: its frames stalled meanwhile (a size or call the warm-up did not run?)",
                            compiled - self._compiles_seen, compiled)
             self._compiles_seen = compiled
 

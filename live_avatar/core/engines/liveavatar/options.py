@@ -31,7 +31,7 @@ class LiveAvatarOptions:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
-    compile_vae: bool = False
+    compile_vae: bool | None = None  # None: with compile on a CUDA device (vae_compile_wanted)
     compile_mode: str | None = None  # torch.compile mode: None (default), "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs)
     compile_backend: str = "inductor"  # "eager": dynamo traces and counts graphs without code generation (tests)
     warmup: bool | None = None  # None: warm up at start-up when compiling or on a GPU
@@ -92,6 +92,13 @@ class LiveAvatarOptions:
             return from_mapping(cls, options, "liveavatar engine options")
         except ConfigError as exc:
             raise EngineConfigError(exc.problem, exc.source, exc.key) from None
+
+
+def vae_compile_wanted(option: bool | None, compile_dit: bool, device_type: str) -> bool:
+    """The engine option ``compile_vae``: as given, or (None) with ``compile`` on a CUDA device. The compiled
+    decoder saves ~48 ms a 320x512 block on an H200 (126 -> 78 ms); its second-session recompiles are
+    absorbed by the warm-up (warmup.py)."""
+    return bool(option) if option is not None else (compile_dit and device_type == "cuda")
 
 
 def detect_cuda_gpu(device: str) -> tuple[str, float] | None:

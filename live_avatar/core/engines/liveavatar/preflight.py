@@ -316,8 +316,10 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
         fits=by_memory >= 1, realtime=fps >= TARGET_FPS,
         basis={"memory": f"per-session state {state_kind}; weights measured (text encoder from its checkpoint size)",
                "timing": timing_kind, "gpu": scaling,
-               "measurements": f"one {reference.name}, 14B random weights, avatar bench liveavatar, median of 8 blocks, 2026-11",
-               "live_factor": f"{live_factor:g} x the direct block time (live sessions measured 1.08-1.36x)",
+               "measurements": f"one {reference.name}, 14B random weights, avatar bench liveavatar, median of 8 blocks, "
+                               + ", ".join(sorted({p.measured for p in base})),
+               "live_factor": f"{live_factor:g} x the direct block time (live sessions with CUDA graphs measured "
+                              "1.00-1.01x; 1.08-1.36x before)",
                "estimate": "an estimate from measured figures, not a measurement of this configuration"},
         notes=notes,
     )
@@ -421,7 +423,7 @@ def _suggestion(r: PreflightEstimate, request: PreflightRequest, fp8: bool, comp
 
 def engine_options_for(fp8: bool, compiled: bool) -> str:
     """The serve flags that select a mode."""
-    opts = (["fp8=true"] if fp8 else []) + (["compile=true", "compile_vae=true"] if compiled else [])
+    opts = (["fp8=true"] if fp8 else []) + (["compile=true"] if compiled else [])  # compile_vae follows compile on CUDA
     return " ".join(f"--engine-option {o}" for o in opts) or "(no engine options: the defaults are bf16 eager)"
 
 
