@@ -51,6 +51,8 @@ def test_graphed_sessions_equal_ordinary_ones_even_interleaved():
     context = GraphContext.for_device(DEVICE)
     plain = {seed: _session(model, seed, None)[1] for seed in (1, 2)}
     graphed = {seed: _session(model, seed, context) for seed in (1, 2)}
+    for stepper, _ in graphed.values():  # recorded at the prefill, before the first block
+        assert stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
     for b in range(BLOCKS):
         for seed in (1, 2):  # two sessions' graphs share one pool: each must still see its own data
             expected = plain[seed](b)

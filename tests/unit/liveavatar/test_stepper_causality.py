@@ -242,6 +242,44 @@ def test_fused_ring_rotation_of_graphed_calls_matches_the_ordinary_path(monkeypa
         assert error < 0.02, f"block {b}: relative error {error}"
 
 
+def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, baseline, monkeypatch):
+    """On CUDA the prefill records every step's graph (StepGraphs.record_ahead) with placeholders in the
+    statics, the context's first recording after one eager call that writes placeholder K/V into the
+    rings. Here a stand-in context and recorder run that eager call on the CPU: the prefill records all
+    steps, empties the rings again, and the session's blocks equal the plain stepper's."""
+    from types import SimpleNamespace
+
+    from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs, _Recorded
+
+    recorded = []
+
+    def record(self, step):  # what StepGraphs._record does on a GPU, minus the capture
+        if not self.context.warmed:
+            self._call(step)
+            self.context.warmed = True
+        recorded.append(step)
+        return _Recorded(graph=None, out=None)
+
+    monkeypatch.setattr(StepGraphs, "_record", record)
+    ref, motion, text, audio = _inputs(0)
+    stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
+    stepper.use_graphs(None)
+    stepper.graphs.context = SimpleNamespace(warmed=False)
+    stepper.prefill(ref, motion, text)
+    assert recorded == list(range(TINY.streaming.num_steps)) and stepper.graphs.context.warmed
+    assert stepper.graphs.audio_tokens is not None  # shaped by the placeholder block
+    for ring in stepper.rings:
+        assert not ring.k[:, ring.sink_capacity:].any() and not ring.v[:, ring.sink_capacity:].any()
+    noise = ClipNoise(42, stepper.clip_noise_shape, TINY.streaming.latent_frames_per_block)
+    v = TINY.streaming.video_frames_per_block
+    for b in range(NUM_BLOCKS):
+        out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
+        assert torch.equal(out, baseline[b]), f"block {b}"
+    assert recorded == list(range(TINY.streaming.num_steps)), "nothing recorded during the session"
+    stepper.prefill(ref, motion, text)  # a new prefill (same stepper): the graphs are kept
+    assert len(recorded) == TINY.streaming.num_steps
+
+
 def test_a_stepper_with_graphs_is_freed_when_dropped(model):
     """No reference cycle through StepGraphs: a closed session's KV rings go at once, not at the next full
     garbage collection (on a GPU they are ~31 GB at 320x512)."""

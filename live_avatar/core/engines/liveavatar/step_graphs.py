@@ -11,8 +11,11 @@ the noisy latents, the audio tokens, the two RoPE rotations (block position, rol
 offset) and the ring rows the block writes (an ``index_copy_``, not a Python slice). The number of
 valid ring rows is a Python int, so only the calls where the ring is full (from block
 ``blocks_per_clip - 1`` on) are graphed; a session's first blocks run as before. So one graph per
-denoising step and stepper, recorded by the first full-ring call of that step (the engine's warm-up
-has compiled every kernel by then; recording costs about what an ordinary call does).
+denoising step and stepper, recorded at the session's prefill (:meth:`StepGraphs.record_ahead`; the
+server prefills while the peer connects): a capture runs no kernel, so placeholders in the statics
+do, and the session's first full-ring block replays. Recorded there instead, each graph cost ~0.1 s
+more than a replay (a block ~0.4 s late), which a live session at its budget never wins back. The
+engine's warm-up has compiled every kernel before the first recording.
 
 Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
 (``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .rope import rotation
 
 if TYPE_CHECKING:
     from .stepper import AudioTokens, CausalStepper
@@ -91,6 +96,25 @@ class StepGraphs:
     def covers(self, valid: int) -> bool:
         """Whether a call that sees ``valid`` ring rows can be graphed (only the full ring)."""
         return valid == self.stepper.ring_tokens
+
+    def record_ahead(self) -> bool:
+        """Record the graphs of every step the stepper holds, before its first block (the sink and the
+        text K/V must be in place: their lengths are part of the graph). The statics get placeholders: a
+        zero block at the ring's first rows with the rotations of latent frame 0. Returns whether an eager
+        call ran (the context's first recording is preceded by one): it wrote placeholder K/V into the
+        rings, which the caller empties again."""
+        s = self.stepper
+        if self.context is None or all(step in self._recorded for step in s.owned_steps):
+            return False
+        cfg, streaming = s.model.config, s.streaming
+        silence = torch.zeros(cfg.num_audio_layers, cfg.audio_dim, streaming.video_frames_per_block)
+        self._load(torch.zeros_like(self.x), s.encode_audio(silence), 0, rotation(s.noisy_rope(0), s.dtype),
+                   rotation(s.sink_rope(s.ref_rope_frame(0, 0)), s.dtype))
+        warmed_before = self.context.warmed
+        for step in s.owned_steps:
+            if step not in self._recorded:
+                self._recorded[step] = self._record(step)
+        return not warmed_before
 
     def run(self, step: int, x: torch.Tensor, audio: "AudioTokens", slot: int, noisy_rot: torch.Tensor,
             sink_rot: torch.Tensor) -> torch.Tensor:

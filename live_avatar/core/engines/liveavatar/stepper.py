@@ -240,8 +240,8 @@ class CausalStepper:
         self.graphs: StepGraphs | None = None  # CUDA graphs of the full-ring calls (use_graphs)
 
     def use_graphs(self, context: GraphContext | None) -> None:
-        """Run the calls that see a full ring through :class:`StepGraphs`: CUDA graphs recorded on
-        first use, or (``context`` None) the same static-buffer path run eagerly."""
+        """Run the calls that see a full ring through :class:`StepGraphs`: CUDA graphs recorded at the
+        prefill, or (``context`` None) the same static-buffer path run eagerly."""
         self.graphs = StepGraphs(self, context)
 
     # ---- geometry / RoPE ------------------------------------------------------------------------
@@ -345,6 +345,8 @@ class CausalStepper:
         self.reset()
         self._motion_latents = self._latents(motion_latents, "motion_latents", None)
         self.refresh_sink(ref_latent, self._motion_latents)
+        if self.graphs is not None and self.graphs.record_ahead():
+            self.reset()  # an eager first call wrote placeholder rows into the rings
 
     def reset(self) -> None:
         """Forget the rings and the position (the sink and text are kept)."""
