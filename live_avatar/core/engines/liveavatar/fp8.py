@@ -3,12 +3,15 @@
 Two scalings:
     "tensor"  the spec's: one scale per weight and one per activation matrix, ``min(448 / max|X|, 448)``.
     "row"     one scale per output channel of the weight and one per token of the activation (the
-              same formula per row): finer scales, as a row's maximum never exceeds the matrix's. On a
-              GPU the per-token maximum is a row reduction that the compiler can fuse into the kernel
-              producing the activation; the whole-matrix maximum needs a pass of its own before the cast.
+              same formula per row): finer scales, as a row's maximum never exceeds the matrix's. The
+              per-token maximum can fuse into the kernel producing the activation, but the row-scaled
+              GEMM is another kernel: at 320x512 on an H200 the DiT took 393 vs 397 ms, so "tensor" stays
+              the default.
 
 The whole-matrix maximum is taken per row first and then over the rows: the same value (a maximum is
-exact), but a reduction that runs in parallel over the rows on a GPU.
+exact), as a reduction that runs in parallel over the rows on a GPU (the compiled single reduction
+took ~60 us for a 1920x5120 matrix in the H200 profile; the change was measured only together with the
+other DiT glue changes).
 """
 
 from __future__ import annotations

@@ -85,8 +85,8 @@ class AudioInjector(nn.Module):
         self._compiled_inject = None  # torch.compile'd inject_eager (one graph per injection layer)
 
     def compile_inject(self, **compile_kwargs) -> None:
-        """``torch.compile`` the injections (GPU): eagerly, each is ~85 small kernels (the FP8 quantisation
-        of five Linears, the norms), 12 layers x 4 steps a block."""
+        """``torch.compile`` the injections (GPU): eagerly, each is ~85 small ops (the FP8 quantisation of
+        five Linears, the norms), 12 layers x 4 steps a block."""
         self._compiled_inject = torch.compile(self.inject_eager, **compile_kwargs)
 
     def inject(self, index: int, x: torch.Tensor, tokens: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ valid ring rows is a Python int, so only the calls where the ring is full (from 
 ``blocks_per_clip - 1`` on) are graphed; a session's first blocks run as before. So one graph per
 denoising step and stepper, recorded at the session's prefill (:meth:`StepGraphs.record_ahead`; the
 server prefills while the peer connects): a capture runs no kernel, so placeholders in the statics
-do, and the session's first full-ring block replays. Recorded there instead, each graph cost ~0.1 s
-more than a replay (a block ~0.4 s late), which a live session at its budget never wins back. The
-engine's warm-up has compiled every kernel before the first recording.
+do, and the session's first full-ring block replays. Recorded by that block instead (until
+2026-12-04), each graph cost ~0.1 s more than a replay (the block ~0.4 s late), which a live session at
+its budget never wins back. The engine's warm-up has compiled every kernel before the first recording.
 
 Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
 (``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
