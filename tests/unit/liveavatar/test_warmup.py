@@ -50,10 +50,12 @@ def test_sessions_after_the_warm_up_compile_nothing_and_a_compile_is_reported(en
     assert any("compiled after the warm-up" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("compiles_per_session, sessions, left", [([30, 15, 0], 3, 0), ([30, 15, 4], 3, 4), ([30, 0], 2, 0)])
+@pytest.mark.parametrize("compiles_per_session, sessions, left",
+                         [([30, 15, 0], 3, 0), ([30, 15, 4], 3, 4), ([30, 0], 2, 0), ([0], 1, 0)])
 def test_the_warm_up_repeats_sessions_until_one_compiles_nothing(monkeypatch, caplog, compiles_per_session, sessions, left):
     """A GPU's compiled VAE compiled more graphs in a second session: the warm-up runs sessions until
-    one compiles nothing, at most MAX_WARMUP_SESSIONS, and warns when the last one still compiled."""
+    one compiles nothing (one, when nothing is compiled at all), at most MAX_WARMUP_SESSIONS, and warns
+    when the last one still compiled."""
     from types import SimpleNamespace
 
     from live_avatar.core.engines.liveavatar import warmup

@@ -52,7 +52,7 @@ class WarmupReport:
     steady_block_s: float
     graphs_compiled: int
     sessions: int = 1
-    graphs_in_last_session: int = 0  # 0 unless MAX_WARMUP_SESSIONS sessions all compiled something
+    graphs_in_last_session: int = 0  # 0 unless all MAX_WARMUP_SESSIONS sessions compiled something
 
     def describe(self) -> str:
         w, h = self.size
@@ -96,13 +96,13 @@ def warm_up(engine: "LiveAvatarEngine", progress: Callable[[str], None] | None =
             f"liveavatar warm-up at {w}x{h}: session {n}, block {k + 1}/{blocks} in {s:.1f} s"))
         first_session_times = first_session_times or times
         compiled_in_session = compiled_graphs() - session_start
-        if sessions > 1 and compiled_in_session == 0:
+        if compiled_in_session == 0:  # nothing new to compile (also: an engine without torch.compile)
             break
     report = WarmupReport(
         size=(w, h), blocks=blocks, seconds=time.perf_counter() - t0, first_block_s=first_session_times[0],
         steady_block_s=float(np.median(first_session_times[1:])) if blocks > 1 else first_session_times[0],
         graphs_compiled=compiled_graphs() - graphs_before, sessions=sessions,
-        graphs_in_last_session=compiled_in_session if sessions > 1 else 0,
+        graphs_in_last_session=compiled_in_session,
     )
     (logger.warning if report.graphs_in_last_session else say)(report.describe())
     return report
