@@ -9,9 +9,9 @@ Two scalings:
               the default.
 
 The whole-matrix maximum is taken per row first and then over the rows: the same value (a maximum is
-exact), as a reduction that runs in parallel over the rows on a GPU (the compiled single reduction
-took ~60 us for a 1920x5120 matrix in the H200 profile; the change was measured only together with the
-other DiT glue changes).
+exact), as a reduction that runs in parallel over the rows on a GPU: in the H200 profiles of a 320x512
+block the attention output's maximum (160 a block, 1920x5120 each) took 9.9 ms as one reduction and
+1.9 ms per row then over the rows.
 """
 
 from __future__ import annotations
