@@ -60,6 +60,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -797,6 +798,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note", default=None, help="a note stored with the results (e.g. 'machine shared with other jobs')")
     p.add_argument("--output", type=Path, default=None,
                    help=f"JSON results (default {d.output.relative_to(REPO_ROOT)}; --quick: e2e_quick.json beside it)")
+    p.add_argument("--server-log", type=Path, default=None,
+                   help="keep the server's log there (it lives in a temporary folder removed at the end)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -817,14 +820,16 @@ def run(args: argparse.Namespace) -> int:
         print("error: --duration must be >= 20 s and larger than --rss-baseline", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        log = Path(tmp) / "server.log"
         try:
             result = asyncio.run(_run(cfg, Path(tmp)))
         except (RuntimeError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-            log = Path(tmp) / "server.log"
             if log.exists():
                 print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
             return 1
+        finally:
+            keep_server_log(log, getattr(args, "server_log", None))
     result = {
         "benchmark": "e2e",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -841,6 +846,15 @@ def run(args: argparse.Namespace) -> int:
         value = c["value"] if not isinstance(c["value"], float) else round(c["value"], 1)
         print(f"  {name:24s} {value!s:>10}  target {c['target']}: {verdict}")
     return 0
+
+
+def keep_server_log(log: Path, destination: Path | None) -> None:
+    """Copy the server's log out of the run's temporary folder (``--server-log``), also after a failure."""
+    if destination is None or not log.exists():
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, destination)
+    print(f"server log kept: {destination}", flush=True)
 
 
 def _json_default(value: Any) -> Any:
