@@ -280,6 +280,28 @@ def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, basel
     assert len(recorded) == TINY.streaming.num_steps
 
 
+def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_correct(model, baseline, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs
+
+    def failing(self, step):
+        self._call(step)  # the eager first call ran, then the capture failed
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(StepGraphs, "_record", failing)
+    ref, motion, text, audio = _inputs(0)
+    stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
+    stepper.use_graphs(None)
+    stepper.graphs.context = SimpleNamespace(warmed=False)
+    stepper.prefill(ref, motion, text)
+    assert stepper.graphs is None and "runs without them" in caplog.text
+    noise = ClipNoise(42, stepper.clip_noise_shape, TINY.streaming.latent_frames_per_block)
+    v = TINY.streaming.video_frames_per_block
+    for b in range(NUM_BLOCKS):
+        assert torch.equal(stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)), baseline[b]), f"block {b}"
+
+
 def test_a_stepper_with_graphs_is_freed_when_dropped(model):
     """No reference cycle through StepGraphs: a closed session's KV rings go at once, not at the next full
     garbage collection (on a GPU they are ~31 GB at 320x512)."""

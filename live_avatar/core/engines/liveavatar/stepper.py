@@ -56,6 +56,7 @@ latents. ``"none"`` keeps the first sink forever (the reference single-GPU defau
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -69,6 +70,9 @@ from .injector import attend
 from .rope import apply_rope, fused_ring_rotation, grid_positions, rope_cos_sin, rotation, subsampled_indices
 from .sampler import euler_update, flow_match_schedule
 from .step_graphs import GraphContext, StepGraphs
+
+
+logger = logging.getLogger(__name__)
 
 
 class StepperInputError(ValueError):
@@ -345,8 +349,14 @@ class CausalStepper:
         self.reset()
         self._motion_latents = self._latents(motion_latents, "motion_latents", None)
         self.refresh_sink(ref_latent, self._motion_latents)
-        if self.graphs is not None and self.graphs.record_ahead():
-            self.reset()  # an eager first call wrote placeholder rows into the rings
+        if self.graphs is not None:
+            try:
+                wrote = self.graphs.record_ahead()
+            except RuntimeError:  # a failed capture must not fail the session: its calls run ungraphed
+                logger.exception("recording the CUDA graphs at the prefill failed: this session runs without them")
+                self.graphs, wrote = None, True
+            if wrote:
+                self.reset()  # an eager first call wrote placeholder rows into the rings
 
     def reset(self) -> None:
         """Forget the rings and the position (the sink and text are kept)."""
