@@ -247,8 +247,6 @@ def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, basel
     statics, the context's first recording after one eager call that writes placeholder K/V into the
     rings. Here a stand-in context and recorder run that eager call on the CPU: the prefill records all
     steps, empties the rings again, and the session's blocks equal the plain stepper's."""
-    from types import SimpleNamespace
-
     from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs, _Recorded
 
     recorded = []
@@ -261,28 +259,19 @@ def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, basel
         return _Recorded(graph=None, out=None)
 
     monkeypatch.setattr(StepGraphs, "_record", record)
-    ref, motion, text, audio = _inputs(0)
-    stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
-    stepper.use_graphs(None)
-    stepper.graphs.context = SimpleNamespace(warmed=False)
-    stepper.prefill(ref, motion, text)
+    stepper = _prefilled_with_a_stand_in_graph_context(model)
+    ref, motion, text, _ = _inputs(0)
     assert recorded == list(range(TINY.streaming.num_steps)) and stepper.graphs.context.warmed
     assert stepper.graphs.audio_tokens is not None  # shaped by the placeholder block
     for ring in stepper.rings:
         assert not ring.k[:, ring.sink_capacity:].any() and not ring.v[:, ring.sink_capacity:].any()
-    noise = ClipNoise(42, stepper.clip_noise_shape, TINY.streaming.latent_frames_per_block)
-    v = TINY.streaming.video_frames_per_block
-    for b in range(NUM_BLOCKS):
-        out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
-        assert torch.equal(out, baseline[b]), f"block {b}"
+    _assert_blocks_equal(stepper, baseline)
     assert recorded == list(range(TINY.streaming.num_steps)), "nothing recorded during the session"
     stepper.prefill(ref, motion, text)  # a new prefill (same stepper): the graphs are kept
     assert len(recorded) == TINY.streaming.num_steps
 
 
 def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_correct(model, baseline, monkeypatch, caplog):
-    from types import SimpleNamespace
-
     from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs
 
     def failing(self, step):
@@ -290,16 +279,29 @@ def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_corr
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
     monkeypatch.setattr(StepGraphs, "_record", failing)
-    ref, motion, text, audio = _inputs(0)
+    stepper = _prefilled_with_a_stand_in_graph_context(model)
+    assert stepper.graphs is None and "runs without them" in caplog.text
+    _assert_blocks_equal(stepper, baseline)
+
+
+def _prefilled_with_a_stand_in_graph_context(model) -> CausalStepper:
+    """A stepper whose StepGraphs has a stand-in (CPU) context that is not warmed yet, prefilled."""
+    from types import SimpleNamespace
+
+    ref, motion, text, _ = _inputs(0)
     stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
     stepper.use_graphs(None)
     stepper.graphs.context = SimpleNamespace(warmed=False)
     stepper.prefill(ref, motion, text)
-    assert stepper.graphs is None and "runs without them" in caplog.text
+    return stepper
+
+
+def _assert_blocks_equal(stepper: CausalStepper, expected: list[torch.Tensor]) -> None:
+    audio = _inputs(0)[3]
     noise = ClipNoise(42, stepper.clip_noise_shape, TINY.streaming.latent_frames_per_block)
     v = TINY.streaming.video_frames_per_block
     for b in range(NUM_BLOCKS):
-        assert torch.equal(stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)), baseline[b]), f"block {b}"
+        assert torch.equal(stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)), expected[b]), f"block {b}"
 
 
 def test_a_stepper_with_graphs_is_freed_when_dropped(model):
