@@ -43,7 +43,7 @@ def test_320x512_fp8_on_141_gb_fits_with_sessions_by_memory(capsys) -> None:
     assert out["expected_fps"] == pytest.approx(12000 / (471.8 * 1.01), abs=0.05)
     assert out["realtime"] is True and out["sessions"] == 1 and code == 0
     assert out["basis"]["timing"] == "measured" and "estimate" in out["basis"]["estimate"]
-    # an 80 GB GPU of the same speed holds it too; a 40 GB one has no room for a session
+    # a 40 GB GPU has no room for a session (28.3 GB of weights + 31.5 GB of state)
     code, out = _json(capsys, ["--size", "320*512", "--fp8", "--gpu-memory", "40"])
     assert code == 1 and out["fits"] is False
     # bf16 at this size cannot hold real time: the suggestion is a smaller frame that does
@@ -51,7 +51,7 @@ def test_320x512_fp8_on_141_gb_fits_with_sessions_by_memory(capsys) -> None:
     assert out["realtime"] is False and out["sessions"] == 0 and code == 1
     suggestion = out["suggestion"]
     assert suggestion["works_on_this_gpu"] and suggestion["expected_fps"] >= 25 and suggestion["sessions"] >= 1
-    assert latent_tokens(tuple(suggestion["frame"])) < latent_tokens((320, 512)) or suggestion["fp8"]
+    assert latent_tokens(tuple(suggestion["frame"])) < latent_tokens((320, 512))
 
 
 def test_384x640_bf16_on_80_gb_does_not_fit_with_numbers_from_the_table(capsys) -> None:
