@@ -180,8 +180,8 @@ class LiveAvatarEngine:
         return opts.warmup if opts.warmup is not None else (opts.compile or self.compile_vae or self.device.type == "cuda")
 
     def warm_up(self, progress=None) -> WarmupReport:
-        """One throwaway session at the engine's size (see :mod:`.warmup`); sessions opened afterwards
-        should compile nothing (``compiles_since_warmup`` in their stats)."""
+        """Throwaway sessions at the engine's size until one compiles nothing (see :mod:`.warmup`);
+        sessions opened afterwards should compile nothing (``compiles_since_ready`` in their stats)."""
         self.warming_up = True  # its generator compiles by design: no "compiled during a session" warning
         try:
             self.warmup_report = warm_up(self, progress)

@@ -123,8 +123,10 @@ class WanVaeCodec:
         return self._decoder is not self.vae.decoder
 
     def compile_decoder(self, **compile_kwargs) -> None:
-        """torch.compile the per-latent decoder call (GPU). Three graphs: a fresh cache, the second latent
-        (one cached frame), and the steady state; the cache list is mutated in place as in eager."""
+        """torch.compile the per-latent decoder call (GPU). Three states: a fresh cache, the second latent
+        (one cached frame), and the steady state; the cache list is mutated in place as in eager. On a GPU
+        the decoder also graph-breaks into nested frames that a second session compiles again (the engine's
+        warm-up runs sessions until one compiles nothing)."""
         # static shapes: dynamo's automatic-dynamic would otherwise turn the cache's time dimension (1 then 2
         # frames) and the second frame size into symbolic shapes, whose kernels are slower (seen on an H200)
         compile_kwargs.setdefault("dynamic", False)
