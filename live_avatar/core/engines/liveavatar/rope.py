@@ -107,16 +107,19 @@ def use_fused_rope(compile_kwargs: dict | None) -> None:
     _fused_rotate_into_ring = torch.compile(rotate_into_ring, **{"dynamic": False, **compile_kwargs})
 
 
+def _fused_applies(x: torch.Tensor, rot: torch.Tensor) -> bool:
+    """The compiled kernels rotate bf16/fp16 CUDA tensors (complex64 rotations); golden runs keep the multiply."""
+    return rot.dtype == torch.complex64 and x.is_cuda
+
+
 def fused_ring_rotation(x: torch.Tensor, rot: torch.Tensor):
     """The compiled :func:`rotate_into_ring` when the fused RoPE applies to ``x`` and ``rot``, else None."""
-    if _fused_rotate_into_ring is not None and rot.dtype == torch.complex64 and x.is_cuda:
-        return _fused_rotate_into_ring
-    return None
+    return _fused_rotate_into_ring if _fused_rotate_into_ring is not None and _fused_applies(x, rot) else None
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs of ``x`` ``[N, heads, head_dim]`` by ``rot`` ``[N, head_dim/2]`` (complex)."""
-    if _fused_rotate is not None and rot.dtype == torch.complex64 and x.is_cuda:
+    if _fused_rotate is not None and _fused_applies(x, rot):
         return _fused_rotate(x, torch.view_as_real(rot))
     n, heads, head_dim = x.shape
     real = torch.float64 if rot.dtype == torch.complex128 else torch.float32
