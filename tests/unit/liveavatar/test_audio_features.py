@@ -119,3 +119,13 @@ def test_bad_windows_are_rejected(features):
         features.block(np.zeros(ctx + 12 * SPF, np.float32), 30, 12, ctx, 0)
     with pytest.raises(FileNotFoundError):
         Wav2VecFeatures.from_folder("/nonexistent/wav2vec")
+
+
+def test_cuda_graphs_are_refused_on_the_cpu_and_the_windows_stay_eager(tmp_path):
+    folder = write_tiny_wav2vec(tmp_path / "wav2vec", seed=1)
+    feats = Wav2VecFeatures.from_folder(folder, config=AudioFeatureConfig(context_s=1.0, lookahead_s=0.1))
+    window = _audio(feats.context_samples + 12 * SPF + feats.lookahead_samples)
+    before = feats.block(window, 25, 12, feats.context_samples, feats.lookahead_samples)
+    assert feats.use_cuda_graphs() is False
+    torch.testing.assert_close(feats.block(window, 25, 12, feats.context_samples, feats.lookahead_samples), before,
+                               rtol=0, atol=0)

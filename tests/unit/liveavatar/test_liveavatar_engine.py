@@ -164,6 +164,17 @@ def test_compile_vae_follows_compile_on_cuda_unless_given():
     assert asked.compile_vae is True and asked.parts.codec.decoder_compiled
 
 
+
+def test_tune_kernels_turns_on_inductors_coordinate_descent_tuning(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "coordinate_descent_tuning", False)  # restored after the test
+    load_engine("liveavatar", tiny=True, warmup=False)
+    assert inductor_config.coordinate_descent_tuning is False
+    load_engine("liveavatar", tiny=True, tune_kernels=True, warmup=False)
+    assert inductor_config.coordinate_descent_tuning is True
+
+
 def test_frame_size_rule():
     assert frame_size("704*384", "9:16") == (384, 704)
     assert frame_size("688*368", "9:16") == (384, 640)

@@ -21,10 +21,16 @@ amplified into loud noise (the reference normalises with whole-file statistics, 
 
 wav2vec frame j covers samples [320·j, 320·j + 400) of its input (conv stack kernel/stride 10/5, 3/2 ×4,
 2/2 ×2); windows therefore start on multiples of 320 samples.
+
+On a CUDA device the live windows' wav2vec call can replay a CUDA graph (:meth:`Wav2VecFeatures.use_cuda_graphs`,
+the engine's ``cuda_graphs``): every live window has the same length, and eagerly the ~400 small kernels of
+wav2vec2-large are launched one by one from Python (the "audio" stage took 16-18 ms of a 320x512 block on an
+H200, most of it launches, with the GPU idle meanwhile).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AudioFeatureConfig:
@@ -72,6 +79,7 @@ class Wav2VecFeatures:
         if self.config.sample_rate % self.config.fps:
             raise ValueError("sample_rate must be a multiple of fps")
         self.feature_rate = self.config.sample_rate / self.hop
+        self._graphs: dict[int, _Wav2VecGraph] | None = None  # live window length -> graph (use_cuda_graphs)
 
     @classmethod
     def from_folder(
@@ -125,8 +133,34 @@ class Wav2VecFeatures:
     def hidden_states(self, samples: np.ndarray) -> torch.Tensor:
         """Already-normalised samples [n] -> all hidden states [L, T50, D] (model dtype)."""
         x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device, self.dtype)[None]
-        out = self.model(x, output_hidden_states=True)
-        return torch.stack([h[0] for h in out.hidden_states], dim=0)
+        return _stacked_hidden_states(self.model, x)
+
+    def use_cuda_graphs(self) -> bool:
+        """Replay a CUDA graph for the live windows' wav2vec call from now on (one per window length,
+        recorded by its first call); False on a device without CUDA. Callers serialise the calls (the
+        engine's compute lock): a replay overwrites the previous call's hidden states."""
+        if self.device.type != "cuda":
+            return False
+        if self._graphs is None:
+            self._graphs = {}
+        return True
+
+    def _window_states(self, samples: np.ndarray) -> torch.Tensor:
+        """:meth:`hidden_states` of a live window, from its CUDA graph when graphs are on. The result is
+        the graph's output buffer: read it before the next call."""
+        if self._graphs is None:
+            return self.hidden_states(samples)
+        n = samples.shape[0]
+        graph = self._graphs.get(n)
+        if graph is None:
+            try:
+                graph = _Wav2VecGraph(self.model, n, self.device, self.dtype)
+            except RuntimeError as exc:  # an op that cannot be captured: stay eager, say so once
+                logger.warning("wav2vec: no CUDA graph of the %d-sample window (%s); it runs eagerly", n, exc)
+                self._graphs = None
+                return self.hidden_states(samples)
+            self._graphs[n] = graph
+        return graph.run(samples)
 
     # ------------------------------------------------------------------ frame mapping
     def _frame_positions(self, first_frame: int, num_frames: int) -> np.ndarray:
@@ -200,7 +234,7 @@ class Wav2VecFeatures:
         start = first_frame * spf - context  # global sample index of window[0]
         if start % self.hop:
             raise ValueError(f"window start {start} is not on the {self.hop}-sample wav2vec grid (context {context})")
-        states = self.hidden_states(self._normalize(window, self.config.norm_min_std))
+        states = self._window_states(self._normalize(window, self.config.norm_min_std))
         positions = self._frame_positions(first_frame, num_frames) - start / self.hop
         if positions.min() < 0 or math.ceil(positions.max()) > states.shape[1] - 1:
             raise ValueError(
@@ -214,3 +248,32 @@ class Wav2VecFeatures:
         return self.block(
             audio_block.samples, audio_block.first_frame, audio_block.num_frames, audio_block.context, audio_block.lookahead
         )
+
+
+def _stacked_hidden_states(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[1, n]`` input -> every hidden state of ``model`` stacked ``[L, T50, D]``."""
+    out = model(x, output_hidden_states=True)
+    return torch.stack([h[0] for h in out.hidden_states], dim=0)
+
+
+class _Wav2VecGraph:
+    """One CUDA graph of the wav2vec call on ``n`` samples: a fixed input buffer in, a fixed output out."""
+
+    def __init__(self, model: torch.nn.Module, n: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.input = torch.zeros(1, n, device=device, dtype=dtype)
+        main = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(main)
+        with torch.inference_mode(), torch.cuda.stream(side):
+            _stacked_hidden_states(model, self.input)  # lazy cuBLAS/attention set-up outside the capture
+        main.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads' CUDA calls meanwhile (the server's) do not break the recording
+        with torch.inference_mode(), torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+            self.output = _stacked_hidden_states(model, self.input)
+        main.wait_stream(side)
+
+    def run(self, samples: np.ndarray) -> torch.Tensor:
+        self.input.copy_(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])
+        self.graph.replay()
+        return self.output

@@ -16,6 +16,9 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``compile``        torch.compile the DiT blocks (GPU; the first session compiles for ~45 s)
 ``compile_mode``   torch.compile mode of the DiT halves (None; "max-autotune-no-cudagraphs"; "reduce-overhead": CUDA graphs)
 ``compile_backend`` "inductor" (default); "eager" traces with dynamo only (tests count graphs on a CPU)
+``tune_kernels``   inductor tunes the launch configurations of the kernels it generates (coordinate descent;
+                   the whole process): a longer first compile, for the FP8 amax/norm reductions that ran at
+                   a fraction of the H200's bandwidth (15 ms a 320x512 block for one of them)
 ``warmup``         run one throwaway session before serving (default: when compiling or on a GPU), so that no
                    live session compiles; see :mod:`.warmup`
 ``kv_layout``      "contiguous" (default: a sink copy beside each step's KV ring, one slice per attention) or
@@ -26,7 +29,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``cuda_graphs``    record the steady-state DiT calls (full KV ring) as CUDA graphs, one per step and session,
                    so that a call is one launch whatever else holds the GIL (default: on for CUDA devices;
                    320x512 FP8 on an H200: DiT 517 -> 443 ms a block, and the live session's block costs what
-                   the benchmark's does; no extra GPU memory)
+                   the benchmark's does; no extra GPU memory); the live windows' wav2vec call replays a
+                   graph too (the "audio" stage: ~400 launches otherwise)
 ``vae_graphs``     with cuda_graphs: the steady-state VAE decoder calls (from a session's priming on) replay one
                    CUDA graph per session too; off: the eager decode is GPU-bound, not launch-bound (320x512 on
                    an H200: 120 vs 126 ms a block), so it saves little; worth it where launches are slow
@@ -145,6 +149,10 @@ class LiveAvatarEngine:
         self.compute_lock = threading.RLock()  # one model, several threads (sessions, avatar preparation)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
+        if opts.tune_kernels and opts.compile_backend == "inductor":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.coordinate_descent_tuning = True  # process-wide, read when a graph compiles
         if opts.compile:
             compile_kwargs = {"backend": opts.compile_backend}
             if opts.compile_mode:
@@ -158,6 +166,7 @@ class LiveAvatarEngine:
             if self.device.type != "cuda":
                 raise EngineConfigError("cuda_graphs needs a CUDA device")
             self.graph_context = GraphContext.for_device(self.device)
+            self.parts.audio.use_cuda_graphs()  # the live windows' wav2vec call too (audio_features)
             if opts.vae_graphs:
                 self.parts.codec.decoder_graphs = "cuda"  # the steady-state VAE decoder calls too (vae_stream.DecoderGraph)
         if opts.gil_switch_interval_ms is not None:

@@ -34,6 +34,9 @@ class LiveAvatarOptions:
     compile_vae: bool | None = None  # None: with compile on a CUDA device (vae_compile_wanted)
     compile_mode: str | None = None  # torch.compile mode: None (default), "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs)
     compile_backend: str = "inductor"  # "eager": dynamo traces and counts graphs without code generation (tests)
+    # inductor tunes its generated GPU kernels' launch configurations (coordinate descent) while compiling:
+    # a slower first compile (the warm-up), for the reductions the profile shows far below bandwidth
+    tune_kernels: bool = False
     warmup: bool | None = None  # None: warm up at start-up when compiling or on a GPU
     # the KV rings: "contiguous" (a sink copy beside each step's ring: one slice per attention) or
     # "compact" (one sink, concatenated per call: ~15 % less per-session state); None: the engine config's
