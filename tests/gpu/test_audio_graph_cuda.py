@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from live_avatar.core.engines.liveavatar.audio_features import AudioFeatureConfig, Wav2VecFeatures
+from live_avatar.core.engines.liveavatar.audio_features import (
+    AudioFeatureConfig,
+    Wav2VecFeatures,
+)
 from live_avatar.core.engines.liveavatar.tiny_weights import write_tiny_wav2vec
 
 SPF = 640

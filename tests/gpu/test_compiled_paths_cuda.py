@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from live_avatar.core.engines.liveavatar import rope
+from live_avatar.core.engines.liveavatar.config import LatentGeometry
 from live_avatar.core.engines.liveavatar.fp8 import Fp8Linear, quantize_fp8_
 from live_avatar.core.engines.liveavatar.loader import build_random_model
 from live_avatar.core.engines.liveavatar.step_graphs import GraphContext
-from tests.gpu.test_step_graphs_cuda import BLOCKS, DEVICE, TINY, _session
+from tests.gpu.test_step_graphs_cuda import BLOCKS, DEVICE, GEOMETRY, TINY, _session
 
 
 @pytest.mark.parametrize("scaling", ["tensor", "row"])
@@ -50,3 +51,23 @@ def test_compiled_graphed_session_close_to_the_eager_model(scaling):
         torch._dynamo.reset()
     assert graphed_stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
     assert fused_calls, "the graphed calls did not take the fused RoPE + ring stores"
+
+
+@torch.inference_mode()
+def test_a_second_frame_size_records_its_graphs_at_its_first_prefill():
+    """One engine, one graph context, two frame sizes with compiled blocks: the first session of the second
+    size compiles its kernels in an eager call before capturing (a compile inside the capture failed it,
+    and the failed capture's pool then failed every later recording)."""
+    torch._dynamo.reset()
+    model = build_random_model(TINY.dit, TINY.streaming, seed=11, device=DEVICE, dtype=torch.bfloat16)
+    model.compile_blocks()
+    context = GraphContext.for_device(DEVICE)
+    try:
+        for geometry in (GEOMETRY, LatentGeometry(16, 16), LatentGeometry(16, 16)):
+            stepper, block = _session(model, 1, context, geometry)
+            assert stepper.graphs is not None, f"{geometry}: recording at the prefill failed"
+            assert stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
+            assert all(torch.isfinite(block(b)).all() for b in range(TINY.streaming.blocks_per_clip + 1))
+    finally:
+        rope.use_fused_rope(None)
+        torch._dynamo.reset()

@@ -22,11 +22,11 @@ BLOCKS = 7  # the first clip (the last of its blocks graphed), the sink refresh,
 DEVICE = torch.device("cuda")
 
 
-def _session(model, seed: int, context: GraphContext | None):
+def _session(model, seed: int, context: GraphContext | None, geometry: LatentGeometry = GEOMETRY):
     gen = torch.Generator().manual_seed(seed)
     cfg, s = TINY.dit, TINY.streaming
-    h, w = GEOMETRY.latent_height, GEOMETRY.latent_width
-    stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(seed))
+    h, w = geometry.latent_height, geometry.latent_width
+    stepper = CausalStepper(model, s, geometry, rope_rng=random.Random(seed))
     if context is not None:
         stepper.use_graphs(context)
     stepper.prefill(torch.randn(cfg.in_dim, 1, h, w, generator=gen),

@@ -250,18 +250,11 @@ def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, basel
     from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs, _Recorded
 
     recorded = []
-
-    def record(self, step):  # what StepGraphs._record does on a GPU, minus the capture
-        if not self.context.warmed:
-            self._call(step)
-            self.context.warmed = True
-        recorded.append(step)
-        return _Recorded(graph=None, out=None)
-
-    monkeypatch.setattr(StepGraphs, "_record", record)
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step: recorded.append(step) or _Recorded(None, None))
     stepper = _prefilled_with_a_stand_in_graph_context(model)
     ref, motion, text, _ = _inputs(0)
-    assert recorded == list(range(TINY.streaming.num_steps)) and stepper.graphs.context.warmed
+    assert recorded == list(range(TINY.streaming.num_steps))
+    assert stepper.graphs.context.warmed == {stepper.graphs.geometry}
     assert stepper.graphs.audio_tokens is not None  # shaped by the placeholder block
     for ring in stepper.rings:
         assert not ring.k[:, ring.sink_capacity:].any() and not ring.v[:, ring.sink_capacity:].any()
@@ -274,11 +267,10 @@ def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, basel
 def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_correct(model, baseline, monkeypatch, caplog):
     from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs
 
-    def failing(self, step):
-        self._call(step)  # the eager first call ran, then the capture failed
+    def failing(self, step):  # after the eager first call of StepGraphs._record
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(StepGraphs, "_record", failing)
+    monkeypatch.setattr(StepGraphs, "_capture", failing)
     stepper = _prefilled_with_a_stand_in_graph_context(model)
     assert stepper.graphs is None and "runs without them" in caplog.text
     _assert_blocks_equal(stepper, baseline)
@@ -286,14 +278,43 @@ def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_corr
 
 def _prefilled_with_a_stand_in_graph_context(model) -> CausalStepper:
     """A stepper whose StepGraphs has a stand-in (CPU) context that is not warmed yet, prefilled."""
-    from types import SimpleNamespace
+    from live_avatar.core.engines.liveavatar.step_graphs import GraphContext
 
     ref, motion, text, _ = _inputs(0)
     stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
     stepper.use_graphs(None)
-    stepper.graphs.context = SimpleNamespace(warmed=False)
+    stepper.graphs.context = GraphContext()  # no stream: its eager calls run on the CPU
     stepper.prefill(ref, motion, text)
     return stepper
+
+
+def test_each_frame_size_runs_its_eager_call_before_its_first_capture(model, monkeypatch):
+    """An engine's steppers share one graph context. A second frame size needs an eager call of its own
+    before its first capture: that call compiles the size's kernels, and a compile inside a capture
+    failed it on an H200 (the engine's first 384x640 session after 320x512 ran ungraphed)."""
+    from live_avatar.core.engines.liveavatar.step_graphs import GraphContext, StepGraphs, _Recorded
+
+    eager_calls, captures = [], []
+    eager = StepGraphs._eager_call
+    monkeypatch.setattr(StepGraphs, "_eager_call", lambda self, step: eager_calls.append(self.geometry) or eager(self, step))
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step: captures.append(self.geometry) or _Recorded(None, None))
+    context = GraphContext()
+    cfg, s = TINY.dit, TINY.streaming
+    geometries = {}
+    for geometry in (GEOMETRY, GEOMETRY, LatentGeometry(16, 16)):  # two sessions of one size, then another size
+        gen = torch.Generator().manual_seed(1)
+        h, w = geometry.latent_height, geometry.latent_width
+        stepper = CausalStepper(model, s, geometry, rope_rng=random.Random(5))
+        stepper.use_graphs(None)
+        stepper.graphs.context = context
+        stepper.prefill(torch.randn(cfg.in_dim, 1, h, w, generator=gen),
+                        torch.randn(cfg.in_dim, s.lat_motion_frames, h, w, generator=gen), torch.randn(9, cfg.text_dim, generator=gen))
+        geometries[geometry] = stepper.graphs.geometry
+    first, second = geometries[GEOMETRY], geometries[LatentGeometry(16, 16)]
+    assert first != second
+    assert eager_calls == [first, second], "one eager call per frame size, before its first capture"
+    assert captures == [first] * (2 * s.num_steps) + [second] * s.num_steps
+    assert context.warmed == {first, second}
 
 
 def _assert_blocks_equal(stepper: CausalStepper, expected: list[torch.Tensor]) -> None:

@@ -15,7 +15,8 @@ denoising step and stepper, recorded at the session's prefill (:meth:`StepGraphs
 server prefills while the peer connects): a capture runs no kernel, so placeholders in the statics
 do, and the session's first full-ring block replays. Recorded by that block instead (until
 2026-12-04), each graph cost ~0.1 s more than a replay (the block ~0.4 s late), which a live session at
-its budget never wins back. The engine's warm-up has compiled every kernel before the first recording.
+its budget never wins back. The first recording of each frame size follows one eager call that
+compiles its kernels (a compile inside a capture fails it).
 
 Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
 (``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,15 +52,22 @@ def graphs_wanted(option: bool | None, device: torch.device) -> bool:
 @dataclass
 class GraphContext:
     """What the steppers of one engine share: the graphs' memory pool and the stream they are recorded
-    on (its first recording is preceded by one eager call: lazy cuBLAS and attention set-up)."""
+    on. The first recording of each geometry is preceded by one eager call: it compiles that geometry's
+    kernels (a compile inside a capture fails it) and does the lazy cuBLAS and attention set-up."""
 
     pool: Any = None
-    stream: Any = None
-    warmed: bool = False
+    stream: Any = None  # None: the stand-in context of the CPU tests (eager calls on the current stream)
+    warmed: set = field(default_factory=set)  # geometries (StepGraphs.geometry) that ran their eager call
 
     @classmethod
     def for_device(cls, device: torch.device) -> "GraphContext":
         return cls(pool=torch.cuda.graph_pool_handle(), stream=torch.cuda.Stream(device))
+
+    def renew(self) -> None:
+        """A fresh pool and stream after a failed capture: the allocator keeps the failed capture's pool
+        marked as recording, and every later capture into it fails ("already recording to mempool_id")."""
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(self.stream.device)
 
 
 @dataclass
@@ -93,6 +101,12 @@ class StepGraphs:
     def recorded_steps(self) -> list[int]:
         return sorted(step for step, r in self._recorded.items() if r.graph is not None)
 
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """What the compiled kernels of a call are specialised on: block, sink and ring tokens."""
+        s = self.stepper
+        return s.block_tokens, s.sink_tokens, s.ring_tokens
+
     def covers(self, valid: int) -> bool:
         """Whether a call that sees ``valid`` ring rows can be graphed (only the full ring)."""
         return valid == self.stepper.ring_tokens
@@ -110,7 +124,7 @@ class StepGraphs:
         silence = torch.zeros(cfg.num_audio_layers, cfg.audio_dim, streaming.video_frames_per_block)
         self._load(torch.zeros_like(self.x), s.encode_audio(silence), 0, rotation(s.noisy_rope(0), s.dtype),
                    rotation(s.sink_rope(s.ref_rope_frame(0, 0)), s.dtype))
-        warmed_before = self.context.warmed
+        warmed_before = self.geometry in self.context.warmed
         for step in s.owned_steps:
             if step not in self._recorded:
                 self._recorded[step] = self._record(step)
@@ -153,19 +167,38 @@ class StepGraphs:
         ctx = self.context
         if ctx is None:
             return _Recorded(graph=None, out=None)
+        if self.geometry not in ctx.warmed:
+            # The statics hold this block's inputs, so this call writes exactly the ring rows the replay
+            # writes next: harmless. It compiles this geometry's kernels before any capture (the first
+            # session of a second frame size in one engine failed its capture without it: a compile).
+            self._eager_call(step)
+            ctx.warmed.add(self.geometry)
+        return self._capture(step)
+
+    def _eager_call(self, step: int) -> None:
+        ctx = self.context
+        if ctx.stream is None:
+            self._call(step)
+            return
         main = torch.cuda.current_stream(self.stepper.device)
         ctx.stream.wait_stream(main)
-        if not ctx.warmed:
-            # The statics hold this block's inputs, so this call writes exactly the ring rows the
-            # replay writes next: harmless.
-            with torch.cuda.stream(ctx.stream):
-                self._call(step)
-            ctx.warmed = True
+        with torch.cuda.stream(ctx.stream):
+            self._call(step)
+        main.wait_stream(ctx.stream)
+
+    def _capture(self, step: int) -> _Recorded:
+        ctx = self.context
+        main = torch.cuda.current_stream(self.stepper.device)
+        ctx.stream.wait_stream(main)
         reserved = torch.cuda.memory_reserved(self.stepper.device)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA calls of other threads (the server's) meanwhile do not break the recording
-        with torch.cuda.graph(graph, pool=ctx.pool, stream=ctx.stream, capture_error_mode="thread_local"):
-            out = self._call(step)
+        try:
+            # thread_local: CUDA calls of other threads (the server's) meanwhile do not break the recording
+            with torch.cuda.graph(graph, pool=ctx.pool, stream=ctx.stream, capture_error_mode="thread_local"):
+                out = self._call(step)
+        except RuntimeError:
+            ctx.renew()  # the caller runs this session ungraphed; the next sessions record into a fresh pool
+            raise
         main.wait_stream(ctx.stream)
         log.info("CUDA graph of denoising step %d recorded: GPU memory reserved %+.2f GB (now %.1f GB)", step,
                  (torch.cuda.memory_reserved(self.stepper.device) - reserved) / 1e9,
