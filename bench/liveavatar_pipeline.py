@@ -56,8 +56,11 @@ def _rank_table(traces: list[dict]) -> dict:
             if r["role"] == "collect":
                 continue
             entry = table.setdefault(f"rank{r['rank']}_{r['role']}", {"rank": r["rank"], "role": r["role"], "compute": [],
+                                                                       "host": [], "device_wait": [],
                                                                        "bubble": [], "handoff": [], "memory": []})
             entry["compute"].append(r.get("compute_s"))
+            entry["host"].append(r.get("host_s"))
+            entry["device_wait"].append(r.get("device_wait_s"))
             entry["bubble"].append(r.get("bubble_s"))
             nxt = records[i + 1] if i + 1 < len(records) else None
             if nxt is not None and r.get("sent_at") is not None and nxt.get("received_at") is not None:
@@ -67,6 +70,7 @@ def _rank_table(traces: list[dict]) -> dict:
     for key, e in table.items():
         memory = [m for m in e["memory"] if m is not None]
         out[key] = {"rank": e["rank"], "role": e["role"], "compute_ms": _median_ms(e["compute"]),
+                    "host_ms": _median_ms(e["host"]), "device_wait_ms": _median_ms(e["device_wait"]),
                     "bubble_ms": _median_ms(e["bubble"]), "handoff_out_ms": _median_ms(e["handoff"]),
                     "peak_memory_gb": round(max(memory) / 2**30, 2) if memory else None}
     return out
@@ -144,7 +148,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
                                                f"{'_vae' if args.vae_gpu else ''}{'_shared' if args.share_gpu else ''}.json")
         _write(output, result)
         for key, entry in sorted(ranks_isolated.items()):
-            print(f"  {key:14s} compute {entry['compute_ms']} ms, hand-off out {entry['handoff_out_ms']} ms, "
+            piped = ranks_pipelined.get(key, {})
+            print(f"  {key:14s} compute {entry['compute_ms']} ms (host {entry['host_ms']}, device wait "
+                  f"{entry['device_wait_ms']}), pipelined {piped.get('compute_ms')} ms (host {piped.get('host_ms')}, "
+                  f"device wait {piped.get('device_wait_ms')}); hand-off out {entry['handoff_out_ms']} ms, "
                   f"peak {entry['peak_memory_gb']} GB", flush=True)
         print(f"projected on {args.num_gpus_dit} devices: block {projected_ms:.1f} ms = {12000.0 / projected_ms:.1f} fps; "
               f"pipelined here: {result['pipelined']['fps']} fps, bubble/latency in {output}", flush=True)

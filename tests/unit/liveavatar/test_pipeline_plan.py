@@ -61,3 +61,18 @@ def test_expected_block_time_is_the_slowest_rank():
 def test_bad_gpu_count_is_refused():
     with pytest.raises(PlanError, match="num_gpus_dit"):
         plan_pipeline(0)
+
+
+def test_gpu_ranks_split_the_hosts_threads_and_cpu_ranks_keep_rank_zeros(monkeypatch):
+    import torch
+
+    from live_avatar.core.engines.liveavatar.options import LiveAvatarOptions
+    from live_avatar.core.engines.liveavatar.pipeline.launcher import rank_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 32)
+    cpu = LiveAvatarOptions(tiny=True, device="cpu", num_gpus_dit=2)
+    assert rank_threads(cpu, 2) == 32  # the same float sums on every CPU rank as in one process
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = LiveAvatarOptions(random_weights=True, device="cuda", num_gpus_dit=4)
+    assert rank_threads(gpu, 2) == 16 and rank_threads(gpu, 4) == 8 and rank_threads(gpu, 64) == 1
+    assert rank_threads(LiveAvatarOptions(random_weights=True, num_gpus_dit=2), 2) == 16  # device "auto" on a GPU host

@@ -89,9 +89,22 @@ def join(env: WorkerEnvironment) -> tuple[Channel, PipelinePlan]:
     return channel, make_plan(opts, streaming.num_steps)
 
 
-def _config(opts: LiveAvatarOptions) -> dict:
+def _config(opts: LiveAvatarOptions, world_size: int) -> dict:
     return {"options": {k: v for k, v in dataclasses.asdict(opts).items() if v is not None},
-            "threads": torch.get_num_threads()}
+            "threads": rank_threads(opts, world_size)}
+
+
+def rank_threads(opts: LiveAvatarOptions, world_size: int) -> int:
+    """Intra-op CPU threads of every rank process. CPU ranks: rank 0's count on each (the same float sums as
+    one process). GPU ranks: this process's count split between the ranks, as torchrun does (it defaults to
+    one thread a process): a GPU rank runs only small CPU ops (RoPE tables, copies), and N processes with a
+    thread per core each oversubscribe the host, which stalls the thread that feeds the GPU. Suspected
+    (not yet measured) in the 2-GPU run where each rank's steps took twice their isolated time once both
+    ranks computed at once."""
+    threads = torch.get_num_threads()
+    if opts.device.startswith("cpu") or not torch.cuda.is_available():
+        return threads
+    return max(1, threads // world_size)
 
 
 def is_torchrun_worker() -> bool:
@@ -104,7 +117,7 @@ def serve_if_torchrun_worker(opts: LiveAvatarOptions) -> None:
     engine loads anything (a worker loads only its own parts), and leave the process when rank 0 is done."""
     if not is_torchrun_worker():
         return
-    os.environ[ENV_CONFIG] = json.dumps(_config(opts))
+    os.environ[ENV_CONFIG] = json.dumps(_config(opts, int(os.environ.get("WORLD_SIZE", "1"))))
     from .worker import worker_main
 
     code = worker_main()
@@ -127,7 +140,7 @@ class RankGroup:
         self.children: dict[int, subprocess.Popen] = {}
         self.ready: dict[int, dict] = {}
         self.torchrun = "WORLD_SIZE" in os.environ and ENV_CONFIG not in os.environ
-        config = _config(opts)
+        config = _config(opts, plan.world_size)
         if self.torchrun:
             env = WorkerEnvironment.from_environ()
             env = dataclasses.replace(env, options=config["options"], threads=config["threads"])

@@ -139,8 +139,9 @@ class RankWorker:
                 velocity = stepper.denoise_step(step, x, audio, ref_offset=body["offsets"][step])
                 x = euler_update(x, velocity, sig[step], sig[step + 1])
             stepper.advance()
+            t_issued = time.perf_counter()
             self._sync()
-        record = self._record(session, "steps", body, t_in)
+        record = self._record(session, "steps", body, t_in, t_issued)
         trace = body["trace"] + [record]
         pipe = self.plan.pipelines[session.pipeline]
         last = stepper.owned_steps[-1]
@@ -173,17 +174,22 @@ class RankWorker:
             if block == bpc - 1 and session.sink_refresh == "reencode":
                 motion = self.codec.encode(torch.stack(list(session.recent), dim=1))
                 self.emit(0, {"kind": "refresh", "sid": body["sid"], "ref": session.first_latent, "motion": motion})
+            t_issued = time.perf_counter()
             self._sync()
-        record = self._record(session, "vae", body, t_in)
+        record = self._record(session, "vae", body, t_in, t_issued)
         record["sent_at"] = time.perf_counter()
         self.emit(0, {"kind": "frames", "sid": body["sid"], "block": block, "frames": frames,
                       "latents": x if session.return_latents else None, "trace": body["trace"] + [record]})
 
-    def _record(self, session, role: str, body: dict, t_in: float) -> dict:
-        """This rank's record of the block it just finished (for the trace); the bubble is the wait since its previous one."""
+    def _record(self, session, role: str, body: dict, t_in: float, t_issued: float) -> dict:
+        """This rank's record of the block it just finished (for the trace); the bubble is the wait since its
+        previous one. ``host_s`` is until this thread had issued the block's work, ``device_wait_s`` the wait
+        for the device after that: a long host part means the host (its threads, the GIL, a synchronising
+        call) held the GPU back, a long wait that the GPU itself was slow."""
         t_done = time.perf_counter()
         record = {"rank": self.rank, "role": role, "received_at": body.get("received_at"), "start": t_in,
-                  "end": t_done, "compute_s": t_done - t_in, "peak_memory_bytes": self._peak_memory(),
+                  "end": t_done, "compute_s": t_done - t_in, "host_s": t_issued - t_in, "device_wait_s": t_done - t_issued,
+                  "peak_memory_bytes": self._peak_memory(),
                   "bubble_s": None if session.last_done is None else max(0.0, t_in - session.last_done)}
         session.last_done = t_done
         return record
