@@ -165,14 +165,16 @@ def test_compile_vae_follows_compile_on_cuda_unless_given():
 
 
 
-def test_tune_kernels_turns_on_inductors_coordinate_descent_tuning(monkeypatch):
+def test_tune_kernels_turns_on_inductors_coordinate_descent_tuning():
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "coordinate_descent_tuning", False)  # restored after the test
-    load_engine("liveavatar", tiny=True, warmup=False)
-    assert inductor_config.coordinate_descent_tuning is False
-    load_engine("liveavatar", tiny=True, tune_kernels=True, warmup=False)
-    assert inductor_config.coordinate_descent_tuning is True
+    # the config's own patch restores the process-wide value (monkeypatch's undo deletes the entry)
+    with inductor_config.patch(coordinate_descent_tuning=False):
+        load_engine("liveavatar", tiny=True, warmup=False)
+        assert inductor_config.coordinate_descent_tuning is False
+        load_engine("liveavatar", tiny=True, tune_kernels=True, warmup=False)
+        assert inductor_config.coordinate_descent_tuning is True
+    assert inductor_config.coordinate_descent_tuning is False  # torch's default, back
 
 
 def test_frame_size_rule():

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class AudioFeatureConfig:
     sample_rate: int = 16000

@@ -17,8 +17,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``compile_mode``   torch.compile mode of the DiT halves (None; "max-autotune-no-cudagraphs"; "reduce-overhead": CUDA graphs)
 ``compile_backend`` "inductor" (default); "eager" traces with dynamo only (tests count graphs on a CPU)
 ``tune_kernels``   inductor tunes the launch configurations of the kernels it generates (coordinate descent;
-                   the whole process): a longer first compile, for the FP8 amax/norm reductions that ran at
-                   a fraction of the H200's bandwidth (15 ms a 320x512 block for one of them)
+                   the whole process). Off: at 320x512 on an H200 it gave 449 vs 455 ms a block (the largest
+                   FP8 amax/LayerNorm reduction 15.3 -> 8.6 ms) for a first compile of 551 s instead of 87 s
 ``warmup``         run one throwaway session before serving (default: when compiling or on a GPU), so that no
                    live session compiles; see :mod:`.warmup`
 ``kv_layout``      "contiguous" (default: a sink copy beside each step's KV ring, one slice per attention) or
