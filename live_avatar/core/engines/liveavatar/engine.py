@@ -30,7 +30,7 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    so that a call is one launch whatever else holds the GIL (default: on for CUDA devices;
                    320x512 FP8 on an H200: DiT 517 -> 443 ms a block, and the live session's block costs what
                    the benchmark's does; no extra GPU memory); the live windows' wav2vec call replays a
-                   graph too (the "audio" stage: ~400 launches otherwise)
+                   graph too (the "audio" stage: ~650 ATen ops a window otherwise)
 ``vae_graphs``     with cuda_graphs: the steady-state VAE decoder calls (from a session's priming on) replay one
                    CUDA graph per session too; off: the eager decode is GPU-bound, not launch-bound (320x512 on
                    an H200: 120 vs 126 ms a block), so it saves little; worth it where launches are slow

@@ -187,19 +187,15 @@ class StepGraphs:
         main.wait_stream(ctx.stream)
 
     def _capture(self, step: int) -> _Recorded:
+        from .cuda_graph import record_graph
+
         ctx = self.context
-        main = torch.cuda.current_stream(self.stepper.device)
-        ctx.stream.wait_stream(main)
         reserved = torch.cuda.memory_reserved(self.stepper.device)
-        graph = torch.cuda.CUDAGraph()
         try:
-            # thread_local: CUDA calls of other threads (the server's) meanwhile do not break the recording
-            with torch.cuda.graph(graph, pool=ctx.pool, stream=ctx.stream, capture_error_mode="thread_local"):
-                out = self._call(step)
+            graph, out = record_graph(lambda: self._call(step), self.stepper.device, stream=ctx.stream, pool=ctx.pool)
         except RuntimeError:
             ctx.renew()  # the caller runs this session ungraphed; the next sessions record into a fresh pool
             raise
-        main.wait_stream(ctx.stream)
         log.info("CUDA graph of denoising step %d recorded: GPU memory reserved %+.2f GB (now %.1f GB)", step,
                  (torch.cuda.memory_reserved(self.stepper.device) - reserved) / 1e9,
                  torch.cuda.memory_reserved(self.stepper.device) / 1e9)

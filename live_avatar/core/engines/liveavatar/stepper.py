@@ -67,10 +67,16 @@ from .audio_encoder import encode_audio_block
 from .config import ConfigError, LatentGeometry, StreamingConfig
 from .dit import CausalS2VDiT
 from .injector import attend
-from .rope import apply_rope, fused_ring_rotation, grid_positions, rope_cos_sin, rotation, subsampled_indices
+from .rope import (
+    apply_rope,
+    fused_ring_rotation,
+    grid_positions,
+    rope_cos_sin,
+    rotation,
+    subsampled_indices,
+)
 from .sampler import euler_update, flow_match_schedule
 from .step_graphs import GraphContext, StepGraphs
-
 
 logger = logging.getLogger(__name__)
 

@@ -152,14 +152,10 @@ class DecoderGraph:
         self.graph = None
         self.out: torch.Tensor | None = None
         if record:
-            device = frame.device
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            self.graph = torch.cuda.CUDAGraph()
+            from .cuda_graph import record_graph
+
             # a private pool: with overlap_vae this replays on its own thread while the DiT's graphs run
-            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
-                self.out = self._call()
-            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph, self.out = record_graph(self._call, frame.device)
 
     @staticmethod
     def steady(before: list, after: list) -> bool:
