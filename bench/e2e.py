@@ -38,6 +38,9 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
   ``--rss-baseline`` (default 60 s) and at the end; growth = end - baseline. On a machine with
   nvidia-smi, the GPU's used memory too (the server is the only process using it), growth from
   minute 1 to the end.
+* gpu_state (nvidia-smi, every 5 s): SM clock, power, temperature, utilisation, the driver's clock
+  reasons (power cap, thermal slowdown...) and, at the start, the limits and every process using a
+  GPU: what differs when the same code runs slower on another machine (bench/gpu_state.py).
 
 The GPU engine: ``avatar bench e2e --engine liveavatar --random-weights --size 320*512
 --engine-option fp8=true --engine-option compile=true`` (engine options go to ``avatar serve
@@ -70,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.gpu_state import GpuSampler
 from tests.support.server_process import ServerProcess, http_json
 
 DESCRIPTION = __doc__
@@ -557,41 +561,6 @@ class RssSampler:
         return min(self.samples, key=lambda s: abs(s[0] - t))[1]
 
 
-class GpuMemorySampler:
-    """Used memory of GPU 0 (nvidia-smi, MiB) every few seconds; nothing where there is no nvidia-smi."""
-
-    def __init__(self, interval_s: float = 5.0) -> None:
-        import shutil
-
-        self.interval_s = interval_s
-        self.available = shutil.which("nvidia-smi") is not None
-        self.samples: list[tuple[float, float]] = []
-        self.gpu_name: str | None = None
-
-    def _query(self, field_name: str) -> str:
-        import subprocess
-
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip()
-
-    async def run(self, t_start: float) -> None:
-        if not self.available:
-            return
-        self.gpu_name = await asyncio.to_thread(self._query, "name")
-        while True:
-            try:
-                used = float(await asyncio.to_thread(self._query, "memory.used"))
-            except (ValueError, OSError):
-                return
-            self.samples.append((time.monotonic() - t_start, used))
-            await asyncio.sleep(self.interval_s)
-
-    def growth_mb(self, from_s: float) -> float | None:
-        later = [(t, m) for t, m in self.samples if t >= from_s]
-        return None if len(later) < 2 else later[-1][1] - later[0][1]
-
-
 async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     import soxr
 
@@ -611,11 +580,11 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
               f"({len(program.utterance_starts_s)} utterances)", flush=True)
         poller = StatsPoller(f"{server.url}/sessions/{session_id}/stats")
         rss = RssSampler(server)
-        gpu = GpuMemorySampler()
+        gpu = GpuSampler()
         t_start = time.monotonic()
         tasks = [asyncio.create_task(poller.run()), asyncio.create_task(rss.run(t_start)),
                  asyncio.create_task(gpu.run(t_start))]
-        progress = asyncio.create_task(_progress(cfg.duration_s, t_start, poller, rss))
+        progress = asyncio.create_task(_progress(cfg.duration_s, t_start, poller, rss, gpu))
         tasks.append(progress)
         await peer.wait_sent(extra_s=1.5, timeout=cfg.duration_s + 120)
         if server.proc.poll() is not None:
@@ -643,6 +612,7 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     result = {
         "server": {
             "first_frame_latency_ms": stats.get("first_frame_latency_ms"),
+            "first_frame_budget_ms": stats.get("first_frame_budget_ms"),
             "speech_to_lips_ms": {
                 "count": int(s2l.size),
                 "polls_missed_onsets": poller.missed,
@@ -675,10 +645,12 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
             "end_at_s": rss.samples[-1][0] if rss.samples else None,
             "growth_mb": None if rss_base is None or rss_end is None else (rss_end - rss_base) / mb,
             "series_mb_every_30s": [round(b / mb, 1) for t, b in rss.samples[::30]],
-            "gpu_used_mb_every_30s": [round(m) for t, m in gpu.samples[:: max(1, round(30 / gpu.interval_s))]],
+            "gpu_used_mb_every_30s": [round(m) for t, m in gpu.memory_at(0.0)[:: max(1, round(30 / gpu.interval_s))]],
             "gpu_growth_mb_from_60s": gpu.growth_mb(60.0),
         },
         "gpu": gpu.gpu_name,
+        # clocks, power, temperature, clock reasons and other processes: why one GPU ran slower than another
+        "gpu_state": gpu.summary(),
     }
     result["summary"] = summarize(result, cfg, peer.video_size)
     result["targets"] = check_targets(result, cfg.targets)
@@ -704,14 +676,27 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
     }
 
 
-async def _progress(duration_s: float, t_start: float, poller: StatsPoller, rss: RssSampler) -> None:
+async def _progress(duration_s: float, t_start: float, poller: StatsPoller, rss: RssSampler,
+                    gpu: GpuSampler) -> None:
     while True:
         await asyncio.sleep(30)
         last = poller.last or {}
+        stream = last.get("stream") or {}
         s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
-        print(f"  {time.monotonic() - t_start:5.0f}/{duration_s:.0f} s  fps {last.get('fps')}  "
-              f"s2l last {s2l}  repeated {last.get('frames_repeated')}  dropped {last.get('frames_dropped')}  "
-              f"rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB", flush=True)
+        gpu_now = ""
+        if gpu.samples:
+            g = gpu.samples[-1]
+            gpu_now = (f"  gpu {g.get('sm_clock_mhz')} MHz {g.get('power_w')} W {g.get('temperature_c')} C "
+                       f"{','.join(g.get('clock_reasons') or []) or '-'}")
+        print(f"  {time.monotonic() - t_start:5.0f}/{duration_s:.0f} s  fps {_fmt(last.get('fps'))}  "
+              f"s2l last {_fmt(s2l)} ms  block p50 {_fmt(stream.get('compute_ms_p50'))} ms  "
+              f"skipped {stream.get('frames_skipped')}  repeated {last.get('frames_repeated')}  "
+              f"dropped {last.get('frames_dropped')}  rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB"
+              f"{gpu_now}", flush=True)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _visible(mouth, pts, t_video, audio_frames, env_parts, cfg: E2EConfig, onset_slots, onset_sent) -> dict[str, Any]:

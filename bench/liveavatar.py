@@ -39,6 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.gpu_state import GpuSampler
+from bench.gpu_state import snapshot as gpu_snapshot
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = ("688*368", "720*400")
 # mode -> (FP8 Linears, torch.compile)
@@ -348,6 +351,7 @@ def _environment(engine) -> dict:
     if engine.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(engine.device)
         env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(engine.device).total_memory / 2**30, 1)
+        env["gpu_state"] = gpu_snapshot(engine.device.index or 0)  # limits, clocks, other processes
     try:
         import diffusers
         import transformers
@@ -430,11 +434,15 @@ def run(args: argparse.Namespace) -> int:
                     engine.parts.codec.compile_decoder()
             for size in sizes:
                 t1 = time.perf_counter()
+                gpu = GpuSampler(interval_s=2.0)
                 try:
-                    result = _bench_size(engine, size, args.aspect, mode, args, profile=not args.no_profile)
+                    with gpu.in_thread():
+                        result = _bench_size(engine, size, args.aspect, mode, args, profile=not args.no_profile)
                 except Exception as exc:  # keep the other modes' results; record what failed
                     result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                     print(f"{mode:12s} {size:>8s}: FAILED {result['error'][:300]}", flush=True)
+                # clocks, power, clock reasons over the size's run (its compile included): a slow GPU says why
+                result["gpu_state"] = gpu.summary()
                 result["wall_s"] = round(time.perf_counter() - t1, 1)
                 data["results"].setdefault(mode, {})[size] = result
                 _write(output, data)
