@@ -1,7 +1,7 @@
 """``avatar bench audio-windows``: how far the live rolling wav2vec windows are from whole-file features.
 
 The liveavatar engine's live path (``Wav2VecFeatures.block``) runs wav2vec2 on a window of
-[2 s left context | the 12-frame block | 0.16 s lookahead] normalised by its own statistics; the
+[2 s left context | the 12-frame block | 0.08 s lookahead] normalised by its own statistics; the
 reference runs it once over the whole file, normalised by the file's statistics (issue 8, point 7).
 This runs both over espeak-ng speech with pauses (the e2e benchmark's sentences) and reports, per
 hidden layer, the cosine similarity per video frame between the live features and the whole-file
@@ -35,6 +35,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", choices=["tiny", "large", "both"], default="both")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the speech program (default 30)")
+    p.add_argument("--lookahead", type=float, nargs="+", default=None, metavar="S",
+                   help="live-window lookaheads to compare, seconds (default: the engine's, 0.08)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "audio_windows.json")
 
 
@@ -73,7 +75,8 @@ def cosine_per_frame(a, b) -> np.ndarray:
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).cpu().numpy()
 
 
-def summarize(cos: np.ndarray, speech: np.ndarray) -> dict:
+def summarize(cos: np.ndarray, speech: np.ndarray, block: int = 12) -> dict:
+    positions = np.arange(cos.shape[1]) % block
     def stats(values: np.ndarray) -> dict:
         return {"mean": float(values.mean()), "p5": float(np.percentile(values, 5)), "min": float(values.min())}
 
@@ -81,23 +84,30 @@ def summarize(cos: np.ndarray, speech: np.ndarray) -> dict:
         "all_layers": {"all": stats(cos), "speech": stats(cos[:, speech]), "pause": stats(cos[:, ~speech])},
         "per_layer_mean": [round(float(v), 4) for v in cos.mean(axis=1)],
         "last_layer": stats(cos[-1]),
+        # the lookahead matters most to a block's last frames: speech frames' mean by position in the block
+        "speech_by_block_position": [round(float(cos[:, (positions == k) & speech].mean()), 4) for k in range(block)],
     }
 
 
-def measure(encoder: str, samples: np.ndarray, speech: np.ndarray) -> dict:
+def measure(encoder: str, samples: np.ndarray, speech: np.ndarray, lookahead_s: float | None = None) -> dict:
     import torch
 
-    from live_avatar.core.engines.liveavatar.audio_features import Wav2VecFeatures
+    from live_avatar.core.engines.liveavatar.audio_features import (
+        AudioFeatureConfig,
+        Wav2VecFeatures,
+    )
     from live_avatar.core.engines.liveavatar.parts import random_wav2vec2_large
 
+    config = AudioFeatureConfig() if lookahead_s is None else AudioFeatureConfig(lookahead_s=lookahead_s)
     torch.manual_seed(0)
     if encoder == "tiny":
         from live_avatar.core.engines.liveavatar.tiny_weights import write_tiny_wav2vec
 
         with tempfile.TemporaryDirectory() as tmp:
-            features = Wav2VecFeatures.from_folder(write_tiny_wav2vec(Path(tmp) / "w2v", seed=0), device="cpu")
+            features = Wav2VecFeatures.from_folder(write_tiny_wav2vec(Path(tmp) / "w2v", seed=0), device="cpu",
+                                                   config=config)
     else:
-        features = Wav2VecFeatures(random_wav2vec2_large(torch.device("cpu"), torch.float32, seed=0))
+        features = Wav2VecFeatures(random_wav2vec2_large(torch.device("cpu"), torch.float32, seed=0), config=config)
     t0 = time.perf_counter()
     live = live_features(features, samples)
     n = live.shape[2]
@@ -117,15 +127,18 @@ def measure(encoder: str, samples: np.ndarray, speech: np.ndarray) -> dict:
 def run(args: argparse.Namespace) -> int:
     samples, speech = speech_program(args.seconds)
     encoders = ["tiny", "large"] if args.encoder == "both" else [args.encoder]
+    lookaheads = args.lookahead or [None]
     results = {}
     for encoder in encoders:
-        print(f"{encoder} encoder: {samples.size / 16000:.0f} s of speech ...", flush=True)
-        results[encoder] = measure(encoder, samples, speech)
-        r = results[encoder]
-        print(f"  cosine live vs whole file (same frame positions): mean {r['vs_nominal']['all_layers']['all']['mean']:.4f}, "
-              f"p5 {r['vs_nominal']['all_layers']['all']['p5']:.4f}; speech {r['vs_nominal']['all_layers']['speech']['mean']:.4f}, "
-              f"pauses {r['vs_nominal']['all_layers']['pause']['mean']:.4f}; vs the reference's resampling "
-              f"{r['vs_reference']['all_layers']['all']['mean']:.4f}", flush=True)
+        for lookahead in lookaheads:
+            # one entry per encoder; with --lookahead, one per encoder and lookahead ("tiny@0.08")
+            key = encoder if args.lookahead is None else f"{encoder}@{lookahead:g}"
+            print(f"{key} encoder: {samples.size / 16000:.0f} s of speech ...", flush=True)
+            results[key] = r = measure(encoder, samples, speech, lookahead)
+            print(f"  cosine live vs whole file (same frame positions): mean {r['vs_nominal']['all_layers']['all']['mean']:.4f}, "
+                  f"p5 {r['vs_nominal']['all_layers']['all']['p5']:.4f}; speech {r['vs_nominal']['all_layers']['speech']['mean']:.4f}, "
+                  f"pauses {r['vs_nominal']['all_layers']['pause']['mean']:.4f}; vs the reference's resampling "
+                  f"{r['vs_reference']['all_layers']['all']['mean']:.4f}", flush=True)
     out = {
         "benchmark": "audio_windows",
         "command": "avatar bench audio-windows " + " ".join(sys.argv[3:]) if sys.argv[1:2] == ["bench"] else "avatar bench audio-windows",

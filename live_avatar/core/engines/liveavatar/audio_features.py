@@ -49,7 +49,10 @@ class AudioFeatureConfig:
     fps: int = 25  # video frame rate the features are sampled at
     intermediate_fps: int = 30  # the reference resamples 50 Hz -> 30 fps, then picks frames for 25 fps
     context_s: float = 2.0  # left context of the live window (wav2vec attends over the whole window)
-    lookahead_s: float = 0.16  # audio after the block's end that the block may use (adds to latency)
+    # audio after the block's end that the block may use; every bit of it adds to speech-to-lips.
+    # 0.08 s, not 0.16: measured against whole-file features (bench/results/audio_windows_lookahead.json)
+    # it costs ~0.001 of mean cosine (wav2vec2-large, random), 0.014 at a block's last frame (tiny)
+    lookahead_s: float = 0.08
     norm_eps: float = 1e-7  # (x - mean) / sqrt(var + eps), as Wav2Vec2FeatureExtractor
     norm_min_std: float = 0.01  # live path only: floor of the per-window standard deviation
 

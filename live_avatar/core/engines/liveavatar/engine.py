@@ -50,7 +50,8 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``size``           area cap "W*H" (reference ``--size`` rule, spec §7), applied to a frame of ``aspect``
 ``aspect``         "9:16" (portrait, default), "16:9", "1:1", ... : the output frame's aspect ratio
 ``prompt``         default prompt; ``seed`` noise seed (clip r uses seed + r)
-``context_s`` / ``lookahead_s``   the live audio window (left context / lookahead, seconds)
+``context_s`` / ``lookahead_s``   the live audio window (left context 2 s / lookahead 0.08 s; the
+                   lookahead adds to speech-to-lips)
 ``sink_refresh``   before clip 1 the sink is rebuilt once from the first generated latent, with
                    "keep_motion" (default: the reference's streaming (TPP) pipeline, spec §3.4: the motion
                    latents stay the portrait's), "reencode" (the single-GPU online-decode script: motion =

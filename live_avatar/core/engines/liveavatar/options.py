@@ -59,7 +59,7 @@ class LiveAvatarOptions:
     prompt: str = DEFAULT_PROMPT
     seed: int = 420
     context_s: float = 2.0
-    lookahead_s: float = 0.16
+    lookahead_s: float = 0.08  # see AudioFeatureConfig.lookahead_s
     sink_refresh: Literal["reencode", "keep_motion", "none"] = "keep_motion"
     capacity: int = 1
     config: str | None = None
