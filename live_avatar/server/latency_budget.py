@@ -76,3 +76,28 @@ class LatencyBudget:
                 {"p50": float(np.median(values)), "p95": float(np.percentile(values, 95))} if values.size else None
             )
         return out
+
+
+def first_frame_stages(first_audio_at: float, timings: BlockTimings | None, added_at: float | None,
+                       slot_at: float) -> dict[str, float]:
+    """Where the first frame's time went (ms), from the session's first audio packet:
+
+    block_ready  the first block's audio (and lookahead) arrived
+    queued       the worker started it (a prefill or an earlier block still running)
+    compute      the engine made its frames
+    handoff      the chunk reached the playout
+    playout      its first slot came
+    """
+    marks = [("block_ready", None), ("queued", None), ("compute", None), ("handoff", added_at), ("playout", slot_at)]
+    if timings is not None:
+        marks[0:3] = [("block_ready", timings.audio_ready_at), ("queued", timings.started_at),
+                      ("compute", timings.finished_at)]
+    out: dict[str, float] = {}
+    previous = first_audio_at
+    for stage, at in marks:
+        if at is not None:
+            out[stage] = max(0.0, at - previous) * 1000.0
+            previous = max(previous, at)
+    out["total"] = (slot_at - first_audio_at) * 1000.0
+    return out
+

@@ -29,7 +29,7 @@ from live_avatar.server.media.clock import MediaClock
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.media.playout import OutputSlot, Playout
 from live_avatar.server.media.tracks import AvatarVideoTrack, SyncedAudioTrack
-from live_avatar.server.latency_budget import LatencyBudget
+from live_avatar.server.latency_budget import LatencyBudget, first_frame_stages
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class AvatarSession:
         self.first_audio_at: float | None = None
         self.last_audio_at: float | None = None
         self.first_frame_latency: float | None = None
+        self.first_frame_budget: dict[str, float] | None = None  # ms per stage (latency_budget.first_frame_stages)
         self.speech_to_lips: deque[float] = deque(maxlen=LATENCY_HISTORY)
         self.latency_budget = LatencyBudget()
         self._pushed_at: dict[float, float] = {}  # packet arrival -> when push_audio took it (recent)
@@ -266,7 +267,10 @@ class AvatarSession:
         if self.first_frame_latency is None and self.first_audio_at is not None:
             self.first_frame_latency = now - self.first_audio_at
             self.metrics.first_frame_latency.observe(self.first_frame_latency)
-            log.info("session %s: first frame after %.0f ms", self.id, self.first_frame_latency * 1000)
+            timings, added_at = self.playout.emitted_timing
+            self.first_frame_budget = first_frame_stages(self.first_audio_at, timings, added_at, now)
+            log.info("session %s: first frame after %.0f ms (%s)", self.id, self.first_frame_latency * 1000,
+                     ", ".join(f"{k} {v:.0f}" for k, v in self.first_frame_budget.items() if k != "total"))
         if onset_arrivals:
             timings, added_at = self.playout.emitted_timing
             self.latency_budget.slot_published(
@@ -348,6 +352,7 @@ class AvatarSession:
             "close_reason": self.close_reason,
             "uptime_s": round(time.monotonic() - self.created_at, 3),
             "first_frame_latency_ms": None if self.first_frame_latency is None else self.first_frame_latency * 1000.0,
+            "first_frame_budget_ms": self.first_frame_budget,
             "speech_to_lips_latency_ms": {
                 "last": self.speech_to_lips[-1] * 1000.0 if self.speech_to_lips else None,
                 "p50": pct(0.5),

@@ -96,6 +96,12 @@ def check_speech_session(server, peer: LoopbackPeer, stats: dict, speech_s: floa
     # -- the stats endpoint reports the latencies
     assert stats["state"] == "live"
     assert 0 < stats["first_frame_latency_ms"] < 5000
+    # where the first frame's time went: the stages follow each other and add up to it
+    first = stats["first_frame_budget_ms"]
+    assert list(first) == ["block_ready", "queued", "compute", "handoff", "playout", "total"], first
+    assert all(v >= 0 for v in first.values()) and first["compute"] > 0, first
+    assert first["total"] == pytest.approx(stats["first_frame_latency_ms"], abs=0.01)
+    assert sum(v for k, v in first.items() if k != "total") == pytest.approx(first["total"], abs=1.0), first
     s2l = stats["speech_to_lips_latency_ms"]
     assert s2l["count"] >= 1 and 0 < s2l["last"] < 2000, s2l
     assert stats["frames_sent"] > 100

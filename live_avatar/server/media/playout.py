@@ -61,7 +61,7 @@ class _Buffered:
     audio: np.ndarray
     ready_at: float
     onset_arrivals: list[float] = field(default_factory=list)
-    timings: BlockTimings | None = None  # the block's, on a frame that carries onsets
+    timings: BlockTimings | None = None  # the block's, on its first frame (onsets and the first frame are timed from it)
     finished_at: float | None = None  # when the engine finished it (the margin control's slack)
 
 
@@ -153,7 +153,7 @@ class Playout:
                 audio=audio48[i * per_frame : (i + 1) * per_frame],
                 ready_at=now,
                 onset_arrivals=list(chunk.speech_onset_arrivals) if i == 0 else [],
-                timings=chunk.timings if i == 0 and chunk.speech_onset_arrivals else None,
+                timings=chunk.timings if i == 0 else None,
                 finished_at=chunk.timings.finished_at,
             )
         if out_of_order:  # rare (a regenerated block): keep the buffer in frame order
