@@ -38,6 +38,10 @@ def test_sessions_after_the_warm_up_compile_nothing_and_a_compile_is_reported(en
         report = engine.warm_up(lambda message: None)
     assert not [r for r in caplog.records if "compiled after the warm-up" in r.getMessage()], "the warm-up compiles by design"
     assert report.graphs_compiled > 0 and report.blocks == 5
+    # then a warmed session is timed against the real-time budget
+    assert report.budget_s == pytest.approx(0.48) and report.measured_block_s > 0
+    assert report.margin == pytest.approx(1 - report.measured_block_s / 0.48)
+    assert f"{report.measured_block_s * 1000:.0f} ms on this device" in report.describe()
     assert report.sessions == 2 and report.graphs_in_last_session == 0  # the second one compiled nothing
     # another portrait and prompt, through a clip boundary: the graphs of the warm-up serve it
     stats = _run_session(engine, default_portrait()[:, ::-1].copy(), "Someone else speaking.")
@@ -56,25 +60,57 @@ def test_the_warm_up_repeats_sessions_until_one_compiles_nothing(monkeypatch, ca
     """A GPU's compiled VAE compiled more graphs in a second session: the warm-up runs sessions until
     one compiles nothing (one, when nothing is compiled at all), at most MAX_WARMUP_SESSIONS, and warns
     when the last one still compiled."""
-    from types import SimpleNamespace
-
     from live_avatar.core.engines.liveavatar import warmup
 
     counter = {"graphs": 0, "sessions": 0}
 
     def fake_session(engine, avatar, blocks, progress):
+        if blocks == warmup.TIMED_BLOCKS:  # the timed session after the warm-up
+            return [2.0] + [0.4] * (blocks - 1)
         counter["graphs"] += compiles_per_session[counter["sessions"]]
         counter["sessions"] += 1
         return [1.0] + [0.5] * (blocks - 1)
 
     monkeypatch.setattr(warmup, "_warmup_session", fake_session)
     monkeypatch.setattr(warmup, "compiled_graphs", lambda: counter["graphs"])
-    fake_engine = SimpleNamespace(size=(64, 128), prepare_avatar=lambda image: object(),
-                                  parts=SimpleNamespace(model_config=SimpleNamespace(streaming=SimpleNamespace(blocks_per_clip=4))))
+    fake_engine = _fake_engine()
     assert warmup.MAX_WARMUP_SESSIONS == 3
     with caplog.at_level(logging.WARNING, logger="live_avatar.core.engines.liveavatar.warmup"):
         report = warmup.warm_up(fake_engine, lambda message: None)
     assert (report.sessions, report.graphs_in_last_session) == (sessions, left)
     assert report.graphs_compiled == sum(compiles_per_session[:sessions])
     assert report.first_block_s == 1.0 and report.steady_block_s == 0.5
+    assert report.measured_block_s == 0.4 and report.budget_s == 0.48
     assert any("still compiled" in r.getMessage() for r in caplog.records) == bool(left)
+
+
+def _fake_engine():
+    from types import SimpleNamespace
+
+    streaming = SimpleNamespace(blocks_per_clip=4, video_frames_per_block=12, fps=25)
+    return SimpleNamespace(size=(64, 128), prepare_avatar=lambda image: object(),
+                           parts=SimpleNamespace(model_config=SimpleNamespace(streaming=streaming)))
+
+
+@pytest.mark.parametrize("block_s, warned, words", [
+    (0.40, False, "margin +17%"),
+    (0.45, True, "below 10%, live sessions may fall behind"),
+    (0.526, True, "slower than real time, live sessions will skip frames"),
+])
+def test_the_timed_session_warns_when_this_device_leaves_no_margin(monkeypatch, caplog, block_s, warned, words):
+    """One lent H200 ran the live block in 526 ms where the benchmark measured 455: the warm-up times a
+    warmed session and says so at start-up."""
+    from live_avatar.core.engines.liveavatar import warmup
+
+    monkeypatch.setattr(warmup, "_warmup_session", lambda engine, avatar, blocks, progress:
+                        [3.0] + [block_s] * (blocks - 1))
+    monkeypatch.setattr(warmup, "compiled_graphs", lambda: 0)
+    messages: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="live_avatar.core.engines.liveavatar.warmup"):
+        report = warmup.warm_up(_fake_engine(), messages.append)
+    text = report.describe()
+    assert f"a block costs {block_s * 1000:.0f} ms on this device against its 480 ms budget" in text
+    assert words in text
+    assert report.needs_warning == warned
+    assert any(words in r.getMessage() for r in caplog.records) == warned  # a warning, not progress
+    assert any(words in m for m in messages) != warned
