@@ -296,6 +296,59 @@ async def test_catch_up_when_the_generator_is_slower_than_real_time():
     await session.close()
 
 
+async def _live_slow_run(speech: np.ndarray, config: StreamConfig) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A generator 12 % slower than real time (4-frame blocks of 160 ms in 180 ms), fed live in real
+    time with [pause | speech | pause | speech | pause]; returns the stats, which frames were
+    generated, and which frames hold speech."""
+    gen = FakeGenerator(block_frames=4, delay_s=0.18)
+    pause = np.zeros(int(0.8 * SR), np.float32)
+    program = np.concatenate([pause, speech[: int(1.6 * SR)], pause, speech[int(1.6 * SR): int(3.2 * SR)], pause])
+    frames = program.size // S
+    loud = np.sqrt(np.mean(program[: frames * S].reshape(frames, S) ** 2, axis=1)) > 0.01
+    session = StreamSession(gen, config=config)
+    t0 = time.monotonic()
+    session.start(t0)
+    it = session.chunks().__aiter__()
+
+    async def consume() -> None:
+        async for _ in it:
+            pass
+
+    consumer = asyncio.create_task(consume())
+    for i in range(0, program.size, 320):  # 20 ms packets, each pushed when it would arrive
+        await asyncio.sleep(max(0.0, t0 + (i + 320) / SR - time.monotonic()))
+        session.push_audio(program[i : i + 320], t_arrival=time.monotonic())
+    await asyncio.sleep(0.4)
+    stats = session.stats()
+    await session.close()
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    generated = np.zeros(frames, bool)
+    for block in gen.blocks:
+        generated[block.first_frame : block.first_frame + block.num_frames] = True
+    return stats, generated[: stats["next_frame"]], loud[: stats["next_frame"]]
+
+
+async def test_a_late_live_worker_loses_pauses_not_words(speech_16k):
+    """Slower than real time, the catch-up would skip whatever block comes when a block late; with
+    silence_skip_late_s a silent block is skipped as soon as it would be that late, so the speech is
+    generated."""
+    config = StreamConfig(playout_margin_s=0.05, input_jitter_s=0.02, silence_skip_late_s=0.04)
+    assert StreamConfig().silence_skip_late_s == 0.12  # the default: a quarter of a 12-frame block
+    stats, generated, loud = await _live_slow_run(speech_16k, config)
+    assert stats["silent_frames_skipped"] > 0, stats
+    assert stats["frames_generated"] + stats["frames_skipped"] == stats["next_frame"]
+    speech_lost = (loud & ~generated).sum() / loud.sum()
+    assert speech_lost <= 0.1, (speech_lost, stats)
+    assert not generated[~loud].all(), "pauses were skipped"
+
+    # off: nothing is skipped for being silent; the whole-block catch-up skips speech too
+    off = StreamConfig(playout_margin_s=0.05, input_jitter_s=0.02, silence_skip_late_s=None)
+    stats_off, generated_off, loud_off = await _live_slow_run(speech_16k, off)
+    assert stats_off["silent_frames_skipped"] == 0 and stats_off["frames_skipped"] > 0
+    assert (loud_off & ~generated_off).sum() > (loud & ~generated).sum(), "more speech lost without it"
+
+
 async def test_live_backlog_is_bounded_when_the_consumer_stalls():
     gen = FakeGenerator(block_frames=2)
     config = StreamConfig(output_queue_chunks=2, max_live_backlog_s=0.3)

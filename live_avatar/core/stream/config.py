@@ -32,6 +32,11 @@ class StreamConfig:
     # Live: arrived audio not yet generated beyond which the worker skips ahead (memory bound when
     # the consumer stalls or the sender's clock runs fast).
     max_live_backlog_s: float = 2.0
+    # Live: a block that would reach its playout slot more than this late is skipped if it (and its
+    # lookahead) is silence, so a generator slower than real time loses pauses instead of words
+    # (a still face for a block in a pause, not a lost word later). None: never; the catch-up past a
+    # whole block late skips whatever comes. 0.12 s: a quarter of the diffusion engine's block.
+    silence_skip_late_s: float | None = 0.12
     # Buffered: pushed but not yet generated audio beyond which push_audio raises BufferFullError.
     max_buffered_audio_s: float = 120.0
     # Samples of compute history kept for the p50/max statistics.
@@ -53,6 +58,8 @@ class StreamConfig:
             raise ValueError("max_live_backlog_s and max_buffered_audio_s must be > 0")
         if self.stats_window < 1 or self.close_timeout_s <= 0:
             raise ValueError("stats_window must be >= 1 and close_timeout_s > 0")
+        if self.silence_skip_late_s is not None and self.silence_skip_late_s < 0:
+            raise ValueError(f"silence_skip_late_s must be >= 0 or None, got {self.silence_skip_late_s}")
         if self.max_blocks_in_flight is not None and self.max_blocks_in_flight < 1:
             raise ValueError(f"max_blocks_in_flight must be >= 1, got {self.max_blocks_in_flight}")
 

@@ -53,6 +53,14 @@ class SpeechTracker:
         flags = self._speech_flags
         return np.array([flags.get(k, False) for k in range(first_frame, first_frame + num_frames)], bool)
 
+    def silent(self, first_frame: int, end_frame: int) -> bool:
+        """Frames [first_frame, end_frame) are all analysed, none is speech and no onset waits in them."""
+        if end_frame > self._vad_next_frame:
+            return False
+        if any(first_frame <= frame < end_frame for frame, _ in self._pending_onsets):
+            return False
+        return not any(self._speech_flags.get(k, False) for k in range(first_frame, end_frame))
+
     def issue_onsets(self, end_frame: int) -> list[float]:
         """The arrival times of the onsets before ``end_frame``, handed out with the block ending there."""
         issued = [o for o in self._pending_onsets if o[0] < end_frame]

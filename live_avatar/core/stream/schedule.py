@@ -9,7 +9,8 @@ S samples a frame and lookahead L:
     waits until t0 + ((f+B)*S + L)/sr + input_jitter_s (never past half a block after its
     playout), then pads silence;
   * buffered: generated at most max(buffered_lead_s, one block, its expected compute) before its playout;
-  * a worker more than a block behind the playout skips whole blocks ahead.
+  * a worker more than a block behind the playout skips whole blocks ahead; live, a block that
+    would be over ``silence_skip_late_s`` late is skipped if it is silence.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ class BlockSchedule:
             return None
         blocks = max(1, math.ceil((late + self.expected_compute()) * self.fps / B))
         return f + blocks * B
+
+    def lateness(self, f: int, now: float) -> float | None:
+        """How late block ``f`` would reach its playout slot if started now (its expected compute);
+        None before the playout has started."""
+        if self.first_ready is None:
+            return None
+        return now + self.expected_compute() - self.playout_due(f)
 
     def buffered_start_at(self, f: int) -> float | None:
         """Buffered: the earliest time block ``f`` may start (a bounded lead on its playout, never less

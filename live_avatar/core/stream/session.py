@@ -465,6 +465,10 @@ class StreamSession:
                 if target is not None:  # behind the playout by more than a block: skip
                     self._skip_to(target)
                     continue
+                if not cfg.buffered and self._late_and_silent(f, need, now):  # lose a pause, not a word
+                    self._counters.silent_skipped += self.block_frames
+                    self._skip_to(f + self.block_frames)
+                    continue
                 start_at = schedule.buffered_start_at(f)
                 if start_at is not None and now < start_at:
                     self._cond.wait(start_at - now)
@@ -630,6 +634,17 @@ class StreamSession:
         if self._full_band is not None:
             self._full_band.trim_before((keep_from - self._context) * self._fb_ratio)
         self._speech.forget_before(keep_from // S)
+
+    def _late_and_silent(self, f: int, need: int, now: float) -> bool:
+        """Live: block ``f`` would reach its slot over ``silence_skip_late_s`` late, its audio
+        (lookahead included) is all there and none of it is speech."""
+        after = self.config.silence_skip_late_s
+        if after is None or self._timeline.write_cursor < need:
+            return False
+        late = self._schedule.lateness(f, now)
+        if late is None or late <= after:
+            return False
+        return self._speech.silent(f, need // self.samples_per_frame)
 
     def _analyze_vad(self, upto_sample: int) -> None:
         self._counters.onsets += self._speech.analyze(upto_sample)

@@ -15,6 +15,7 @@ class SessionCounters:
     idle_blocks: int = 0
     frames: int = 0  # generated
     skipped: int = 0  # frames skipped to catch up, never generated
+    silent_skipped: int = 0  # of those, frames of silent blocks skipped early (silence_skip_late_s)
     padded: int = 0  # samples of silence padded for late input
     late_dropped: int = 0  # samples of live input dropped (already replaced by padding)
     onsets: int = 0
@@ -55,6 +56,7 @@ def session_stats(
         "idle_blocks": c.idle_blocks,
         "frames_generated": c.frames,
         "frames_skipped": c.skipped,
+        "silent_frames_skipped": c.silent_skipped,
         "next_frame": next_frame,
         "played_frame": played_frame,
         "compute_ms_p50": float(np.median(compute_ms)) if compute_ms.size else None,
