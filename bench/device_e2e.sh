@@ -32,5 +32,5 @@ sleep)
     sleep 60; echo "--- $(date -u +%H:%M:%S)"; for f in /tmp/e2e/*.log; do tail -c 300 "$f" | tail -2; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   done
-  cp /tmp/e2e/*.log "$OUT"/ 2>/dev/null ;;
+  cp /tmp/e2e/*.log /tmp/e2e/*.partial.json "$OUT"/ 2>/dev/null ;;
 esac

@@ -584,7 +584,7 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
         t_start = time.monotonic()
         tasks = [asyncio.create_task(poller.run()), asyncio.create_task(rss.run(t_start)),
                  asyncio.create_task(gpu.run(t_start))]
-        progress = asyncio.create_task(_progress(cfg.duration_s, t_start, poller, rss, gpu))
+        progress = asyncio.create_task(_progress(cfg, t_start, poller, rss, gpu))
         tasks.append(progress)
         await peer.wait_sent(extra_s=1.5, timeout=cfg.duration_s + 120)
         if server.proc.poll() is not None:
@@ -676,10 +676,24 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
     }
 
 
-async def _progress(duration_s: float, t_start: float, poller: StatsPoller, rss: RssSampler,
-                    gpu: GpuSampler) -> None:
+def partial_path(output: Path) -> Path:
+    """Where a run in progress keeps its latest server stats (removed when the run writes its JSON)."""
+    return output.with_name(output.stem + ".partial.json")
+
+
+async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: RssSampler, gpu: GpuSampler) -> None:
+    """Every 30 s: a progress line, and the server's stats so far in <output>.partial.json, so a run
+    cut short (a GPU machine taken back) still leaves its figures."""
+    duration_s, partial = cfg.duration_s, partial_path(cfg.output)
+    partial.parent.mkdir(parents=True, exist_ok=True)
     while True:
         await asyncio.sleep(30)
+        snapshot = {"benchmark": "e2e (in progress)", "t_s": time.monotonic() - t_start, "duration_s": duration_s,
+                    "server_speech_to_lips_ms": poller.s2l_ms, "server_stats": poller.last,
+                    "gpu_state": gpu.summary()}
+        tmp = partial.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snapshot, indent=1, default=_json_default) + "\n")
+        tmp.replace(partial)
         last = poller.last or {}
         stream = last.get("stream") or {}
         s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
@@ -825,6 +839,7 @@ def run(args: argparse.Namespace) -> int:
     }
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
     cfg.output.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    partial_path(cfg.output).unlink(missing_ok=True)
     print(f"wrote {cfg.output}")
     for name, c in result["targets"].items():
         verdict = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
