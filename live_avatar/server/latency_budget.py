@@ -88,16 +88,17 @@ def first_frame_stages(first_audio_at: float, timings: BlockTimings | None, adde
     handoff      the chunk reached the playout
     playout      its first slot came
     """
-    marks = [("block_ready", None), ("queued", None), ("compute", None), ("handoff", added_at), ("playout", slot_at)]
+    marks: list[tuple[str, float]] = []
     if timings is not None:
-        marks[0:3] = [("block_ready", timings.audio_ready_at), ("queued", timings.started_at),
-                      ("compute", timings.finished_at)]
+        marks += [("block_ready", timings.audio_ready_at), ("queued", timings.started_at),
+                  ("compute", timings.finished_at)]
+    if added_at is not None:
+        marks.append(("handoff", added_at))
+    marks.append(("playout", slot_at))
     out: dict[str, float] = {}
     previous = first_audio_at
     for stage, at in marks:
-        if at is not None:
-            out[stage] = max(0.0, at - previous) * 1000.0
-            previous = max(previous, at)
+        out[stage] = max(0.0, at - previous) * 1000.0
+        previous = max(previous, at)
     out["total"] = (slot_at - first_audio_at) * 1000.0
     return out
-

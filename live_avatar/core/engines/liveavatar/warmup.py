@@ -11,8 +11,8 @@ session (its graph breaks leave nested frames that a fresh session reaches with 
 with the tiny and the 14B models on an H200, not on the CPU). Afterwards no session should compile
 anything; the dynamo counters tell whether one did (``compiles_since_ready`` in the session stats, and
 a test). Last, one more warmed session of ``TIMED_BLOCKS`` blocks is timed: what a block costs on this
-device, against its real-time budget, logged as a warning when the margin is under 10 % (the same
-code measured 455 ms a block on one lent H200 and 526 ms live on another).
+device, against its real-time budget, logged as a warning when the margin is under 10 % (the benchmark
+measured 455 ms a block at 320x512 on one lent H200; the same code ran 526 ms a block live on another).
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ def compiled_graphs() -> int:
 
 
 MAX_WARMUP_SESSIONS = 3
-# Blocks of the timed session after the warm-up (the first, with its prefill, is not counted): the
-# same code ran a live block of 526 ms on one lent H200 and ~455 ms on another; the operator should
-# learn that at start-up, not from a viewer.
+# Blocks of the timed session after the warm-up (the first, with its prefill, is not counted): how
+# fast this device is should be learnt at start-up, not from a viewer (see the module docstring).
 TIMED_BLOCKS = 8
 MARGIN_WARNING = 0.10  # as the live sessions' ComputeBudget
 
