@@ -41,6 +41,8 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
 * gpu_state (nvidia-smi, every 5 s): SM clock, power, temperature, utilisation, the driver's clock
   reasons (power cap, thermal slowdown...) and, at the start, the limits and every process using a
   GPU: what differs when the same code runs slower on another machine (bench/gpu_state.py).
+* while it runs, <output>.partial.json holds the server's stats so far (every 30 s; removed at the
+  end), so a run cut short still leaves figures.
 
 The GPU engine: ``avatar bench e2e --engine liveavatar --random-weights --size 320*512
 --engine-option fp8=true --engine-option compile=true`` (engine options go to ``avatar serve
