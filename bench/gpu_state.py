@@ -1,6 +1,6 @@
 """What the GPU was doing during a benchmark: clocks, power, temperature, throttling, other processes.
 
-The same code on two lent H200s, an hour apart: one live session kept up (3 frames repeated in
+The same code on two lent H200s, half an hour apart: one live session kept up (4 frames repeated in
 330 s), the next took 526 ms a block (its DiT 453 ms against the benchmark's 366 ms) and fell
 behind; nothing in the results said why. ``nvidia-smi`` can: a GPU held below its boost clock by a
 power cap or heat, or shared with another process, shows it here. Every benchmark
@@ -157,16 +157,25 @@ class GpuSampler:
         row["t"] = t
         self.samples.append(row)
 
-    async def run(self, t_start: float) -> None:
-        if not self.available:
-            return
-        self.start = await asyncio.to_thread(snapshot, self.index, self._run)
-        while True:
+    def _loop(self, stop: threading.Event, t_start: float) -> None:
+        """The start snapshot, then a sample every ``interval_s`` until ``stop`` (or nvidia-smi fails)."""
+        self.start = snapshot(self.index, self._run)
+        while not stop.is_set():
             try:
-                await asyncio.to_thread(self.sample, time.monotonic() - t_start)
+                self.sample(time.monotonic() - t_start)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 return
-            await asyncio.sleep(self.interval_s)
+            stop.wait(self.interval_s)
+
+    async def run(self, t_start: float) -> None:
+        """Sample until cancelled (the e2e benchmark's tasks)."""
+        if not self.available:
+            return
+        stop = threading.Event()
+        try:
+            await asyncio.to_thread(self._loop, stop, t_start)
+        finally:
+            stop.set()  # cancelled: the thread ends at its next wake-up
 
     @contextlib.contextmanager
     def in_thread(self) -> Iterator["GpuSampler"]:
@@ -175,18 +184,7 @@ class GpuSampler:
             yield self
             return
         stop = threading.Event()
-        t_start = time.monotonic()
-
-        def loop() -> None:
-            self.start = snapshot(self.index, self._run)
-            while not stop.is_set():
-                try:
-                    self.sample(time.monotonic() - t_start)
-                except (OSError, ValueError, subprocess.TimeoutExpired):
-                    return
-                stop.wait(self.interval_s)
-
-        thread = threading.Thread(target=loop, name="gpu-sampler", daemon=True)
+        thread = threading.Thread(target=self._loop, args=(stop, time.monotonic()), name="gpu-sampler", daemon=True)
         thread.start()
         try:
             yield self

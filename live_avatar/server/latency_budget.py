@@ -58,13 +58,9 @@ class LatencyBudget:
             self._finish(marks)
 
     def _finish(self, marks: dict[str, float]) -> None:
-        stages: dict[str, float] = {}
-        previous = marks["received"]
-        for stage in STAGES:
-            if stage in marks:
-                stages[stage] = max(0.0, marks[stage] - previous)
-                previous = marks[stage]
-        stages["total"] = marks.get("sent", previous) - marks["received"]
+        present = [(stage, marks[stage]) for stage in STAGES if stage in marks]
+        stages = stage_durations(marks["received"], present)
+        stages["total"] = (present[-1][1] if present else marks["received"]) - marks["received"]  # to "sent" if known
         self.done.append(stages)
 
     def summary(self) -> dict[str, object]:
@@ -95,10 +91,16 @@ def first_frame_stages(first_audio_at: float, timings: BlockTimings | None, adde
     if added_at is not None:
         marks.append(("handoff", added_at))
     marks.append(("playout", slot_at))
-    out: dict[str, float] = {}
-    previous = first_audio_at
-    for stage, at in marks:
-        out[stage] = max(0.0, at - previous) * 1000.0
-        previous = max(previous, at)
+    out = {stage: seconds * 1000.0 for stage, seconds in stage_durations(first_audio_at, marks).items()}
     out["total"] = (slot_at - first_audio_at) * 1000.0
+    return out
+
+
+def stage_durations(start: float, marks: list[tuple[str, float]]) -> dict[str, float]:
+    """Seconds from each mark to the next, from ``start``; a mark earlier than the latest so far counts 0."""
+    out: dict[str, float] = {}
+    previous = start
+    for stage, at in marks:
+        out[stage] = max(0.0, at - previous)
+        previous = max(previous, at)
     return out
