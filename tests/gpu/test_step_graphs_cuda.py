@@ -18,17 +18,23 @@ from tests.unit.liveavatar.conftest import CONFIGS, assert_chained_equal_full
 
 TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
 GEOMETRY = LatentGeometry(16, 24)
-BLOCKS = 7  # the first clip (the last of its blocks graphed), the sink refresh, the ring wrap
+BLOCKS = 7  # the first clip (a graph per ring length while the ring fills), the sink refresh, the ring wrap
 DEVICE = torch.device("cuda")
 
 
-def _session(model, seed: int, context: GraphContext | None, geometry: LatentGeometry = GEOMETRY):
+def _session(model, seed: int, context: GraphContext | None, geometry: LatentGeometry = GEOMETRY,
+             stepper: CausalStepper | None = None):
+    """A session's stepper (``stepper``: a closed session's, reused as the engine's reuse_sessions does) and
+    a function that runs its block b."""
     gen = torch.Generator().manual_seed(seed)
     cfg, s = TINY.dit, TINY.streaming
     h, w = geometry.latent_height, geometry.latent_width
-    stepper = CausalStepper(model, s, geometry, rope_rng=random.Random(seed))
-    if context is not None:
-        stepper.use_graphs(context)
+    if stepper is None:
+        stepper = CausalStepper(model, s, geometry, rope_rng=random.Random(seed))
+        if context is not None:
+            stepper.use_graphs(context)
+    else:
+        stepper.rope_rng = random.Random(seed)
     stepper.prefill(torch.randn(cfg.in_dim, 1, h, w, generator=gen),
                     torch.randn(cfg.in_dim, s.lat_motion_frames, h, w, generator=gen),
                     torch.randn(9, cfg.text_dim, generator=gen))
@@ -51,15 +57,36 @@ def test_graphed_sessions_equal_ordinary_ones_even_interleaved():
     context = GraphContext.for_device(DEVICE)
     plain = {seed: _session(model, seed, None)[1] for seed in (1, 2)}
     graphed = {seed: _session(model, seed, context) for seed in (1, 2)}
-    for stepper, _ in graphed.values():  # recorded at the prefill, before the first block
-        assert stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
+    s = TINY.streaming
+    every_call = [(step, b * graphed[1][0].block_tokens) for step in range(s.num_steps) for b in range(1, s.blocks_per_clip + 1)]
+    for stepper, _ in graphed.values():  # recorded at the prefill, before the first block: every step and ring length
+        assert stepper.graphs.recorded_steps == list(range(s.num_steps))
+        assert stepper.graphs.recorded == every_call
     for b in range(BLOCKS):
         for seed in (1, 2):  # two sessions' graphs share one pool: each must still see its own data
             expected = plain[seed](b)
             got = graphed[seed][1](b)
             assert torch.equal(got, expected), f"session {seed}, block {b}: max diff {(got.float() - expected.float()).abs().max()}"
     for stepper, _ in graphed.values():
-        assert stepper.graphs.recorded_steps == list(range(TINY.streaming.num_steps))
+        assert stepper.graphs.recorded == every_call
+
+
+@torch.inference_mode()
+def test_a_reused_stepper_replays_its_graphs_for_the_next_session():
+    """reuse_sessions: a closed session's stepper, prefilled for another session, records nothing and gives
+    what a new stepper gives."""
+    model = build_random_model(TINY.dit, TINY.streaming, seed=11, device=DEVICE, dtype=torch.bfloat16)
+    context = GraphContext.for_device(DEVICE)
+    first, run_first = _session(model, 1, context)
+    for b in range(BLOCKS):
+        run_first(b)
+    graphs = {key: r.graph for key, r in first.graphs._recorded.items()}
+    reused, run_reused = _session(model, 2, context, stepper=first)
+    assert reused is first and {key: r.graph for key, r in reused.graphs._recorded.items()} == graphs
+    run_plain = _session(model, 2, None)[1]
+    for b in range(BLOCKS):
+        expected, got = run_plain(b), run_reused(b)
+        assert torch.equal(got, expected), f"block {b}: max diff {(got.float() - expected.float()).abs().max()}"
 
 
 @torch.inference_mode()

@@ -249,3 +249,42 @@ def test_compact_kv_and_a_cpu_text_encoder_give_the_same_frames_with_less_state(
     assert frames["compact_state"] < 0.9 * frames["default_state"]
     with pytest.raises(EngineConfigError, match="text_encoder_device"):
         load_engine("liveavatar", tiny=True, text_encoder_device="gpu")
+
+
+def test_a_closed_sessions_stepper_serves_the_next_session_with_the_same_frames(engine, avatar):
+    """reuse_sessions (the default with CUDA graphs): the next session takes a closed session's stepper, its
+    rings, sink and graphs, so its start records and allocates nothing; its frames are a new stepper's.
+    A closed session's generator no longer touches that stepper; another frame size drops it."""
+    assert engine.reuse_sessions is False  # CPU, no graphs: each session its own stepper
+    other = load_engine("liveavatar", tiny=True, capacity=1, seed=7, reuse_sessions=True)
+    other.parts = engine.parts  # the same seeded tiny models, built once
+    mine = other.prepare_avatar(avatar.image)
+
+    def session_frames(gen) -> list[np.ndarray]:
+        return [gen.generate(_block(gen, k, seed=k)) for k in range(5)]  # the ring fills, then the sink refresh
+
+    first = other.new_generator(mine, "a person talks")
+    stepper = first.stepper
+    expected = session_frames(first)
+    first.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        first.generate(_block(first, 5, seed=5))
+    second = other.new_generator(mine, "a person talks")
+    try:
+        assert second.stepper is stepper
+        for k, (got, want) in enumerate(zip(session_frames(second), expected, strict=True)):
+            np.testing.assert_array_equal(got, want, err_msg=f"block {k}")
+        fresh = engine.new_generator(avatar, "a person talks")  # a new stepper, same seed and models
+        try:
+            np.testing.assert_array_equal(fresh.generate(_block(fresh, 0, seed=0)), expected[0])
+        finally:
+            fresh.close()
+    finally:
+        second.close()
+    assert other._idle_steppers == [stepper]
+    other.set_size("128*128")
+    third = other.new_generator(other.prepare_avatar(avatar.image))
+    try:
+        assert third.stepper is not stepper and other._idle_steppers == []  # the other size's memory went first
+    finally:
+        third.close()

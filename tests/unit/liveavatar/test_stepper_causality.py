@@ -132,7 +132,7 @@ def test_compiled_block_halves_trace_and_match():
 def test_partial_steppers_chained_like_tpp_equal_full_stepper(model, graphed):
     """One stepper per denoising step (as TPP puts each step on its own GPU), chained block by block,
     reproduces the single stepper exactly; each holds one ring only. ``graphed``: the pipeline ranks'
-    steppers take their full-ring calls through StepGraphs' fixed buffers (CUDA graphs on a GPU)."""
+    steppers take every call through StepGraphs' fixed buffers (CUDA graphs on a GPU)."""
     s = dataclasses.replace(TINY.streaming, ref_rope_offset_mode="fixed", ref_rope_fixed_offset=17)
     ref, motion, text, audio = _inputs(0)
     full = CausalStepper(model, s, GEOMETRY)
@@ -149,7 +149,7 @@ def test_partial_steppers_chained_like_tpp_equal_full_stepper(model, graphed):
     noise = ClipNoise(3, full.clip_noise_shape, s.latent_frames_per_block)
     x = assert_chained_equal_full(full, ranks, audio, noise, NUM_BLOCKS)
     v = s.video_frames_per_block
-    assert len(calls) == (s.num_steps * (NUM_BLOCKS - s.blocks_per_clip + 1) if graphed else 0)
+    assert len(calls) == (s.num_steps * NUM_BLOCKS if graphed else 0)
     with pytest.raises(StepperInputError, match="not held by this stepper"):
         ranks[0].denoise_step(1, x, ranks[0].encode_audio(audio[..., :v]))
     with pytest.raises(StepperInputError, match="needs every step"):
@@ -187,8 +187,9 @@ def test_compact_kv_layout_gives_same_output_with_less_memory(model, baseline):
 
 @pytest.mark.parametrize("kv_layout", ["contiguous", "compact"])
 def test_static_buffer_path_of_cuda_graphs_gives_same_output(model, baseline, kv_layout):
-    """The full-ring calls through StepGraphs' fixed-address inputs (run eagerly here; recorded as CUDA
-    graphs on a GPU) equal the ordinary calls, across the ring wrap, the sink refresh and a new prompt."""
+    """The calls through StepGraphs' fixed-address inputs (run eagerly here; recorded as CUDA graphs on a
+    GPU, one per step and ring length) equal the ordinary calls, while the ring fills, across the ring wrap,
+    the sink refresh and a new prompt."""
     s = dataclasses.replace(TINY.streaming, kv_layout=kv_layout)
     ref, motion, text, audio = _inputs(0)
     stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(5))
@@ -201,8 +202,11 @@ def test_static_buffer_path_of_cuda_graphs_gives_same_output(model, baseline, kv
     for b in range(NUM_BLOCKS):
         out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
         assert torch.equal(out, baseline[b]), f"block {b}"
-    full_ring_from = s.blocks_per_clip - 1
-    assert len(calls) == (NUM_BLOCKS - full_ring_from) * s.num_steps, "the full-ring calls go through the graphs"
+    assert len(calls) == NUM_BLOCKS * s.num_steps, "every call goes through the graphs, the ring's first blocks too"
+    ring_lengths = [call_valid for *_, call_valid in calls]
+    block = stepper.block_tokens
+    assert ring_lengths[:s.blocks_per_clip * s.num_steps] == [b * block for b in range(1, s.blocks_per_clip + 1)
+                                                              for _ in range(s.num_steps)]
 
     # a new prompt is copied into the text K/V that the graphs read, not swapped for new tensors
     kept = [k.data_ptr() for k, _ in stepper.text_kv]
@@ -218,7 +222,7 @@ def test_static_buffer_path_of_cuda_graphs_gives_same_output(model, baseline, kv
 def test_fused_ring_rotation_of_graphed_calls_matches_the_ordinary_path(monkeypatch):
     """On CUDA (compiled) the graphed calls rotate and store q/k/v and the sink K in one kernel
     (rope.rotate_into_ring, real arithmetic); here the same function runs uncompiled in bf16 against the
-    complex-multiply path: the blocks agree to bf16 rounding, and every full-ring call used it."""
+    complex-multiply path: the blocks agree to bf16 rounding, and every call used it."""
     import live_avatar.core.engines.liveavatar.stepper as stepper_module
     from live_avatar.core.engines.liveavatar import rope
 
@@ -235,39 +239,43 @@ def test_fused_ring_rotation_of_graphed_calls_matches_the_ordinary_path(monkeypa
         stepper.prefill(ref, motion, text)
         noise = ClipNoise(42, stepper.clip_noise_shape, TINY.streaming.latent_frames_per_block)
         outputs.append([stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)) for b in range(NUM_BLOCKS)])
-    full_ring_calls = (NUM_BLOCKS - TINY.streaming.blocks_per_clip + 1) * TINY.streaming.num_steps
-    assert len(used) == full_ring_calls * TINY.dit.num_layers
+    assert len(used) == NUM_BLOCKS * TINY.streaming.num_steps * TINY.dit.num_layers
     for b, (plain, fused) in enumerate(zip(*outputs, strict=True)):
         error = ((fused.float() - plain.float()).norm() / plain.float().norm()).item()
         assert error < 0.02, f"block {b}: relative error {error}"
 
 
 def test_graphs_recorded_at_the_prefill_leave_the_session_unchanged(model, baseline, monkeypatch):
-    """On CUDA the prefill records every step's graph (StepGraphs.record_ahead) with placeholders in the
-    statics, the context's first recording after one eager call that writes placeholder K/V into the
-    rings. Here a stand-in context and recorder run that eager call on the CPU: the prefill records all
-    steps, empties the rings again, and the session's blocks equal the plain stepper's."""
+    """On CUDA the prefill records a graph per step and ring length (StepGraphs.record_ahead) with
+    placeholders in the statics, each ring length's first recording in the context after one eager call
+    that writes placeholder K/V into the rings. Here a stand-in context and recorder run those eager calls
+    on the CPU: the prefill records them all, empties the rings again, and the session's blocks equal the
+    plain stepper's."""
     from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs, _Recorded
 
     recorded = []
-    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step: recorded.append(step) or _Recorded(None, None))
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step, valid: recorded.append((step, valid)) or _Recorded(None, None))
     stepper = _prefilled_with_a_stand_in_graph_context(model)
     ref, motion, text, _ = _inputs(0)
-    assert recorded == list(range(TINY.streaming.num_steps))
-    assert stepper.graphs.context.warmed == {stepper.graphs.geometry}
+    s, block = TINY.streaming, stepper.block_tokens
+    lengths = [b * block for b in range(1, s.blocks_per_clip + 1)]  # the ring fills over a clip's blocks
+    assert stepper.graphs.ring_lengths == tuple(lengths) and lengths[-1] == stepper.ring_tokens
+    everything = [(step, n) for step in range(s.num_steps) for n in lengths]
+    assert recorded == everything
+    assert stepper.graphs.context.warmed == {(stepper.graphs.geometry, n) for n in lengths}
     assert stepper.graphs.audio_tokens is not None  # shaped by the placeholder block
     for ring in stepper.rings:
         assert not ring.k[:, ring.sink_capacity:].any() and not ring.v[:, ring.sink_capacity:].any()
     _assert_blocks_equal(stepper, baseline)
-    assert recorded == list(range(TINY.streaming.num_steps)), "nothing recorded during the session"
+    assert recorded == everything, "nothing recorded during the session"
     stepper.prefill(ref, motion, text)  # a new prefill (same stepper): the graphs are kept
-    assert len(recorded) == TINY.streaming.num_steps
+    assert recorded == everything
 
 
 def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_correct(model, baseline, monkeypatch, caplog):
     from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs
 
-    def failing(self, step):  # after the eager first call of StepGraphs._record
+    def failing(self, step, valid):  # after the eager first call of StepGraphs._record
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
     monkeypatch.setattr(StepGraphs, "_capture", failing)
@@ -290,14 +298,15 @@ def _prefilled_with_a_stand_in_graph_context(model) -> CausalStepper:
 
 def test_each_frame_size_runs_its_eager_call_before_its_first_capture(model, monkeypatch):
     """An engine's steppers share one graph context. A second frame size needs an eager call of its own
-    before its first capture: that call compiles the size's kernels, and a compile inside a capture
-    failed it on an H200 (the engine's first 384x640 session after 320x512 ran ungraphed)."""
+    (one per ring length) before its first capture: that call compiles the size's kernels, and a compile
+    inside a capture failed it on an H200 (the engine's first 384x640 session after 320x512 ran ungraphed)."""
     from live_avatar.core.engines.liveavatar.step_graphs import GraphContext, StepGraphs, _Recorded
 
     eager_calls, captures = [], []
     eager = StepGraphs._eager_call
-    monkeypatch.setattr(StepGraphs, "_eager_call", lambda self, step: eager_calls.append(self.geometry) or eager(self, step))
-    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step: captures.append(self.geometry) or _Recorded(None, None))
+    monkeypatch.setattr(StepGraphs, "_eager_call",
+                        lambda self, step, valid: eager_calls.append(self.geometry) or eager(self, step, valid))
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step, valid: captures.append(self.geometry) or _Recorded(None, None))
     context = GraphContext()
     cfg, s = TINY.dit, TINY.streaming
     geometries = {}
@@ -312,9 +321,10 @@ def test_each_frame_size_runs_its_eager_call_before_its_first_capture(model, mon
         geometries[geometry] = stepper.graphs.geometry
     first, second = geometries[GEOMETRY], geometries[LatentGeometry(16, 16)]
     assert first != second
-    assert eager_calls == [first, second], "one eager call per frame size, before its first capture"
-    assert captures == [first] * (2 * s.num_steps) + [second] * s.num_steps
-    assert context.warmed == {first, second}
+    lengths = s.blocks_per_clip  # ring lengths: one more block per block until the ring is full
+    assert eager_calls == [first] * lengths + [second] * lengths, "one eager call per frame size and ring length"
+    assert captures == [first] * (2 * s.num_steps * lengths) + [second] * s.num_steps * lengths
+    assert {geometry for geometry, _ in context.warmed} == {first, second} and len(context.warmed) == 2 * lengths
 
 
 def _assert_blocks_equal(stepper: CausalStepper, expected: list[torch.Tensor]) -> None:
@@ -344,6 +354,6 @@ def test_a_stepper_with_graphs_is_freed_when_dropped(model):
 
 def _counting(fn, calls):
     def counted(*args, **kwargs):
-        calls.append(args[0])
+        calls.append(args)  # (step, x, audio, slot, noisy_rot, sink_rot, valid ring rows)
         return fn(*args, **kwargs)
     return counted

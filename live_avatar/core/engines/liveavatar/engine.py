@@ -26,11 +26,15 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    not yet measured on a GPU
 ``text_encoder_device`` "auto" (the engine's device) or "cpu": umT5-XXL (11.4 GB bf16) stays off the GPU; a
                    new prompt is then encoded on the CPU (seconds; outside the compute lock; cached)
-``cuda_graphs``    record the steady-state DiT calls (full KV ring) as CUDA graphs, one per step and session,
-                   so that a call is one launch whatever else holds the GIL (default: on for CUDA devices;
-                   320x512 FP8 on an H200: DiT 517 -> 443 ms a block, and the live session's block costs what
-                   the benchmark's does; no extra GPU memory); the live windows' wav2vec call replays a
-                   graph too (the "audio" stage: ~650 ATen ops a window otherwise)
+``cuda_graphs``    record the DiT calls as CUDA graphs, one per step and ring length (the ring fills over a
+                   session's first 3 blocks) and session, so that a call is one launch whatever else holds
+                   the GIL (default: on for CUDA devices; 320x512 FP8 on an H200: DiT 517 -> 443 ms a block,
+                   and the live session's block costs what the benchmark's does; no extra GPU memory); the
+                   live windows' wav2vec call replays a graph too (the "audio" stage: ~650 ATen ops a window
+                   otherwise)
+``reuse_sessions`` keep a closed session's stepper (its KV rings, sink and CUDA graphs) for the next session
+                   of the same size, up to ``capacity`` of them: that session's start records no graph and
+                   allocates nothing (default: with ``cuda_graphs``; the memory stays with the engine)
 ``vae_graphs``     with cuda_graphs: the steady-state VAE decoder calls (from a session's priming on) replay one
                    CUDA graph per session too; off: the eager decode is GPU-bound, not launch-bound (320x512 on
                    an H200: 120 vs 126 ms a block), so it saves little; worth it where launches are slow
@@ -95,6 +99,7 @@ discovery and the models an engine holds), :mod:`.generator` (the prepared avata
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
 import time
@@ -150,6 +155,7 @@ class LiveAvatarEngine:
         self.compute_lock = threading.RLock()  # one model, several threads (sessions, avatar preparation)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
+        self._idle_steppers: list = []  # closed sessions' steppers, for the next sessions (reuse_sessions)
         if opts.tune_kernels and opts.compile_backend == "inductor":
             import torch._inductor.config as inductor_config
 
@@ -178,6 +184,7 @@ class LiveAvatarEngine:
 
             self.pipeline = StepPipeline(self)  # starts ranks 1..N-1 and waits for their models
             self.capacity = self.pipeline.capacity
+        self.reuse_sessions = opts.reuse_sessions if opts.reuse_sessions is not None else self.graph_context is not None
         self.warmup_report: WarmupReport | None = None
         self.warming_up = False
         self._graphs_at_ready = compiled_graphs()
@@ -248,6 +255,37 @@ class LiveAvatarEngine:
     def active_sessions(self) -> int:
         return self._sessions
 
+    def take_stepper(self, geometry):
+        """The stepper of a new session: a closed session's at this geometry (``reuse_sessions``: its rings,
+        sink and CUDA graphs kept; the session's prefill resets what a session changes), else a new one."""
+        from .stepper import CausalStepper
+
+        with self._sessions_lock:
+            # another size's (set_size) are dropped here, before this size allocates
+            self._idle_steppers = [s for s in self._idle_steppers if s.geometry == geometry]
+            stepper = self._idle_steppers.pop() if self._idle_steppers else None
+        # the rolling-reference RoPE offset is random per DiT call (as the reference); seeding it from the
+        # session seed makes a session reproducible (the reference leaves it unseeded)
+        rope_rng = random.Random(self.options.seed)
+        if stepper is not None:
+            stepper.rope_rng = rope_rng  # as a new stepper's
+            return stepper
+        streaming = self.parts.model_config.streaming
+        stepper = CausalStepper(self.parts.dit, streaming, geometry, rope_rng=rope_rng)
+        if self.graph_context is not None:
+            stepper.use_graphs(self.graph_context)
+        return stepper
+
+    def return_stepper(self, stepper) -> None:
+        """A closed session's stepper: kept for the next session (``reuse_sessions``), else freed."""
+        if not self.reuse_sessions or stepper is None:
+            return
+        if self.graph_context is not None and stepper.graphs is None:
+            return  # its graphs failed to record: a new stepper tries again
+        with self._sessions_lock:
+            if len(self._idle_steppers) < self.capacity:
+                self._idle_steppers.append(stepper)
+
     def new_generator(self, avatar: LiveAvatar, prompt: str | None = None, **options: Any) -> LiveAvatarGenerator:
         if not isinstance(avatar, LiveAvatar):
             raise AvatarError("not a liveavatar avatar (prepare it with this engine's prepare_avatar)")
@@ -287,4 +325,5 @@ class LiveAvatarEngine:
         if getattr(self, "pipeline", None) is not None:
             self.pipeline.close()
             self.pipeline = None
+        self._idle_steppers = []
         self.parts = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,13 +44,20 @@ class BlockStageTimes:
     extra: dict = field(default_factory=dict)
 
 
+FIRST_BLOCKS_KEPT = 5  # the ring fills over the first 4 blocks; the sink refresh comes before the 5th
+
+
+def _stage_ms(t: BlockStageTimes) -> dict[str, float]:
+    return {"audio": 1000 * t.audio_s, "sink_refresh": 1000 * t.refresh_s, "dit": 1000 * t.dit_s,
+            "vae": 1000 * t.vae_s, "total": 1000 * t.total_s}
+
+
 class LiveAvatarGenerator:
     """BlockGenerator of one session: audio window -> DiT block -> streaming VAE -> uint8 frames."""
 
     def __init__(self, engine: "LiveAvatarEngine", avatar: LiveAvatar, prompt: str | None, *, sync_timing: bool = False):
         from .config import LatentGeometry
         from .sampler import ClipNoise
-        from .stepper import CausalStepper
 
         self.engine = engine
         parts = engine.parts
@@ -64,13 +70,7 @@ class LiveAvatarGenerator:
         self.timings = BlockStageTimes()
         self._closed = False
         w, h = engine.size
-        # the rolling-reference RoPE offset is random per DiT call (as the reference); seeding it from the
-        # session seed makes a session reproducible (the reference leaves it unseeded)
-        self.stepper = CausalStepper(
-            parts.dit, streaming, LatentGeometry.from_pixels(h, w), rope_rng=random.Random(engine.options.seed)
-        )
-        if engine.graph_context is not None:
-            self.stepper.use_graphs(engine.graph_context)
+        self.stepper = engine.take_stepper(LatentGeometry.from_pixels(h, w))
         self.noise = ClipNoise(
             engine.options.seed, self.stepper.clip_noise_shape, streaming.latent_frames_per_block,
             device=engine.device, dtype=engine.dtype,
@@ -82,6 +82,7 @@ class LiveAvatarGenerator:
         # last frames in [-1, 1] for the "reencode" sink refresh (motion = VAE(last 73 frames)); only then
         self._recent = deque(maxlen=parts.codec.config.motion_frames if engine.options.sink_refresh == "reencode" else 0)
         self.blocks_done = 0
+        self.first_blocks_ms: list[dict[str, float]] = []  # stages of the session's first blocks (engine_stats)
         self._pending_change: tuple | None = None  # (avatar, prompt) for the next clip boundary
         self._compiles_seen = engine.compiles_since_ready()
 
@@ -98,12 +99,20 @@ class LiveAvatarGenerator:
         # sessions' blocks must not wait for it
         context = self.engine.parts.text.encode(self._prompt)
         with self.engine.compute_lock, torch.inference_mode():
+            self._check_open()
             self.stepper.prefill(self.avatar.reference_latent, self.avatar.motion_latents, context)
             self.video.start(self.avatar.motion_latents)
         self._recent.clear()
         self._recent.extend(self.avatar.pixels[:, None].unbind(1) * self._recent.maxlen)
         self._started = True
         self.timings.prefill_s = self._sync() - t0
+
+    def _check_open(self):
+        """(compute lock held) The stepper, unless the session was closed: a closed session's stepper may
+        already be another session's (``reuse_sessions``), and that session's prefill waits for this lock."""
+        if self._closed:
+            raise RuntimeError("generator is closed")
+        return self.stepper
 
     def _refresh_sink(self) -> None:
         """Before the first block of clip 1: rebuild the sink (online-decode semantics, spec §3.4 / golden README)."""
@@ -136,18 +145,19 @@ class LiveAvatarGenerator:
         t = BlockStageTimes(prefill_s=self.timings.prefill_s if self.blocks_done == 0 else 0.0)
         t_start = self._sync()
         with self.engine.compute_lock, torch.inference_mode():
+            stepper = self._check_open()
             feats = self.engine.parts.audio.block_features(block)  # [25, D, 12] float32
             t1 = self._sync()
             t.audio_s = t1 - t_start
             streaming = self.engine.parts.model_config.streaming
-            if self._pending_change is not None and self.stepper.block_index % streaming.blocks_per_clip == 0:
+            if self._pending_change is not None and stepper.block_index % streaming.blocks_per_clip == 0:
                 self._apply_change(rebuild_sink=True)
-            elif self.stepper.block_index == streaming.blocks_per_clip:
+            elif stepper.block_index == streaming.blocks_per_clip:
                 self._refresh_sink()
             t2 = self._sync()
             t.refresh_s = t2 - t1
-            latents = self.stepper.step_block(feats[None].to(self.engine.dtype), self.noise.block(self.stepper.block_index))
-            if self.stepper.block_index == 1:
+            latents = stepper.step_block(feats[None].to(self.engine.dtype), self.noise.block(stepper.block_index))
+            if stepper.block_index == 1:
                 self._first_latent = latents[:, :1].clone()
             t.dit_s = self._sync() - t2
         return latents, t
@@ -164,6 +174,8 @@ class LiveAvatarGenerator:
     def _finish_block(self, t: BlockStageTimes) -> None:
         t.total_s = t.audio_s + t.refresh_s + t.dit_s + t.vae_s
         self.timings = t
+        if len(self.first_blocks_ms) < FIRST_BLOCKS_KEPT:  # a session's start: the first frame's cost
+            self.first_blocks_ms.append(_stage_ms(t))
         self.blocks_done += 1
         self._note_compiles()
 
@@ -178,10 +190,9 @@ class LiveAvatarGenerator:
 
     def engine_stats(self) -> dict[str, Any]:
         """The last block's stages (ms) and the graphs compiled since the engine was ready (should stay 0)."""
-        t = self.timings
         return {
-            "last_block_ms": {"audio": 1000 * t.audio_s, "sink_refresh": 1000 * t.refresh_s, "dit": 1000 * t.dit_s,
-                              "vae": 1000 * t.vae_s, "total": 1000 * t.total_s},
+            "last_block_ms": _stage_ms(self.timings),
+            "first_blocks_ms": self.first_blocks_ms,
             "stage_times_synchronised": self.sync_timing,
             "compiles_since_ready": self.engine.compiles_since_ready(),
         }
@@ -201,7 +212,7 @@ class LiveAvatarGenerator:
         self._pending_change = (avatar, prompt)
         if prompt is not None:  # encoded now (cached), not under the compute lock at the clip boundary
             self.engine.parts.text.encode(prompt if prompt else self.engine.options.prompt)
-        if not self._started:
+        if not self._started or self._closed:
             return 0
         per_clip = self.engine.parts.model_config.streaming.blocks_per_clip
         return (-self.stepper.block_index) % per_clip * self.block_frames
@@ -237,7 +248,8 @@ class LiveAvatarGenerator:
         if self._closed:
             return
         self._closed = True
-        self.stepper = None  # frees the rings and the sink
+        stepper, self.stepper = self.stepper, None
+        self.engine.return_stepper(stepper)  # kept for the next session (reuse_sessions), else its memory goes
         self.video = None
         self._recent.clear()
         self.engine._release_session()

@@ -44,7 +44,10 @@ class LiveAvatarOptions:
     # where umT5-XXL (11.4 GB in bf16) runs: "auto" the engine's device, "cpu" keeps it off the GPU (a new
     # prompt then takes seconds to encode, outside the compute lock; prompts are cached)
     text_encoder_device: str = "auto"
-    cuda_graphs: bool | None = None  # the full-ring DiT calls as CUDA graphs (step_graphs.py); None: on CUDA devices
+    cuda_graphs: bool | None = None  # every DiT call as a CUDA graph (step_graphs.py); None: on CUDA devices
+    # keep a closed session's stepper (KV rings, sink, CUDA graphs) for the next session at the same size:
+    # no 16 graph captures and no ~31 GB allocation at its start; None: with cuda_graphs
+    reuse_sessions: bool | None = None
     vae_graphs: bool = False  # with cuda_graphs, the VAE decoder's steady-state calls too (vae_stream.DecoderGraph)
     overlap_vae: bool = False  # decode block k on a thread and CUDA stream of its own during block k+1's DiT (vae_overlap.py)
     # Python's GIL hand-over interval for the whole process while this engine runs (None: Python's 5 ms);

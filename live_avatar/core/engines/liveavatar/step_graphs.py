@@ -9,14 +9,18 @@ checks, the allocator): the likely part of why the DiT took 499 ms a block insid
 What varies between calls of one step is made a tensor that a graph reads from a fixed address:
 the noisy latents, the audio tokens, the two RoPE rotations (block position, rolling reference
 offset) and the ring rows the block writes (an ``index_copy_``, not a Python slice). The number of
-valid ring rows is a Python int, so only the calls where the ring is full (from block
-``blocks_per_clip - 1`` on) are graphed; a session's first blocks run as before. So one graph per
-denoising step and stepper, recorded at the session's prefill (:meth:`StepGraphs.record_ahead`; the
-server prefills while the peer connects): a capture runs no kernel, so placeholders in the statics
-do, and the session's first full-ring block replays. Recorded by that block instead (until
-2026-12-04), each graph cost ~0.1 s more than a replay (the block ~0.4 s late), which a live session at
-its budget never wins back. The first recording of each frame size follows one eager call that
-compiles its kernels (a compile inside a capture fails it).
+valid ring rows is a Python int: it grows by a block per block until the ring is full (block
+``blocks_per_clip - 1``) and stays there, so each step has one graph per ring length (four: the ring
+holds a clip of 4 blocks), all recorded at the session's prefill (:meth:`StepGraphs.record_ahead`;
+the server prefills while the peer connects; the engine's ``reuse_sessions`` keeps them for the next
+session). A capture runs no kernel, so placeholders in the statics do. Until 2026-12-04 only the
+full-ring calls were graphed and a session's first three blocks ran eagerly; inside a live server the
+first block took 826 ms against 470 ms a graphed block (320x512, H200; the eager calls are the likely
+part, its stages were not recorded then: ``first_blocks_ms`` in the session stats now does), its frame
+came late and the session carried that lateness until a silent block was skipped.
+Recorded by the block that first needs it instead, each graph cost ~0.1 s more than a replay. The
+first recording of each frame size and ring length follows one eager call that compiles its kernels
+and sets up its attention (a compile inside a capture fails it).
 
 Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
 (``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
@@ -30,6 +34,7 @@ ordinary path; tests/gpu checks the recorded graphs against both on a CUDA machi
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,7 +62,7 @@ class GraphContext:
 
     pool: Any = None
     stream: Any = None  # None: the stand-in context of the CPU tests (eager calls on the current stream)
-    warmed: set = field(default_factory=set)  # geometries (StepGraphs.geometry) that ran their eager call
+    warmed: set = field(default_factory=set)  # (StepGraphs.geometry, ring rows) that ran their eager call
 
     @classmethod
     def for_device(cls, device: torch.device) -> "GraphContext":
@@ -95,11 +100,18 @@ class StepGraphs:
         self.sink_rot = torch.zeros(s.sink_tokens, cfg.head_dim // 2, device=dev, dtype=rot_dtype)
         self.audio_tokens: torch.Tensor | None = None  # shaped by the first block's audio
         self.audio_glob: torch.Tensor | None = None
-        self._recorded: dict[int, _Recorded] = {}
+        self._recorded: dict[tuple[int, int], _Recorded] = {}  # (step, valid ring rows) -> its graph
+
+    @property
+    def recorded(self) -> list[tuple[int, int]]:
+        """(step, valid ring rows) of every recorded graph."""
+        return sorted(key for key, r in self._recorded.items() if r.graph is not None)
 
     @property
     def recorded_steps(self) -> list[int]:
-        return sorted(step for step, r in self._recorded.items() if r.graph is not None)
+        """The steps with a graph for every ring length."""
+        have = set(self.recorded)
+        return [step for step in self.stepper.owned_steps if all((step, n) in have for n in self.ring_lengths)]
 
     @property
     def geometry(self) -> tuple[int, int, int]:
@@ -107,38 +119,52 @@ class StepGraphs:
         s = self.stepper
         return s.block_tokens, s.sink_tokens, s.ring_tokens
 
+    @property
+    def ring_lengths(self) -> tuple[int, ...]:
+        """The valid ring rows a call can see: a block more per block until the ring is full."""
+        s = self.stepper
+        return tuple(range(s.block_tokens, s.ring_tokens + 1, s.block_tokens))
+
     def covers(self, valid: int) -> bool:
-        """Whether a call that sees ``valid`` ring rows can be graphed (only the full ring)."""
-        return valid == self.stepper.ring_tokens
+        """Whether a call that sees ``valid`` ring rows is graphed (every call of a session is)."""
+        return valid in self.ring_lengths
 
     def record_ahead(self) -> bool:
-        """Record the graphs of every step the stepper holds, before its first block (the sink and the
-        text K/V must be in place: their lengths are part of the graph). The statics get placeholders: a
-        zero block at the ring's first rows with the rotations of latent frame 0. Returns whether an eager
-        call ran (the context's first recording is preceded by one): it wrote placeholder K/V into the
-        rings, which the caller empties again."""
+        """Record the graphs of every step the stepper holds and every ring length, before its first
+        block (the sink and the text K/V must be in place: their lengths are part of the graph). The
+        statics get placeholders: a zero block at the ring's first rows with the rotations of latent
+        frame 0. Returns whether an eager call ran (the first recording of each ring length in the
+        context is preceded by one): it wrote placeholder K/V into the rings, which the caller empties."""
         s = self.stepper
-        if self.context is None or all(step in self._recorded for step in s.owned_steps):
+        wanted = [(step, n) for step in s.owned_steps for n in self.ring_lengths]
+        if self.context is None or all(key in self._recorded for key in wanted):
             return False
         cfg, streaming = s.model.config, s.streaming
         silence = torch.zeros(cfg.num_audio_layers, cfg.audio_dim, streaming.video_frames_per_block)
         self._load(torch.zeros_like(self.x), s.encode_audio(silence), 0, rotation(s.noisy_rope(0), s.dtype),
                    rotation(s.sink_rope(s.ref_rope_frame(0, 0)), s.dtype))
-        warmed_before = self.geometry in self.context.warmed
-        for step in s.owned_steps:
-            if step not in self._recorded:
-                self._recorded[step] = self._record(step)
+        warmed_before = all((self.geometry, n) in self.context.warmed for n in self.ring_lengths)
+        t0, reserved = time.perf_counter(), self._reserved_gb()
+        for key in wanted:
+            if key not in self._recorded:
+                self._recorded[key] = self._record(*key)
+        log.info("CUDA graphs of %d denoising calls (steps %s x ring rows %s) recorded in %.2f s: GPU memory "
+                 "reserved %+.2f GB", len(wanted), list(s.owned_steps), list(self.ring_lengths),
+                 time.perf_counter() - t0, self._reserved_gb() - reserved)
         return not warmed_before
 
+    def _reserved_gb(self) -> float:
+        return torch.cuda.memory_reserved(self.stepper.device) / 1e9 if self.context.stream is not None else 0.0
+
     def run(self, step: int, x: torch.Tensor, audio: "AudioTokens", slot: int, noisy_rot: torch.Tensor,
-            sink_rot: torch.Tensor) -> torch.Tensor:
-        """The velocity of one full-ring call (a fresh tensor, safe to keep)."""
+            sink_rot: torch.Tensor, valid: int) -> torch.Tensor:
+        """The velocity of one call that sees ``valid`` ring rows (a fresh tensor, safe to keep)."""
         self._load(x, audio, slot, noisy_rot, sink_rot)
-        recorded = self._recorded.get(step)
+        recorded = self._recorded.get((step, valid))
         if recorded is None:
-            recorded = self._recorded[step] = self._record(step)
+            recorded = self._recorded[step, valid] = self._record(step, valid)
         if recorded.graph is None:
-            return self._call(step)
+            return self._call(step, valid)
         recorded.graph.replay()
         return recorded.out.clone()
 
@@ -155,48 +181,48 @@ class StepGraphs:
         first = s.rings[s.owned_steps[0]].sink_capacity + slot
         torch.arange(first, first + s.block_tokens, out=self.rows)
 
-    def _call(self, step: int) -> torch.Tensor:
+    def _call(self, step: int, valid: int) -> torch.Tensor:
         from .stepper import AudioTokens, _InferenceAttention
 
         s = self.stepper
-        cache = _InferenceAttention(s.rings[step], s.sink, self.noisy_rot, self.sink_rot, slot=self.rows,
-                                    valid=s.ring_tokens)
+        cache = _InferenceAttention(s.rings[step], s.sink, self.noisy_rot, self.sink_rot, slot=self.rows, valid=valid)
         return s.velocity(step, self.x, AudioTokens(self.audio_tokens, self.audio_glob), cache)
 
-    def _record(self, step: int) -> _Recorded:
+    def _record(self, step: int, valid: int) -> _Recorded:
         ctx = self.context
         if ctx is None:
             return _Recorded(graph=None, out=None)
-        if self.geometry not in ctx.warmed:
+        if (self.geometry, valid) not in ctx.warmed:
             # The statics hold this block's inputs, so this call writes exactly the ring rows the replay
-            # writes next: harmless. It compiles this geometry's kernels before any capture (the first
-            # session of a second frame size in one engine failed its capture without it: a compile).
-            self._eager_call(step)
-            ctx.warmed.add(self.geometry)
-        return self._capture(step)
+            # writes next: harmless. It compiles this geometry's kernels and sets up the attention of this
+            # ring length before any capture (the first session of a second frame size in one engine
+            # failed its capture without it: a compile).
+            self._eager_call(step, valid)
+            ctx.warmed.add((self.geometry, valid))
+        return self._capture(step, valid)
 
-    def _eager_call(self, step: int) -> None:
+    def _eager_call(self, step: int, valid: int) -> None:
         ctx = self.context
         if ctx.stream is None:
-            self._call(step)
+            self._call(step, valid)
             return
         main = torch.cuda.current_stream(self.stepper.device)
         ctx.stream.wait_stream(main)
         with torch.cuda.stream(ctx.stream):
-            self._call(step)
+            self._call(step, valid)
         main.wait_stream(ctx.stream)
 
-    def _capture(self, step: int) -> _Recorded:
+    def _capture(self, step: int, valid: int) -> _Recorded:
         from .cuda_graph import record_graph
 
         ctx = self.context
-        reserved = torch.cuda.memory_reserved(self.stepper.device)
+        reserved = self._reserved_gb()
         try:
-            graph, out = record_graph(lambda: self._call(step), self.stepper.device, stream=ctx.stream, pool=ctx.pool)
+            graph, out = record_graph(lambda: self._call(step, valid), self.stepper.device, stream=ctx.stream,
+                                      pool=ctx.pool)
         except RuntimeError:
             ctx.renew()  # the caller runs this session ungraphed; the next sessions record into a fresh pool
             raise
-        log.info("CUDA graph of denoising step %d recorded: GPU memory reserved %+.2f GB (now %.1f GB)", step,
-                 (torch.cuda.memory_reserved(self.stepper.device) - reserved) / 1e9,
-                 torch.cuda.memory_reserved(self.stepper.device) / 1e9)
+        log.debug("CUDA graph of denoising step %d, %d ring rows, recorded: GPU memory reserved %+.2f GB (now %.1f GB)",
+                  step, valid, self._reserved_gb() - reserved, self._reserved_gb())
         return _Recorded(graph=graph, out=out)

@@ -247,11 +247,11 @@ class CausalStepper:
         self._motion_latents: torch.Tensor | None = None
         self._pending_refresh_ref: torch.Tensor | None = None
         self.ref_offsets: list[int] = []  # Delta of the most recent block's calls (inspection/tests)
-        self.graphs: StepGraphs | None = None  # CUDA graphs of the full-ring calls (use_graphs)
+        self.graphs: StepGraphs | None = None  # CUDA graphs of the denoising calls (use_graphs)
 
     def use_graphs(self, context: GraphContext | None) -> None:
-        """Run the calls that see a full ring through :class:`StepGraphs`: CUDA graphs recorded at the
-        prefill, or (``context`` None) the same static-buffer path run eagerly."""
+        """Run the denoising calls through :class:`StepGraphs`: CUDA graphs recorded at the prefill (one
+        per step and ring length), or (``context`` None) the same static-buffer path run eagerly."""
         self.graphs = StepGraphs(self, context)
 
     # ---- geometry / RoPE ------------------------------------------------------------------------
@@ -432,7 +432,7 @@ class CausalStepper:
         sink_rope = self.sink_rope(self.ref_rope_frame(frame, offset))
         noisy_rot, sink_rot = rotation(noisy_rope, self.dtype), rotation(sink_rope, self.dtype)
         if self.graphs is not None and trace is None and self.graphs.covers(valid):
-            return self.graphs.run(step, x, audio, slot, noisy_rot, sink_rot)
+            return self.graphs.run(step, x, audio, slot, noisy_rot, sink_rot, valid)
         cache = _InferenceAttention(self.rings[step], self.sink, noisy_rot, sink_rot, slot, valid)
         if trace is not None:
             trace.update(noisy_rope=noisy_rope, sink_rope=sink_rope)
