@@ -41,8 +41,9 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
 * gpu_state (nvidia-smi, every 5 s): SM clock, power, temperature, utilisation, the driver's clock
   reasons (power cap, thermal slowdown...) and, at the start, the limits and every process using a
   GPU: what differs when the same code runs slower on another machine (bench/gpu_state.py).
-* while it runs, <output>.partial.json holds the server's stats so far (every 30 s; removed at the
-  end), so a run cut short still leaves figures.
+* while it runs, <output>.partial.json holds the server's stats so far (every 30 s,
+  ``--progress-every``) and, every other time, the peer's (fps, speech-to-lips, first frame, A/V
+  offset; not the mouth-based figures); removed at the end. A run cut short still leaves figures.
 
 The GPU engine: ``avatar bench e2e --engine liveavatar --random-weights --size 320*512
 --engine-option fp8=true --engine-option compile=true`` (engine options go to ``avatar serve
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -71,6 +73,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -131,6 +134,7 @@ class E2EConfig:
     words_per_minute: int = 160
     server_start_timeout_s: float = 120.0
     stats_interval_s: float = 5.0
+    progress_interval_s: float = 30.0  # a progress line and <output>.partial.json; the peer's figures every other one
     # peer-side onset detector (10 ms RMS envelope)
     envelope_hop_s: float = 0.01
     onset_threshold_db: float = -40.0
@@ -369,8 +373,9 @@ def lip_sync_lag(
     return {"lag_ms": lag * hop_s * 1000, "correlation": c, "pixels": int(top.size), "mouth": mouth}
 
 
-def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]:
-    """Everything measured at the receiving peer (see the module docstring for the methods)."""
+def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig, *, content: bool = True) -> dict[str, Any]:
+    """Everything measured at the receiving peer (see the module docstring for the methods); ``content``
+    False leaves out the mouth-based figures (the lip-sync lag, the mouth-visibly-open latency)."""
     hop = cfg.envelope_hop_s
     out: dict[str, Any] = {}
 
@@ -483,7 +488,7 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig) -> dict[str, Any]
     content: dict[str, Any] = {"lag_ms": None, "correlation": None, "pixels": 0}
     keep = [k for k, p in enumerate(video_pts) if int(p) in wire_video]
     audio_keep = [k for k, a in enumerate(frames) if a.pts - a.pts % samples_per_audio_packet in wire_audio]
-    if len(keep) > 10 * FPS and audio_keep:
+    if content and len(keep) > 10 * FPS and audio_keep:
         t_video = np.asarray([wire_video[int(video_pts[k])] for k in keep])
         thumbs = np.stack([peer.video_thumbs[k] for k in keep])
         a_times = np.concatenate([
@@ -586,7 +591,7 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
         t_start = time.monotonic()
         tasks = [asyncio.create_task(poller.run()), asyncio.create_task(rss.run(t_start)),
                  asyncio.create_task(gpu.run(t_start))]
-        progress = asyncio.create_task(_progress(cfg, t_start, poller, rss, gpu))
+        progress = asyncio.create_task(_progress(cfg, t_start, poller, rss, gpu, peer, program))
         tasks.append(progress)
         await peer.wait_sent(extra_s=1.5, timeout=cfg.duration_s + 120)
         if server.proc.poll() is not None:
@@ -678,37 +683,79 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
     }
 
 
+def peer_snapshot(peer) -> SimpleNamespace:
+    """What the peer has received so far, copied: its lists grow while a thread analyses the copy."""
+    n = min(len(peer.video_frames), len(peer.video_thumbs))
+    return SimpleNamespace(video_frames=peer.video_frames[:n], video_thumbs=peer.video_thumbs[:n],
+                           audio_frames=list(peer.audio_frames), video_size=peer.video_size, mic=peer.mic,
+                           wire_arrival={kind: dict(times) for kind, times in peer.wire_arrival.items()})
+
+
+def peer_so_far(peer, program: SpeechProgram, cfg: E2EConfig, t_s: float) -> dict[str, Any]:
+    """The summary's peer figures over the run so far (for the partial JSON of a run that may be cut)."""
+    try:
+        results = analyse_peer(peer_snapshot(peer), program, cfg, content=False)
+    except Exception as exc:  # noqa: BLE001 - too early (no frames back yet) or odd data: the run goes on
+        return {"t_s": t_s, "error": f"{type(exc).__name__}: {exc}"}
+    return {"t_s": t_s, "fps_received": results["video"]["fps"],
+            "speech_to_lips_peer_ms": results["speech_to_lips_peer_ms"],
+            "first_frame_peer_ms": results["first_frame_latency_peer_ms"],
+            "av_offset_p95_abs_ms": results["av_offset_ms"]["wire_p95_abs"]}
+
+
 def partial_path(output: Path) -> Path:
     """Where a run in progress keeps its latest server stats (removed when the run writes its JSON)."""
     return output.with_name(output.stem + ".partial.json")
 
 
-async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: RssSampler, gpu: GpuSampler) -> None:
-    """Every 30 s: a progress line, and the server's stats so far in <output>.partial.json, so a run
-    cut short (a GPU machine taken back) still leaves its figures."""
-    duration_s, partial = cfg.duration_s, partial_path(cfg.output)
+async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: RssSampler, gpu: GpuSampler,
+                    peer, program: SpeechProgram) -> None:
+    """Every ``progress_interval_s`` (30 s): a progress line, and the server's stats so far in
+    <output>.partial.json, so a run cut short (a GPU machine taken back) still leaves its figures; every
+    other time the peer's figures too (analysed on a copy, in a thread, without the mouth-based ones: the
+    receiving loop keeps going)."""
+    partial = partial_path(cfg.output)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        await asyncio.sleep(30)
-        snapshot = {"benchmark": "e2e (in progress)", "t_s": time.monotonic() - t_start, "duration_s": duration_s,
-                    "server_speech_to_lips_ms": poller.s2l_ms, "server_stats": poller.last,
-                    "gpu_state": gpu.summary()}
-        tmp = partial.with_suffix(".tmp")
-        tmp.write_text(json.dumps(snapshot, indent=1, default=_json_default) + "\n")
-        tmp.replace(partial)
-        last = poller.last or {}
-        stream = last.get("stream") or {}
-        s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
-        gpu_now = ""
-        if gpu.samples:
-            g = gpu.samples[-1]
-            gpu_now = (f"  gpu {g.get('sm_clock_mhz')} MHz {g.get('power_w')} W {g.get('temperature_c')} C "
-                       f"{','.join(g.get('clock_reasons') or []) or '-'}")
-        print(f"  {time.monotonic() - t_start:5.0f}/{duration_s:.0f} s  fps {_fmt(last.get('fps'))}  "
-              f"s2l last {_fmt(s2l)} ms  block p50 {_fmt(stream.get('compute_ms_p50'))} ms  "
-              f"skipped {stream.get('frames_skipped')}  repeated {last.get('frames_repeated')}  "
-              f"dropped {last.get('frames_dropped')}  rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB"
-              f"{gpu_now}", flush=True)
+    peer_figures: dict[str, Any] | None = None
+    analysis: asyncio.Task | None = None
+    try:
+        for tick in itertools.count(1):
+            await asyncio.sleep(cfg.progress_interval_s)
+            if analysis is not None and analysis.done():
+                peer_figures, analysis = analysis.result(), None
+            if tick % 2 == 0 and analysis is None:
+                analysis = asyncio.create_task(
+                    asyncio.to_thread(peer_so_far, peer, program, cfg, time.monotonic() - t_start))
+            _write_partial(partial, cfg, t_start, poller, rss, gpu, peer_figures)
+    finally:
+        if analysis is not None:
+            analysis.cancel()
+
+
+def _write_partial(partial: Path, cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: RssSampler,
+                   gpu: GpuSampler, peer_figures: dict[str, Any] | None) -> None:
+    """<output>.partial.json (replaced atomically) and a progress line."""
+    t_s = time.monotonic() - t_start
+    snapshot = {"benchmark": "e2e (in progress)", "t_s": t_s, "duration_s": cfg.duration_s,
+                "server_speech_to_lips_ms": poller.s2l_ms, "server_stats": poller.last,
+                "peer_so_far": peer_figures, "gpu_state": gpu.summary()}
+    tmp = partial.with_suffix(".tmp")
+    tmp.write_text(json.dumps(snapshot, indent=1, default=_json_default) + "\n")
+    tmp.replace(partial)
+    last = poller.last or {}
+    stream = last.get("stream") or {}
+    s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
+    peer_s2l = ((peer_figures or {}).get("speech_to_lips_peer_ms") or {}).get("p50")
+    gpu_now = ""
+    if gpu.samples:
+        g = gpu.samples[-1]
+        gpu_now = (f"  gpu {g.get('sm_clock_mhz')} MHz {g.get('power_w')} W {g.get('temperature_c')} C "
+                   f"{','.join(g.get('clock_reasons') or []) or '-'}")
+    print(f"  {t_s:5.0f}/{cfg.duration_s:.0f} s  fps {_fmt(last.get('fps'))}  "
+          f"s2l last {_fmt(s2l)} ms (peer p50 {_fmt(peer_s2l)})  block p50 {_fmt(stream.get('compute_ms_p50'))} ms  "
+          f"skipped {stream.get('frames_skipped')} (silent {stream.get('silent_frames_skipped')})  "
+          f"repeated {last.get('frames_repeated')}  dropped {last.get('frames_dropped')}  "
+          f"rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB{gpu_now}", flush=True)
 
 
 def _fmt(value: Any) -> str:
@@ -801,6 +848,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"JSON results (default {d.output.relative_to(REPO_ROOT)}; --quick: e2e_quick.json beside it)")
     p.add_argument("--server-log", type=Path, default=None,
                    help="keep the server's log there (it lives in a temporary folder removed at the end)")
+    p.add_argument("--progress-every", type=float, default=d.progress_interval_s, metavar="S",
+                   help="seconds between progress lines and updates of <output>.partial.json (default 30)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -815,10 +864,14 @@ def run(args: argparse.Namespace) -> int:
         avatar=args.avatar,
         server_config=args.config,
         seed=args.seed,
+        progress_interval_s=args.progress_every,
         output=args.output or (DEFAULT_OUTPUT.with_name("e2e_quick.json") if args.quick else DEFAULT_OUTPUT),
     )
     if cfg.duration_s < 20 or cfg.rss_baseline_s >= cfg.duration_s:
         print("error: --duration must be >= 20 s and larger than --rss-baseline", file=sys.stderr)
+        return 2
+    if cfg.progress_interval_s < 1:
+        print("error: --progress-every must be >= 1 s", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         log = Path(tmp) / "server.log"

@@ -1,0 +1,51 @@
+"""``avatar bench e2e`` run for real (lite engine, a real server and aiortc peer, espeak-ng speech), short:
+while it runs, <output>.partial.json carries the server's stats and the peer's figures so far (a GPU run
+cut short keeps them); at the end the JSON has the summary keys and the partial file is gone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SUMMARY_KEYS = {"gpu", "size", "duration_s", "fps_received", "frames_skipped", "frames_repeated",
+                "speech_to_lips_peer_p50_ms", "speech_to_lips_peer_p95_ms", "first_frame_peer_ms",
+                "av_offset_p95_abs_ms", "gpu_memory_growth_mb"}
+
+
+def test_a_short_run_writes_partial_figures_while_it_runs_and_the_summary_at_the_end(tmp_path):
+    out = tmp_path / "e2e.json"
+    partial = tmp_path / "e2e.partial.json"
+    cmd = [sys.executable, "-m", "live_avatar.cli.main", "bench", "e2e", "--engine", "lite", "--duration", "24",
+           "--rss-baseline", "5", "--progress-every", "4", "--output", str(out),
+           "--server-log", str(tmp_path / "server.log")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen_peer = None
+    try:
+        deadline = time.monotonic() + 150
+        while proc.poll() is None and time.monotonic() < deadline:
+            if partial.exists():
+                snapshot = json.loads(partial.read_text())
+                assert snapshot["benchmark"] == "e2e (in progress)" and snapshot["server_stats"] is not None
+                peer = snapshot.get("peer_so_far") or {}
+                if peer.get("fps_received"):
+                    seen_peer = peer
+            time.sleep(0.5)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert seen_peer is not None, f"no peer figures in the partial JSON while the run went on:\n{output[-3000:]}"
+    assert 20 < seen_peer["fps_received"] < 30 and seen_peer["t_s"] < 24
+    assert seen_peer["speech_to_lips_peer_ms"]["onsets_sent"] >= 1
+    assert "peer p50" in output  # the progress line
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == SUMMARY_KEYS
+    assert 20 < result["summary"]["fps_received"] < 30
+    assert not partial.exists(), "the partial JSON is removed when the run's JSON is written"
