@@ -357,3 +357,43 @@ def _counting(fn, calls):
         calls.append(args)  # (step, x, audio, slot, noisy_rot, sink_rot, valid ring rows)
         return fn(*args, **kwargs)
     return counted
+
+
+def test_a_filling_ring_length_that_fails_to_record_runs_eagerly_and_the_rest_stays_graphed(model, baseline, monkeypatch,
+                                                                                            caplog):
+    """A capture that fails for a call of a filling ring (not the steady state) costs only those calls their
+    graphs, in this session and the next ones of its size: they run eagerly, as before they were graphed."""
+    from live_avatar.core.engines.liveavatar.step_graphs import StepGraphs, _Recorded
+
+    captures = []
+
+    def capture(self, step, valid):
+        captures.append((step, valid))
+        if valid < self.stepper.ring_tokens:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return _Recorded(graph=object(), out=None)  # a stand-in graph: it is never replayed here
+
+    monkeypatch.setattr(StepGraphs, "_capture", capture)
+    stepper = _prefilled_with_a_stand_in_graph_context(model)
+    s, full = TINY.streaming, stepper.ring_tokens
+    assert stepper.graphs is not None and "run eagerly" in caplog.text
+    assert stepper.graphs.recorded == [(step, full) for step in range(s.num_steps)]
+    assert stepper.graphs.recorded_steps == list(range(s.num_steps))
+    partial = {n for n in stepper.graphs.ring_lengths if n < full}
+    assert len(partial) == s.blocks_per_clip - 1 and all(not stepper.graphs.covers(n) for n in partial)
+    assert stepper.graphs.context.unrecordable == {(stepper.graphs.geometry, n) for n in partial}
+    tried = len(captures)
+    # the next session of this size does not try them again
+    ref, motion, text, _ = _inputs(0)
+    other = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
+    other.use_graphs(None)
+    other.graphs.context = stepper.graphs.context
+    other.prefill(ref, motion, text)
+    assert captures[tried:] == [(step, full) for step in range(s.num_steps)]
+    # the blocks of a filling ring take the ordinary path (the full ring's stand-in graphs are never replayed)
+    monkeypatch.setattr(StepGraphs, "run", lambda self, *args: pytest.fail("a filling ring's call went to the graphs"))
+    audio = _inputs(0)[3]
+    noise = ClipNoise(42, stepper.clip_noise_shape, s.latent_frames_per_block)
+    v = s.video_frames_per_block
+    for b in range(s.blocks_per_clip - 1):
+        assert torch.equal(stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b)), baseline[b]), f"block {b}"

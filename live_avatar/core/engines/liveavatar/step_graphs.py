@@ -20,7 +20,9 @@ part, its stages were not recorded then: ``first_blocks_ms`` in the session stat
 came late and the session carried that lateness until a silent block was skipped.
 Recorded by the block that first needs it instead, each graph cost ~0.1 s more than a replay. The
 first recording of each frame size and ring length follows one eager call that compiles its kernels
-and sets up its attention (a compile inside a capture fails it).
+and sets up its attention (a compile inside a capture fails it). A filling ring's call whose capture
+fails anyway runs eagerly in that size's sessions (``GraphContext.unrecordable``); a failed full-ring
+capture leaves the session without graphs.
 
 Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
 (``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
@@ -63,6 +65,8 @@ class GraphContext:
     pool: Any = None
     stream: Any = None  # None: the stand-in context of the CPU tests (eager calls on the current stream)
     warmed: set = field(default_factory=set)  # (StepGraphs.geometry, ring rows) that ran their eager call
+    # (StepGraphs.geometry, ring rows) of a filling ring whose capture failed: those calls run eagerly
+    unrecordable: set = field(default_factory=set)
 
     @classmethod
     def for_device(cls, device: torch.device) -> "GraphContext":
@@ -109,9 +113,9 @@ class StepGraphs:
 
     @property
     def recorded_steps(self) -> list[int]:
-        """The steps with a graph for every ring length."""
+        """The steps whose steady-state (full-ring) call is a graph."""
         have = set(self.recorded)
-        return [step for step in self.stepper.owned_steps if all((step, n) in have for n in self.ring_lengths)]
+        return [step for step in self.stepper.owned_steps if (step, self.stepper.ring_tokens) in have]
 
     @property
     def geometry(self) -> tuple[int, int, int]:
@@ -126,8 +130,12 @@ class StepGraphs:
         return tuple(range(s.block_tokens, s.ring_tokens + 1, s.block_tokens))
 
     def covers(self, valid: int) -> bool:
-        """Whether a call that sees ``valid`` ring rows is graphed (every call of a session is)."""
-        return valid in self.ring_lengths
+        """Whether a call that sees ``valid`` ring rows is graphed (every call of a session, unless its
+        capture failed)."""
+        return valid in self.ring_lengths and not self._unrecordable(valid)
+
+    def _unrecordable(self, valid: int) -> bool:
+        return self.context is not None and (self.geometry, valid) in self.context.unrecordable
 
     def record_ahead(self) -> bool:
         """Record the graphs of every step the stepper holds and every ring length, before its first
@@ -137,7 +145,7 @@ class StepGraphs:
         context is preceded by one): it wrote placeholder K/V into the rings, which the caller empties."""
         s = self.stepper
         wanted = [(step, n) for step in s.owned_steps for n in self.ring_lengths]
-        if self.context is None or all(key in self._recorded for key in wanted):
+        if self.context is None or all(key in self._recorded or self._unrecordable(key[1]) for key in wanted):
             return False
         cfg, streaming = s.model.config, s.streaming
         silence = torch.zeros(cfg.num_audio_layers, cfg.audio_dim, streaming.video_frames_per_block)
@@ -146,8 +154,17 @@ class StepGraphs:
         warmed_before = all((self.geometry, n) in self.context.warmed for n in self.ring_lengths)
         t0, reserved = time.perf_counter(), self._reserved_gb()
         for key in wanted:
-            if key not in self._recorded:
+            if key in self._recorded or self._unrecordable(key[1]):
+                continue
+            try:
                 self._recorded[key] = self._record(*key)
+            except RuntimeError:
+                if key[1] == s.ring_tokens:
+                    raise  # the steady state: the caller runs this session without graphs
+                # a filling ring's call: it runs eagerly in this size's sessions, as before its graphs existed
+                log.exception("the CUDA graph of denoising step %d with %d ring rows failed to record: calls with "
+                              "%d ring rows run eagerly", key[0], key[1], key[1])
+                self.context.unrecordable.add((self.geometry, key[1]))
         log.info("CUDA graphs of %d denoising calls (steps %s x ring rows %s) recorded in %.2f s: GPU memory "
                  "reserved %+.2f GB", len(wanted), list(s.owned_steps), list(self.ring_lengths),
                  time.perf_counter() - t0, self._reserved_gb() - reserved)
