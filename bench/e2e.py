@@ -684,17 +684,19 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
 
 
 def peer_snapshot(peer) -> SimpleNamespace:
-    """What the peer has received so far, copied: its lists grow while a thread analyses the copy."""
+    """What the peer has received so far, copied (on the event loop, a few ms): its lists grow while a
+    thread analyses the copy."""
     n = min(len(peer.video_frames), len(peer.video_thumbs))
     return SimpleNamespace(video_frames=peer.video_frames[:n], video_thumbs=peer.video_thumbs[:n],
                            audio_frames=list(peer.audio_frames), video_size=peer.video_size, mic=peer.mic,
                            wire_arrival={kind: dict(times) for kind, times in peer.wire_arrival.items()})
 
 
-def peer_so_far(peer, program: SpeechProgram, cfg: E2EConfig, t_s: float) -> dict[str, Any]:
-    """The summary's peer figures over the run so far (for the partial JSON of a run that may be cut)."""
+def peer_so_far(snapshot: SimpleNamespace, program: SpeechProgram, cfg: E2EConfig, t_s: float) -> dict[str, Any]:
+    """The summary's peer figures over the run so far, from a :func:`peer_snapshot` (for the partial JSON
+    of a run that may be cut)."""
     try:
-        results = analyse_peer(peer_snapshot(peer), program, cfg, content=False)
+        results = analyse_peer(snapshot, program, cfg, content=False)
     except Exception as exc:  # noqa: BLE001 - too early (no frames back yet) or odd data: the run goes on
         return {"t_s": t_s, "error": f"{type(exc).__name__}: {exc}"}
     return {"t_s": t_s, "fps_received": results["video"]["fps"],
@@ -725,7 +727,7 @@ async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: Rs
                 peer_figures, analysis = analysis.result(), None
             if tick % 2 == 0 and analysis is None:
                 analysis = asyncio.create_task(
-                    asyncio.to_thread(peer_so_far, peer, program, cfg, time.monotonic() - t_start))
+                    asyncio.to_thread(peer_so_far, peer_snapshot(peer), program, cfg, time.monotonic() - t_start))
             _write_partial(partial, cfg, t_start, poller, rss, gpu, peer_figures)
     finally:
         if analysis is not None:
