@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,8 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
         if profile:
             result["profile"] = _profile_block(gen, _synthetic_block(total_blocks, context, lookahead), engine.device.type)
     finally:
+        # a weak reference: without reuse_sessions its memory must go now
+        first_stepper = weakref.ref(gen.stepper) if getattr(gen, "stepper", None) is not None else lambda: None
         gen.close()
     # a second session on the warm engine: what a new viewer waits for (no first-use or compile cost);
     # it runs past the sink refresh and into the graphed calls, and must compile nothing
@@ -286,6 +289,8 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
     t0 = sync()
     gen = engine.new_generator(avatar, "a person talking", sync_timing=True)
     try:
+        # reuse_sessions: the first session's stepper, its graphs recorded (none to record, nothing to allocate)
+        result["second_session_reused_stepper"] = gen.stepper is first_stepper()
         gen.generate(_synthetic_block(0, context, lookahead))
         result["time_to_first_block_warm_s"] = round(sync() - t0, 3)
         result["first_block_warm_stages_s"] = {
