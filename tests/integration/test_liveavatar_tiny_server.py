@@ -27,8 +27,10 @@ def tiny_server(tmp_path_factory):
     server = ServerProcess(
         # compiled with dynamo's eager backend (graphs traced and counted, no code generation): the server
         # warms up before it says ready, and no session compiles anything after that
+        # reuse_sessions (on by default with CUDA graphs): each session takes the previous one's stepper
         ["--engine", "liveavatar", "--tiny", "--device", "cpu",
-         "--engine-option", "compile=true", "--engine-option", "compile_backend=eager"],
+         "--engine-option", "compile=true", "--engine-option", "compile_backend=eager",
+         "--engine-option", "reuse_sessions=true"],
         tmp_path_factory.mktemp("tiny-server") / "server.log",
         start_timeout_s=240.0,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
@@ -56,6 +58,9 @@ async def test_tiny_liveavatar_server_warms_up_before_ready_and_sessions_compile
     assert stats["compute_budget_ms"] == pytest.approx(480.0)
     assert stats["compute_margin_pct"] is not None
     assert set(stats["engine"]["last_block_ms"]) == {"audio", "sink_refresh", "dit", "vae", "total"}
+    first_blocks = stats["engine"]["first_blocks_ms"]
+    assert len(first_blocks) == 5 and all(b["total"] > 0 for b in first_blocks)  # the session's start, by stage
+    assert stats["engine"]["stepper_reused"] is True  # the warm-up's session left its stepper
 
 
 async def test_tiny_liveavatar_server_streams_generated_frames(tiny_server, speech_with_silence_wav):

@@ -269,9 +269,10 @@ def test_a_closed_sessions_stepper_serves_the_next_session_with_the_same_frames(
     first.close()
     with pytest.raises(RuntimeError, match="closed"):
         first.generate(_block(first, 5, seed=5))
+    assert first.stepper_reused is False
     second = other.new_generator(mine, "a person talks")
     try:
-        assert second.stepper is stepper
+        assert second.stepper is stepper and second.engine_stats()["stepper_reused"] is True
         for k, (got, want) in enumerate(zip(session_frames(second), expected, strict=True)):
             np.testing.assert_array_equal(got, want, err_msg=f"block {k}")
         fresh = engine.new_generator(avatar, "a person talks")  # a new stepper, same seed and models

@@ -255,9 +255,10 @@ class LiveAvatarEngine:
     def active_sessions(self) -> int:
         return self._sessions
 
-    def take_stepper(self, geometry):
-        """The stepper of a new session: a closed session's at this geometry (``reuse_sessions``: its rings,
-        sink and CUDA graphs kept; the session's prefill resets what a session changes), else a new one."""
+    def take_stepper(self, geometry) -> tuple[Any, bool]:
+        """The stepper of a new session and whether it is a closed session's at this geometry
+        (``reuse_sessions``: its rings, sink and CUDA graphs kept; the session's prefill resets what a
+        session changes), else a new one."""
         from .stepper import CausalStepper
 
         with self._sessions_lock:
@@ -269,12 +270,12 @@ class LiveAvatarEngine:
         rope_rng = random.Random(self.options.seed)
         if stepper is not None:
             stepper.rope_rng = rope_rng  # as a new stepper's
-            return stepper
+            return stepper, True
         streaming = self.parts.model_config.streaming
         stepper = CausalStepper(self.parts.dit, streaming, geometry, rope_rng=rope_rng)
         if self.graph_context is not None:
             stepper.use_graphs(self.graph_context)
-        return stepper
+        return stepper, False
 
     def return_stepper(self, stepper) -> None:
         """A closed session's stepper: kept for the next session (``reuse_sessions``), else freed."""

@@ -70,7 +70,7 @@ class LiveAvatarGenerator:
         self.timings = BlockStageTimes()
         self._closed = False
         w, h = engine.size
-        self.stepper = engine.take_stepper(LatentGeometry.from_pixels(h, w))
+        self.stepper, self.stepper_reused = engine.take_stepper(LatentGeometry.from_pixels(h, w))
         self.noise = ClipNoise(
             engine.options.seed, self.stepper.clip_noise_shape, streaming.latent_frames_per_block,
             device=engine.device, dtype=engine.dtype,
@@ -193,6 +193,7 @@ class LiveAvatarGenerator:
         return {
             "last_block_ms": _stage_ms(self.timings),
             "first_blocks_ms": self.first_blocks_ms,
+            "stepper_reused": self.stepper_reused,  # reuse_sessions: nothing recorded or allocated at its start
             "stage_times_synchronised": self.sync_timing,
             "compiles_since_ready": self.engine.compiles_since_ready(),
         }
