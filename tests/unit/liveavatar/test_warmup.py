@@ -89,7 +89,8 @@ def _fake_engine():
 
     streaming = SimpleNamespace(blocks_per_clip=4, video_frames_per_block=12, fps=25)
     return SimpleNamespace(size=(64, 128), prepare_avatar=lambda image: object(),
-                           parts=SimpleNamespace(model_config=SimpleNamespace(streaming=streaming)))
+                           parts=SimpleNamespace(model_config=SimpleNamespace(streaming=streaming)),
+                           reuse_sessions=False, pipeline=None, idle_steppers=[])
 
 
 @pytest.mark.parametrize("block_s, warned, words", [
@@ -114,3 +115,25 @@ def test_the_timed_session_warns_when_this_device_leaves_no_margin(monkeypatch, 
     assert report.needs_warning == warned
     assert any(words in r.getMessage() for r in caplog.records) == warned  # a warning, not progress
     assert any(words in m for m in messages) != warned
+
+
+def test_the_warm_up_prepares_a_session_state_per_slot_with_reuse_sessions():
+    """reuse_sessions and capacity 2: the warm-up leaves two steppers (graphs recorded on a GPU), so that a
+    second session starting beside a live one records nothing while holding the compute lock."""
+    engine = load_engine("liveavatar", tiny=True, device="cpu", capacity=2, reuse_sessions=True, warmup=True)
+    report = engine.warm_up(lambda message: None)
+    kept = engine.idle_steppers
+    assert report.session_states_ready == 2 and len(kept) == 2 and kept[0] is not kept[1]
+    assert "2 session state(s) ready" in report.describe()
+    avatar = engine.prepare_avatar(default_portrait())
+    a, b = engine.new_generator(avatar), engine.new_generator(avatar)
+    try:
+        assert {id(a.stepper), id(b.stepper)} == {id(s) for s in kept} and a.stepper_reused and b.stepper_reused
+    finally:
+        a.close()
+        b.close()
+    assert len(engine.idle_steppers) == 2
+    # without reuse nothing is kept
+    plain = load_engine("liveavatar", tiny=True, device="cpu", capacity=2, warmup=True)
+    plain.parts = engine.parts
+    assert plain.warm_up(lambda message: None).session_states_ready == 0 and plain.idle_steppers == []

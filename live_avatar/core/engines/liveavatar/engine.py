@@ -255,6 +255,12 @@ class LiveAvatarEngine:
     def active_sessions(self) -> int:
         return self._sessions
 
+    @property
+    def idle_steppers(self) -> list:
+        """Closed sessions' steppers kept for the next sessions (``reuse_sessions``)."""
+        with self._sessions_lock:
+            return list(self._idle_steppers)
+
     def take_stepper(self, geometry) -> tuple[Any, bool]:
         """The stepper of a new session and whether it is a closed session's at this geometry
         (``reuse_sessions``: its rings, sink and CUDA graphs kept; the session's prefill resets what a

@@ -10,9 +10,12 @@ most ``MAX_WARMUP_SESSIONS``): the compiled VAE decoder on a GPU compiled 15 mor
 session (its graph breaks leave nested frames that a fresh session reaches with new cache shapes; seen
 with the tiny and the 14B models on an H200, not on the CPU). Afterwards no session should compile
 anything; the dynamo counters tell whether one did (``compiles_since_ready`` in the session stats, and
-a test). Last, one more warmed session of ``TIMED_BLOCKS`` blocks is timed: what a block costs on this
+a test). Then one more warmed session of ``TIMED_BLOCKS`` blocks is timed: what a block costs on this
 device, against its real-time budget, logged as a warning when the margin is under 10 % (the benchmark
 measured 455 ms a block at 320x512 on one lent H200; the same code ran 526 ms a block live on another).
+Last, with ``reuse_sessions`` and a capacity over 1, a stepper per session slot is prepared (its KV
+rings allocated, its CUDA graphs recorded): recording holds the compute lock, so a second session
+starting next to a live one would otherwise stall the live one's blocks while it records 16 graphs.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class WarmupReport:
     graphs_compiled: int
     sessions: int = 1
     graphs_in_last_session: int = 0  # 0 unless all MAX_WARMUP_SESSIONS sessions compiled something
+    session_states_ready: int = 0  # reuse_sessions: steppers kept for the next sessions, graphs recorded
     # a compiled, warmed session timed after the warm-up: what a block costs on this device now
     measured_block_s: float | None = None
     budget_s: float | None = None  # a block's real-time budget (its frames / fps)
@@ -77,6 +81,8 @@ class WarmupReport:
                 f"{self.graphs_compiled} graphs compiled")
         if self.graphs_in_last_session:
             text += f"; the last warm-up session still compiled {self.graphs_in_last_session}: sessions may stall"
+        if self.session_states_ready:
+            text += f"; {self.session_states_ready} session state(s) ready"
         if self.margin is not None:
             text += (f"; a block costs {self.measured_block_s * 1000:.0f} ms on this device against its "
                      f"{self.budget_s * 1000:.0f} ms budget (margin {self.margin:+.0%})")
@@ -135,8 +141,29 @@ def warm_up(engine: "LiveAvatarEngine", progress: Callable[[str], None] | None =
         measured_block_s=float(np.median(timed[1:])),
         budget_s=streaming.video_frames_per_block / streaming.fps,
     )
+    report.session_states_ready = _prepare_session_states(engine, avatar, say)
     (logger.warning if report.needs_warning else say)(report.describe())
     return report
+
+
+def _prepare_session_states(engine: "LiveAvatarEngine", avatar, say: Callable[[str], None]) -> int:
+    """``reuse_sessions``: a stepper for every session slot (``capacity``), prefilled once so that its
+    graphs are recorded now and no session's start records any. Returns the steppers kept."""
+    if not engine.reuse_sessions or engine.pipeline is not None:
+        return len(engine.idle_steppers)
+    missing = engine.capacity - len(engine.idle_steppers)
+    if missing > 0:
+        say(f"liveavatar warm-up: preparing {missing} more session state(s) (KV rings, CUDA graphs) for "
+            f"{engine.capacity} sessions at once")
+        generators = []
+        try:
+            for _ in range(engine.capacity):
+                generators.append(engine.new_generator(avatar))
+                generators[-1].start()
+        finally:
+            for generator in generators:
+                generator.close()
+    return len(engine.idle_steppers)
 
 
 def _warmup_session(engine: "LiveAvatarEngine", avatar, blocks: int, progress: Callable[[int, float], None]) -> list[float]:
