@@ -33,8 +33,9 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
                    live windows' wav2vec call replays a graph too (the "audio" stage: ~650 ATen ops a window
                    otherwise)
 ``reuse_sessions`` keep a closed session's stepper (its KV rings, sink and CUDA graphs) for the next session
-                   of the same size, up to ``capacity`` of them: that session's start records no graph and
-                   allocates nothing (default: with ``cuda_graphs``; the memory stays with the engine)
+                   of the same size, up to ``capacity`` of them (the warm-up prepares that many): a session's
+                   start records no graph and allocates nothing (default: with ``cuda_graphs``; the memory
+                   stays with the engine)
 ``vae_graphs``     with cuda_graphs: the steady-state VAE decoder calls (from a session's priming on) replay one
                    CUDA graph per session too; off: the eager decode is GPU-bound, not launch-bound (320x512 on
                    an H200: 120 vs 126 ms a block), so it saves little; worth it where launches are slow
