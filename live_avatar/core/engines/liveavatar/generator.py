@@ -213,10 +213,11 @@ class LiveAvatarGenerator:
         self._pending_change = (avatar, prompt)
         if prompt is not None:  # encoded now (cached), not under the compute lock at the clip boundary
             self.engine.parts.text.encode(prompt if prompt else self.engine.options.prompt)
-        if not self._started or self._closed:
+        stepper = self.stepper  # None once closed (close() does not wait for the compute lock)
+        if not self._started or stepper is None:
             return 0
         per_clip = self.engine.parts.model_config.streaming.blocks_per_clip
-        return (-self.stepper.block_index) % per_clip * self.block_frames
+        return (-stepper.block_index) % per_clip * self.block_frames
 
     def _apply_change(self, *, rebuild_sink: bool) -> None:
         if self._pending_change is None:
