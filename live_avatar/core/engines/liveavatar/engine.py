@@ -29,9 +29,9 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``cuda_graphs``    record the DiT calls as CUDA graphs, one per step and ring length (the ring fills over a
                    session's first 3 blocks) and session, so that a call is one launch whatever else holds
                    the GIL (default: on for CUDA devices; 320x512 FP8 on an H200: DiT 517 -> 443 ms a block,
-                   and the live session's block costs what the benchmark's does; no extra GPU memory); the
-                   live windows' wav2vec call replays a graph too (the "audio" stage: ~650 ATen ops a window
-                   otherwise)
+                   and the live session's block costs what the benchmark's does; no extra GPU memory with the
+                   4 full-ring graphs, the 16 per ring length not yet measured on a GPU); the live windows'
+                   wav2vec call replays a graph too (the "audio" stage: ~650 ATen ops a window otherwise)
 ``reuse_sessions`` keep a closed session's stepper (its KV rings, sink and CUDA graphs) for the next session
                    of the same size, up to ``capacity`` of them (the warm-up prepares that many): a session's
                    start records no graph and allocates nothing (default: with ``cuda_graphs``; the memory
