@@ -668,18 +668,27 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
     """The headline figures under fixed keys (see the module docstring)."""
     peer, server = result["peer"], result["server"]
     stream = server.get("stream") or {}
+    headline = peer_headline(peer)
     return {
         "gpu": result.get("gpu"),
         "size": f"{video_size[0]}x{video_size[1]}" if video_size else None,
         "duration_s": cfg.duration_s,
-        "fps_received": peer["video"]["fps"],
+        "fps_received": headline["fps_received"],
         "frames_skipped": stream.get("frames_skipped"),
         "frames_repeated": server.get("frames_repeated"),
+        **{k: v for k, v in headline.items() if k != "fps_received"},
+        "gpu_memory_growth_mb": result["memory"]["gpu_growth_mb_from_60s"],
+    }
+
+
+def peer_headline(peer: dict[str, Any]) -> dict[str, Any]:
+    """The summary's figures measured at the peer (from :func:`analyse_peer`'s result)."""
+    return {
+        "fps_received": peer["video"]["fps"],
         "speech_to_lips_peer_p50_ms": peer["speech_to_lips_peer_ms"]["p50"],
         "speech_to_lips_peer_p95_ms": peer["speech_to_lips_peer_ms"]["p95"],
         "first_frame_peer_ms": peer["first_frame_latency_peer_ms"],
         "av_offset_p95_abs_ms": peer["av_offset_ms"]["wire_p95_abs"],
-        "gpu_memory_growth_mb": result["memory"]["gpu_growth_mb_from_60s"],
     }
 
 
@@ -699,10 +708,8 @@ def peer_so_far(snapshot: SimpleNamespace, program: SpeechProgram, cfg: E2EConfi
         results = analyse_peer(snapshot, program, cfg, content=False)
     except Exception as exc:  # noqa: BLE001 - too early (no frames back yet) or odd data: the run goes on
         return {"t_s": t_s, "error": f"{type(exc).__name__}: {exc}"}
-    return {"t_s": t_s, "fps_received": results["video"]["fps"],
-            "speech_to_lips_peer_ms": results["speech_to_lips_peer_ms"],
-            "first_frame_peer_ms": results["first_frame_latency_peer_ms"],
-            "av_offset_p95_abs_ms": results["av_offset_ms"]["wire_p95_abs"]}
+    # the onsets sent and matched so far beside the percentiles
+    return {"t_s": t_s, **peer_headline(results), "speech_to_lips_peer_ms": results["speech_to_lips_peer_ms"]}
 
 
 def partial_path(output: Path) -> Path:
@@ -747,7 +754,7 @@ def _write_partial(partial: Path, cfg: E2EConfig, t_start: float, poller: StatsP
     last = poller.last or {}
     stream = last.get("stream") or {}
     s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
-    peer_s2l = ((peer_figures or {}).get("speech_to_lips_peer_ms") or {}).get("p50")
+    peer_s2l = (peer_figures or {}).get("speech_to_lips_peer_p50_ms")
     gpu_now = ""
     if gpu.samples:
         g = gpu.samples[-1]

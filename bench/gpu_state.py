@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,7 +96,7 @@ def reasons(mask: Any) -> list[str]:
 def query(fields: dict[str, str], index: int = 0, run: Runner = _run_nvidia_smi) -> dict[str, Any]:
     """One GPU's fields, by our names; values nvidia-smi does not report are None."""
     line = run([f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "-i", str(index)])
-    values = [v for v in line.strip().splitlines()[0].split(",")] if line.strip() else []
+    values = line.strip().splitlines()[0].split(",") if line.strip() else []
     if len(values) != len(fields):
         raise OSError(f"nvidia-smi answered {line.strip()!r} for {len(fields)} fields")
     return {ours: _value(v) for ours, v in zip(fields.values(), values, strict=True)}
@@ -214,14 +215,11 @@ class GpuSampler:
                 return None
             return {"p50": float(np.median(values)), "min": float(values.min()), "max": float(values.max())}
 
-        seen: dict[str, int] = {}
-        for s in self.samples:
-            for reason in s.get("clock_reasons") or []:
-                seen[reason] = seen.get(reason, 0) + 1
+        seen = Counter(reason for s in self.samples for reason in s.get("clock_reasons") or [])
         return {
             "start": self.start,
             "samples": len(self.samples),
             "interval_s": self.interval_s,
             **{name: stats(name) for name in SAMPLE_FIELDS.values()},
-            "clock_reasons_samples": seen,
+            "clock_reasons_samples": dict(seen),
         }

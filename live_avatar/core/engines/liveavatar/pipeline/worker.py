@@ -60,7 +60,7 @@ class RankWorker:
         self.rank, self.plan, self.channel = rank, plan, channel
         self.dit, self.model_config, self.codec = dit, model_config, codec
         self.device, self.dtype = device, dtype
-        self.graph_context = graph_context  # this rank's steppers record their full-ring calls as CUDA graphs
+        self.graph_context = graph_context  # this rank's steppers record their calls as CUDA graphs (one per ring length)
         self.streaming = model_config.streaming
         self.sessions: dict[int, _Session] = {}
 
