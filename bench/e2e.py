@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from bench.gpu_state import GpuSampler
+from bench.onset_matching import detect_onsets, envelope_db, match_onsets
 from tests.support.server_process import ServerProcess, http_json
 
 DESCRIPTION = __doc__
@@ -139,7 +140,12 @@ class E2EConfig:
     envelope_hop_s: float = 0.01
     onset_threshold_db: float = -40.0
     min_silence_s: float = 0.5
-    match_window_s: float = 2.0  # a returned onset must follow the sent one within this
+    # a returned onset answers a sent one within this, if their level contours agree (onset_matching.py);
+    # 2.0 s until 2026-12-05 cut off the diffusion engine's slower half of the onsets
+    match_window_s: float = 5.0
+    contour_s: float = 1.5
+    contour_max_lag_s: float = 0.05
+    min_contour_similarity: float = 0.8
     av_max_lag_s: float = 0.5
     targets: Targets = field(default_factory=Targets)
 
@@ -184,32 +190,6 @@ def build_speech_program(cfg: E2EConfig, workdir: Path) -> SpeechProgram:
 
 
 # ------------------------------------------------------------------------------------- analysis
-
-
-def envelope_db(samples: np.ndarray, rate: int, hop_s: float) -> np.ndarray:
-    """RMS level in dBFS per hop."""
-    hop = int(round(rate * hop_s))
-    n = samples.size // hop
-    if n == 0:
-        return np.zeros(0, np.float32)
-    rms = np.sqrt(np.mean(samples[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-12)
-    return (20 * np.log10(rms)).astype(np.float32)
-
-
-def detect_onsets(env_db: np.ndarray, hop_s: float, threshold_db: float, min_silence_s: float) -> np.ndarray:
-    """Hop indices where the level rises above the threshold after >= min_silence_s below it."""
-    loud = env_db > threshold_db
-    need = int(round(min_silence_s / hop_s))
-    onsets = []
-    quiet_run = need  # the start of the recording counts as silence
-    for i, is_loud in enumerate(loud):
-        if is_loud:
-            if quiet_run >= need:
-                onsets.append(i)
-            quiet_run = 0
-        else:
-            quiet_run += 1
-    return np.asarray(onsets, dtype=np.int64)
 
 
 def best_lag(reference: np.ndarray, delayed: np.ndarray, max_lag: int) -> tuple[int, float]:
@@ -424,21 +404,22 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig, *, content: bool 
     # --- speech to lips at the peer
     sent_on = detect_onsets(env_sent, hop, cfg.onset_threshold_db, cfg.min_silence_s)
     ret_on = detect_onsets(env_ret, hop, cfg.onset_threshold_db, cfg.min_silence_s)
-    ret_on_times = hop_arrival[ret_on]
     video_arrival_by_slot = {int(p) // VIDEO_TICKS_PER_FRAME: float(t) for p, t in zip(video_pts, arrivals)}
     audio_samples_per_slot = rate // FPS
     s2l, s2l_wire, to_sound, unmatched = [], [], [], 0
     onset_slots, onset_sent = [], []  # for the mouth-visibly-open latency (bench/lips.py)
     horizon = min(sent_times[-1], hop_arrival[-1]) - cfg.match_window_s
-    for i in sent_on:
+    answerable = sent_on[sent_times[sent_on] <= horizon]  # later ones: the end of the run cut the answer off
+    answers = match_onsets(env_sent, answerable, sent_times, env_ret, ret_on, hop_arrival,
+                           window_s=cfg.match_window_s, contour_hops=int(round(cfg.contour_s / hop)),
+                           max_lag_hops=int(round(cfg.contour_max_lag_s / hop)),
+                           min_similarity=cfg.min_contour_similarity, floor_db=cfg.onset_threshold_db - 10)
+    for i, k in zip(answerable, answers, strict=True):
         t_sent = sent_times[i]
-        if t_sent > horizon:
-            continue  # the end of the run cut the answer off
-        hit = np.flatnonzero((ret_on_times > t_sent) & (ret_on_times < t_sent + cfg.match_window_s))
-        if hit.size == 0:
+        if k is None:
             unmatched += 1
             continue
-        h = ret_on[hit[0]]
+        h = ret_on[k]
         to_sound.append(hop_arrival[h] - t_sent)
         slot = int(round(hop_pts_s[h] * rate)) // audio_samples_per_slot
         onset_slots.append(slot)
