@@ -77,6 +77,9 @@ class Chunk:
     # Arrival time of the packet in which a speech onset (after >= 0.5 s of silence) started, if the
     # first frame generated from that onset is in this chunk; used for speech_to_lips_latency.
     speech_onset_arrivals: list[float] = field(default_factory=list)
+    # That frame's index in the chunk, one per arrival (empty: the first frame): in a block of 12 the
+    # onset's own frame goes out up to 11 frames after the block's first.
+    speech_onset_offsets: list[int] = field(default_factory=list)
     # The same input speech at full band (the producer's own 48 kHz, StreamSession's full_band
     # copy) for the outgoing audio; None when the producer gave only the engine's rate.
     full_band_audio: np.ndarray | None = None  # float32 mono [N * S * full_band_rate / sample_rate]
@@ -85,6 +88,13 @@ class Chunk:
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
+
+    def onsets_at(self, i: int) -> list[float]:
+        """The arrival times of the speech onsets that frame ``i`` is the first to show."""
+        if not self.speech_onset_offsets:
+            return list(self.speech_onset_arrivals) if i == 0 else []
+        return [t for t, offset in zip(self.speech_onset_arrivals, self.speech_onset_offsets, strict=True)
+                if min(offset, self.num_frames - 1) == i]
 
 
 @runtime_checkable

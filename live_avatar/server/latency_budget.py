@@ -6,7 +6,8 @@ For every speech onset, the frame generated from it is followed through the serv
     timeline    it is resampled and on the session's timeline (push_audio)
     block_ready the rest of the frame's audio (and its lookahead) has arrived: the block can start
     generated   the engine's worker has made the frame (queue wait + compute)
-    playout     the frame's playout slot comes (the margin that absorbs generation jitter)
+    playout     the frame's playout slot comes (the margin that absorbs generation jitter, and in a block
+                of several frames the frames before the onset's own)
     sent        the first consumer's video track hands the frame to its encoder
 
 Each stage's duration is kept per onset; the stats give p50/p95 per stage and of the total (the

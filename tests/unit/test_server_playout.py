@@ -196,6 +196,26 @@ def test_speech_onset_of_a_dropped_frame_is_reported_with_the_next_frame_sent() 
     assert playout.counters.frames_dropped == 1
 
 
+def test_speech_onset_goes_out_with_its_own_frame_not_the_blocks_first() -> None:
+    """In a 12-frame block the onset's frame is sent up to 11 slots after the block's first: that is
+    when the lips show it (what the receiving peer measures)."""
+    reported: list[tuple[int, list[float]]] = []
+    now, clock, playout, sub = make()
+    playout._on_slot = lambda slot, onsets: reported.append((slot.frame_index, onsets))
+    block = chunk(0, 12)
+    block.speech_onset_arrivals, block.speech_onset_offsets = [10.0, 11.0], [5, 11]
+    playout.add_chunk(block)
+    for s in range(12):
+        emit(playout, clock, s)
+    assert [(frame, onsets) for frame, onsets in reported if onsets] == [(5, [10.0]), (11, [11.0])]
+
+
+def test_speech_onset_without_offsets_goes_out_with_the_first_frame() -> None:
+    block = chunk(0, 3)
+    block.speech_onset_arrivals = [7.0]
+    assert [block.onsets_at(i) for i in range(3)] == [[7.0], [], []]
+
+
 def test_out_of_order_chunks_are_played_in_frame_order() -> None:
     now, clock, playout, sub = make()
     playout.add_chunk(chunk(0, 1))

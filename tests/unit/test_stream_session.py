@@ -382,6 +382,9 @@ async def test_speech_onset_arrival_is_reported_on_the_chunk_that_shows_it(speec
     (arrival,) = with_onset[0].speech_onset_arrivals
     assert 1.0 <= arrival - t_first <= 1.1, "the packet where speech starts arrived ~1.0 s after the first"
     assert with_onset[0].first_frame <= 27 < with_onset[0].first_frame + 4 or with_onset[0].first_frame == 24
+    (offset,) = with_onset[0].speech_onset_offsets  # the onset's own frame in the block
+    assert 25 <= with_onset[0].first_frame + offset <= 27, "speech starts at 1.0 s: frame 25"
+    assert with_onset[0].onsets_at(offset) == [arrival]
     speech = np.concatenate([c.speech for c in chunks])
     assert not speech[:24].any() and speech[28:60].mean() > 0.8
     assert session.stats()["speech_onsets"] == 1

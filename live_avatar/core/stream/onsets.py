@@ -1,8 +1,8 @@
 """``SpeechTracker``: a ``StreamSession``'s per-frame speech flags, speech onsets and end of speech.
 
 The VAD runs over the timeline frame by frame, ahead of generation. Each onset keeps the arrival
-time of the packet where speech starts; it is handed out with the block that shows it, which is
-what speech_to_lips_latency (DESIGN.md §2) is measured from. All methods run under the session's
+time of the packet where speech starts and its frame; it is handed out with the block that shows
+that frame, which is what speech_to_lips_latency (DESIGN.md §2) is measured to. All methods run under the session's
 lock.
 """
 
@@ -61,14 +61,16 @@ class SpeechTracker:
             return False
         return not any(self._speech_flags.get(k, False) for k in range(first_frame, end_frame))
 
-    def issue_onsets(self, end_frame: int) -> list[float]:
-        """The arrival times of the onsets before ``end_frame``, handed out with the block ending there."""
+    def issue_onsets(self, first_frame: int, end_frame: int) -> list[tuple[int, float]]:
+        """The onsets before ``end_frame``, handed out with the block [first_frame, end_frame): each as
+        (its frame's offset in the block, arrival time); an onset in a block that was skipped is shown by
+        this block's first frame."""
         issued = [o for o in self._pending_onsets if o[0] < end_frame]
         self._issued_onsets.extend(issued)
         self._pending_onsets = deque(
             (o for o in self._pending_onsets if o[0] >= end_frame), maxlen=self._pending_onsets.maxlen
         )
-        return [t for _, t in issued]
+        return [(max(0, frame - first_frame), t) for frame, t in issued]
 
     def mark_end_of_speech(self, sample: int) -> None:
         self._eos_sample = sample

@@ -60,7 +60,7 @@ class _Job:
     block: AudioBlock
     epoch: int
     audio_ready_at: float
-    onset_arrivals: list[float]
+    onsets: list[tuple[int, float]]  # (frame offset in the block, arrival) of the speech onsets it shows
     reset_motion: bool
     change: tuple | None = None  # (avatar, prompt, on_applied) to apply before this block
     full_band: np.ndarray | None = None
@@ -496,7 +496,7 @@ class StreamSession:
         need = self._schedule.window_end(f)
         samples = self._timeline.read(f * S - self._context, need)
         speech = self._speech.speech(f, B)
-        onsets = self._speech.issue_onsets(f + B)
+        onsets = self._speech.issue_onsets(f, f + B)
         end_of_speech = self._speech.take_end_of_speech(need)
         block = AudioBlock(
             samples=samples,
@@ -598,7 +598,8 @@ class StreamSession:
                 finished_at=finished,
                 compute_s=cost,
             ),
-            speech_onset_arrivals=job.onset_arrivals,
+            speech_onset_arrivals=[t for _, t in job.onsets],
+            speech_onset_offsets=[offset for offset, _ in job.onsets],
             full_band_audio=job.full_band,
             full_band_rate=None if job.full_band is None else self.sample_rate * self._fb_ratio,
         )

@@ -61,7 +61,7 @@ class _Buffered:
     audio: np.ndarray
     ready_at: float
     onset_arrivals: list[float] = field(default_factory=list)
-    timings: BlockTimings | None = None  # the block's, on its first frame (onsets and the first frame are timed from it)
+    timings: BlockTimings | None = None  # the block's (the first frame and onsets are timed from it)
     finished_at: float | None = None  # when the engine finished it (the margin control's slack)
 
 
@@ -145,15 +145,14 @@ class Playout:
             index = chunk.first_frame + i
             if self._next is not None and index < self._next:
                 self.counters.frames_dropped += 1  # already past its slot (after a gap jump or stall)
-                if i == 0:
-                    self._orphan_onsets.extend(chunk.speech_onset_arrivals)
+                self._orphan_onsets.extend(chunk.onsets_at(i))
                 continue
             self._buffer[index] = _Buffered(
                 frame=chunk.frames[i],
                 audio=audio48[i * per_frame : (i + 1) * per_frame],
                 ready_at=now,
-                onset_arrivals=list(chunk.speech_onset_arrivals) if i == 0 else [],
-                timings=chunk.timings if i == 0 else None,
+                onset_arrivals=chunk.onsets_at(i),
+                timings=chunk.timings,
                 finished_at=chunk.timings.finished_at,
             )
         if out_of_order:  # rare (a regenerated block): keep the buffer in frame order
