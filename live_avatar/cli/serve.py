@@ -145,6 +145,7 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
         gpu=gpu, gpu_memory_gb=gpu_memory,
         text_encoder=not options.get("random_weights") and options.get("text_encoder_device", "auto") != "cpu",
         kv_layout=str(options.get("kv_layout") or "contiguous"), gpus=int(options.get("num_gpus_dit") or 1),
+        lookahead_s=float(options["lookahead_s"]) if options.get("lookahead_s") is not None else None,
     ))
     if result.ok:
         return (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps "

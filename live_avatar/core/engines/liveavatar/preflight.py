@@ -15,6 +15,7 @@ No torch here: ``avatar preflight`` runs on a machine without a GPU, and ``avata
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
 
-from .options import frame_size
+from .options import LiveAvatarOptions, frame_size
 
 TABLE_PATH = config_path("preflight", "liveavatar.yaml")
 FRAMES_PER_BLOCK = 12
@@ -34,6 +35,9 @@ BASE_MODE = "fp8-compiled"
 # one latent block + audio tokens (~0.4 MB) between two ranks through host memory; an assumption until the
 # pipeline bench (avatar bench liveavatar --num_gpus_dit N) measures it on GPUs
 PIPELINE_HANDOFF_MS = 2.0
+# the server's playout margin at its floor (sessions.min_margin_ms): what the adaptive margin keeps under
+# the lowest 2 % of the frames' slack
+PLAYOUT_MARGIN_MS = 30.0
 
 
 class PreflightError(ValueError):
@@ -179,6 +183,7 @@ class PreflightRequest:
     live_factor: float | None = None  # None: the table's
     text_encoder: bool = True  # a real checkpoint holds umT5-XXL on the GPU (unless text_encoder_device=cpu); random weights do not
     kv_layout: str = "contiguous"  # "compact": one sink copy instead of one per step (the table measured contiguous)
+    lookahead_s: float | None = None  # the live window's audio past its block; None: the engine's default
 
 
 @dataclass
@@ -203,6 +208,10 @@ class PreflightEstimate:
     sessions: int  # all GPUs
     fits: bool  # weights + one session's state fit
     realtime: bool  # one session reaches 25 fps
+    # speech-to-lips at the server, at best: every frame goes out a fixed delay after its audio, and a
+    # block's first frame waits for the block's last audio (480 ms) + the lookahead, then the block
+    speech_to_lips_floor_ms: float
+    lookahead_ms: float
     basis: dict[str, str]
     notes: list[str]
     suggestion: dict[str, Any] | None = None
@@ -216,6 +225,7 @@ class PreflightEstimate:
             "ok": self.ok, "fits": self.fits, "realtime": self.realtime, "sessions": self.sessions,
             "sessions_by_memory_per_gpu": self.sessions_by_memory, "sessions_by_compute_per_gpu": self.sessions_by_compute,
             "expected_fps": round(self.expected_fps, 1), "target_fps": TARGET_FPS,
+            "speech_to_lips_floor_ms": round(self.speech_to_lips_floor_ms), "lookahead_ms": self.lookahead_ms,
             "weights_gb": round(self.weights_gb, 2), "per_session_gb": round(self.per_session_gb, 2),
             "headroom_gb": self.headroom_gb, "gpu_memory_gb": round(self.gpu_memory_gb, 1),
             "block_ms": round(self.block_ms, 1), "live_block_ms": round(self.block_ms * self.live_factor, 1),
@@ -295,6 +305,10 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     detail = f"DiT {'FP8' if fp8 else 'bf16'} + VAE + wav2vec2 {dit_gb:.1f} (measured)"
     detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (no text encoder on the GPU: random weights, or text_encoder_device=cpu)"
     pipelines = 1
+    # a block's trip from its audio to its frames: on N GPUs it passes every rank in turn (the same work
+    # as on one, plus the hand-offs), so the pipeline raises throughput, not this
+    trip_ms = block_ms * live_factor + (request.gpus - 1) * PIPELINE_HANDOFF_MS
+    lookahead_ms = 1000.0 * (request.lookahead_s if request.lookahead_s is not None else default_lookahead_s())
     if request.gpus > 1:  # the step pipeline: every rank holds the DiT and the KV rings of its own steps
         vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else base)], tokens)
         block_ms, state_gb, pipelines, note = _pipeline_estimate(request.gpus, block_ms, dit_share, vae_share, state_gb)
@@ -314,6 +328,7 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
         sessions_by_compute=by_compute,
         sessions=min(by_memory, by_compute) if request.gpus == 1 else min(by_memory, by_compute, 1) * pipelines,
         fits=by_memory >= 1, realtime=fps >= TARGET_FPS,
+        speech_to_lips_floor_ms=BLOCK_VIDEO_MS + lookahead_ms + trip_ms + PLAYOUT_MARGIN_MS, lookahead_ms=lookahead_ms,
         basis={"memory": f"per-session state {state_kind}; weights measured (text encoder from its checkpoint size)",
                "timing": timing_kind, "gpu": scaling,
                "measurements": f"one {reference.name}, 14B random weights, avatar bench liveavatar, median of 8 blocks, "
@@ -323,6 +338,11 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
                "estimate": "an estimate from measured figures, not a measurement of this configuration"},
         notes=notes,
     )
+
+
+def default_lookahead_s() -> float:
+    """The engine option ``lookahead_s``'s default (without building options, which need weights)."""
+    return next(f.default for f in dataclasses.fields(LiveAvatarOptions) if f.name == "lookahead_s")
 
 
 def compact_state_saving(frame: tuple[int, int]) -> float:
@@ -441,6 +461,10 @@ def format_report(r: PreflightEstimate) -> str:
         f"  expected fps       {r.expected_fps:6.1f}      one session ({TARGET_FPS:g} needed for real time)",
         f"  sessions by compute{r.sessions_by_compute:6d}      per GPU (sessions share it: total fps / {TARGET_FPS:g})",
         f"  sessions           {r.sessions:6d}      {'in all' if r.gpus > 1 else ''}".rstrip(),
+        (f"  speech to lips  >= {r.speech_to_lips_floor_ms / 1000:6.2f} s     at the server, at best: the block's audio "
+         f"{BLOCK_VIDEO_MS:.0f} + lookahead {r.lookahead_ms:.0f} + the block{' through the ranks' if r.gpus > 1 else ''} "
+         f"{r.speech_to_lips_floor_ms - BLOCK_VIDEO_MS - r.lookahead_ms - PLAYOUT_MARGIN_MS:.0f}"
+         f" + margin {PLAYOUT_MARGIN_MS:.0f} ms (the viewer adds network and decode)"),
     ]
     if r.ok:
         pipeline = f" --num_gpus_dit {r.gpus}" if r.gpus > 1 else ""
