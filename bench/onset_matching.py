@@ -2,7 +2,7 @@
 
 The e2e bench's peer sends speech and gets it back delayed into sync with the lips. Its speech-to-lips
 figures pair each sent onset with the returned onset of the same utterance. Pairing by time alone
-("the first returned onset within 2 s") was what the bench did until 2026-12-05: on the diffusion
+("the first returned onset within 2 s") was what the bench did until 2026-12-04: on the diffusion
 engine, whose latency was ~2 s, more than half the onsets fell outside the window and went unmatched,
 so its percentiles described only the faster half (the 10-minute run of 2026-12-04: 72 of 164 matched,
 p95 2.00 s against a server p95 of 2.3 s). Here a returned onset answers a sent one if it comes within
