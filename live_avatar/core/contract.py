@@ -80,6 +80,9 @@ class Chunk:
     # That frame's index in the chunk, one per arrival (empty: the first frame): in a block of 12 the
     # onset's own frame goes out up to 11 frames after the block's first.
     speech_onset_offsets: list[int] = field(default_factory=list)
+    # False for a part of a block that its generator makes in parts (generate_parts): the block's
+    # compute time is reported with its last part
+    ends_block: bool = True
     # The same input speech at full band (the producer's own 48 kHz, StreamSession's full_band
     # copy) for the outgoing audio; None when the producer gave only the engine's rate.
     full_band_audio: np.ndarray | None = None  # float32 mono [N * S * full_band_rate / sample_rate]
@@ -123,6 +126,10 @@ class BlockGenerator(Protocol):
     # prompt mid-session (None: unchanged; prompt "": the engine's default). The runtime calls it
     # between blocks; it returns how many frames after the next block's first frame the change
     # shows (0: at once). A generator without it cannot change either mid-session.
+    #
+    # Optional: ``generate_parts(block) -> Iterator[np.ndarray]`` yields ``generate(block)``'s frames in
+    # order, in parts, each as soon as it is ready (liveavatar: 4 frames per latent frame as its VAE
+    # decodes them); the live runtime then sends a block's first frames before its last exist.
 
     def close(self) -> None: ...
 

@@ -133,7 +133,8 @@ class AvatarSession:
     async def _pump_chunks(self) -> None:
         budget_s = self.stream.block_frames / self.stream.fps
         async for chunk in self.stream.chunks():
-            self.metrics.observe_block_compute(chunk.timings.compute_s, budget_s)
+            if chunk.ends_block:
+                self.metrics.observe_block_compute(chunk.timings.compute_s, budget_s)
             self.playout.add_chunk(chunk, self.clock.now())
         if self.state != "closed":
             self.close_soon("generator finished")

@@ -95,12 +95,12 @@ async def frames_through_session(engine, blocks: int):
     try:
         session.push_audio(samples)
         session.end_of_speech()
-        frames = []
-        async for chunk in session.chunks():
+        frames, total = [], blocks * 12
+        async for chunk in session.chunks():  # a block may come in parts (generate_parts)
             frames.append(chunk.frames)
-            if len(frames) == blocks:
+            if sum(f.shape[0] for f in frames) >= total:
                 break
-        return np.stack(frames), session.stats()
+        return np.concatenate(frames)[:total].reshape(blocks, 12, *frames[0].shape[1:]), session.stats()
     finally:
         await session.close()
 

@@ -549,3 +549,64 @@ def test_live_input_clock_drops_only_what_silence_replaced():
     t0 = clock.t0
     assert clock.samples_to_drop(40000, 320, 10.0 + 40000 / SR) == 0
     assert clock.t0 == pytest.approx(t0 - 320 / SR)
+
+
+class PartsGenerator(FakeGenerator):
+    """Makes each block in parts of ``part`` frames (as liveavatar's VAE decodes a latent frame at a time);
+    waits for ``release`` before each part after the first of a block."""
+
+    def __init__(self, part: int, **kwargs):
+        super().__init__(**kwargs)
+        self.part = part
+        self.release = threading.Event()
+        self.parts_made: list[tuple[int, int]] = []  # (first frame, frames) in the order made
+
+    def generate_parts(self, block: AudioBlock):
+        whole = self.generate(block)
+        for a in range(0, block.num_frames, self.part):
+            if a:
+                assert self.release.wait(5.0), "the test never released the rest of the block"
+            self.parts_made.append((block.first_frame + a, min(self.part, block.num_frames - a)))
+            yield whole[a : a + self.part]
+
+
+async def test_a_block_made_in_parts_goes_out_part_by_part_with_its_own_audio_and_onsets(speech_16k):
+    gen = PartsGenerator(part=4, block_frames=12, context=800, lookahead=480)
+    session = StreamSession(gen, config=StreamConfig(buffered=True, buffered_lead_s=5.0))
+    samples = np.concatenate([np.zeros(SR, np.float32), speech_16k[: 2 * SR]])  # speech starts at 1.0 s: frame 25
+    push_packets(session, samples, t_first=time.monotonic())
+    it = session.chunks().__aiter__()
+    (first,) = await take(it, 1)
+    # the block's first part is out while its generator still waits to make the second
+    assert (first.first_frame, first.num_frames, first.ends_block) == (0, 4, False) and gen.parts_made == [(0, 4)]
+    gen.release.set()
+    chunks = [first, *await take(it, 8)]  # frames 0..35: three blocks
+    assert [(c.first_frame, c.num_frames) for c in chunks] == [(f, 4) for f in range(0, 36, 4)]
+    assert [c.ends_block for c in chunks] == [False, False, True] * 3
+    for c in chunks:
+        assert list(c.frames[:, 0, 0, 0]) == list(range(c.first_frame, c.first_frame + 4))
+        np.testing.assert_array_equal(c.audio, samples[c.first_frame * S : (c.first_frame + 4) * S])
+    # the onset goes with the part that shows its frame, at its offset in that part
+    (shown,) = [c for c in chunks if c.speech_onset_arrivals]
+    (offset,) = shown.speech_onset_offsets
+    assert 25 <= shown.first_frame + offset <= 27 and 0 <= offset < 4
+    # the block's compute is counted once, with its last part
+    stats = session.stats()
+    assert stats["blocks"] >= 3 and stats["frames_skipped"] == 0
+    await session.close()
+
+
+async def test_parts_that_overrun_the_block_end_the_session_with_a_clear_error():
+    class Overrun(PartsGenerator):
+        def generate_parts(self, block):
+            whole = self.generate(block)
+            yield whole
+            yield whole[:1]  # one frame too many
+
+    session = StreamSession(Overrun(part=2, block_frames=2), config=StreamConfig(buffered=True))
+    session.push_audio(np.zeros(SR, np.float32))
+    with pytest.raises(StreamSessionError):
+        async for _ in session.chunks():
+            pass
+    assert "generate_parts() gave 1 frames at frame 2 of a block of 2" in session.stats()["error"]
+    await session.close()

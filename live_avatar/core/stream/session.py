@@ -540,8 +540,25 @@ class StreamSession:
     def _run_job(self, job: _Job) -> None:
         self._prepare(job)
         started = time.monotonic()
-        frames = self.generator.generate(job.block)
-        self._deliver(job, frames, started, time.monotonic(), pipelined=False)
+        generate_parts = getattr(self.generator, "generate_parts", None)
+        if not callable(generate_parts):
+            frames = self.generator.generate(job.block)
+            self._deliver(job, frames, started, time.monotonic(), pipelined=False)
+            return
+        # a generator that makes a block's frames part by part (liveavatar: 4 per latent frame, as its VAE
+        # decodes them): each part goes out when it is ready, the block's accounting comes with the last
+        B, offset = job.block.num_frames, 0
+        for frames in generate_parts(job.block):
+            frames = _check_frames(frames, None)
+            if not 0 < frames.shape[0] <= B - offset:
+                raise ValueError(f"generate_parts() gave {frames.shape[0]} frames at frame {offset} of a block of {B}")
+            if offset + frames.shape[0] < B:
+                self._deliver_part(job, frames, offset, started, time.monotonic())
+            else:
+                self._deliver(job, frames, started, time.monotonic(), pipelined=False, offset=offset)
+            offset += frames.shape[0]
+        if offset != B:
+            raise ValueError(f"generate_parts() gave {offset} frames for a block of {B}")
 
     def _submit_job(self, job: _Job) -> None:
         """Pipelined: hand the block to the generator; the collector delivers its frames."""
@@ -577,32 +594,17 @@ class StreamSession:
             self._fail(exc, "stream session collector failed")
 
     def _deliver(self, job: _Job, frames: np.ndarray, started: float, finished: float, *, pipelined: bool,
-                 cost: float | None = None) -> None:
-        """Queue a finished block's chunk. ``cost``: what the block took of the real-time budget (default:
-        the time it ran, or for a pipe that does not say, since the previous block came out); how long
-        a block takes to come out (``record_compute``: the catch-up and buffered-lead estimates) is its
-        whole trip."""
+                 cost: float | None = None, offset: int = 0) -> None:
+        """Queue a finished block's chunk (from frame ``offset`` of the block on: the last part of a block
+        made in parts). ``cost``: what the block took of the real-time budget (default: the time it ran,
+        or for a pipe that does not say, since the previous block came out); how long a block takes to
+        come out (``record_compute``: the catch-up and buffered-lead estimates) is its whole trip."""
         block = job.block
-        frames = _check_frames(frames, block.num_frames)
+        frames = _check_frames(frames, block.num_frames - offset)
         previous, self._last_delivered_at = self._last_delivered_at, finished
         if cost is None:
             cost = finished - max(started, previous if previous is not None else started)
-        chunk = Chunk(
-            frames=frames,
-            audio=block.frame_samples(self.samples_per_frame).copy(),
-            first_frame=block.first_frame,
-            speech=block.speech.copy(),
-            timings=BlockTimings(
-                audio_ready_at=job.audio_ready_at,
-                started_at=started,
-                finished_at=finished,
-                compute_s=cost,
-            ),
-            speech_onset_arrivals=[t for _, t in job.onsets],
-            speech_onset_offsets=[offset for offset, _ in job.onsets],
-            full_band_audio=job.full_band,
-            full_band_rate=None if job.full_band is None else self.sample_rate * self._fb_ratio,
-        )
+        chunk = self._chunk(job, frames, offset, BlockTimings(job.audio_ready_at, started, finished, cost))
         with self._cond:
             self._schedule.record_compute(finished - started)
             self._budget.note(cost)
@@ -613,10 +615,45 @@ class StreamSession:
                 self._in_progress = None
                 self._next_frame = block.first_frame + block.num_frames
             self._counters.note_block(block.num_frames, speech=bool(block.speech.any()))
-            self._schedule.note_ready(block.first_frame, finished)
+            self._schedule.note_ready(chunk.first_frame, finished)
             self._trim_timeline()
             self._cond.notify_all()
         self._signal_consumer()
+
+    def _deliver_part(self, job: _Job, frames: np.ndarray, offset: int, started: float, finished: float) -> None:
+        """Queue the frames [offset, offset + n) of a block still being made; the first part of the session's
+        first block anchors the playout."""
+        chunk = self._chunk(job, frames, offset, BlockTimings(job.audio_ready_at, started, finished,
+                                                             finished - started), ends_block=False)
+        with self._cond:
+            if job.epoch != self._epoch:
+                return  # interrupted meanwhile: the rest of the block is made and dropped too
+            self._out.append(chunk)
+            self._schedule.note_ready(chunk.first_frame, finished)
+            self._cond.notify_all()
+        self._signal_consumer()
+
+    def _chunk(self, job: _Job, frames: np.ndarray, offset: int, timings: BlockTimings, *,
+               ends_block: bool = True) -> Chunk:
+        """The chunk of the block's frames [offset, offset + len(frames)) with their audio, speech flags and onsets."""
+        block, S, n = job.block, self.samples_per_frame, frames.shape[0]
+        whole = offset == 0 and n == block.num_frames
+        onsets = [(o - offset, t) for o, t in job.onsets if offset <= o < offset + n]
+        full_band = job.full_band
+        if full_band is not None and not whole:
+            full_band = full_band[offset * S * self._fb_ratio : (offset + n) * S * self._fb_ratio]
+        return Chunk(
+            frames=frames,
+            audio=block.frame_samples(S)[offset * S : (offset + n) * S].copy(),
+            first_frame=block.first_frame + offset,
+            speech=block.speech[offset : offset + n].copy(),
+            timings=timings,
+            speech_onset_arrivals=[t for _, t in onsets],
+            speech_onset_offsets=[o for o, _ in onsets],
+            full_band_audio=full_band,
+            full_band_rate=None if job.full_band is None else self.sample_rate * self._fb_ratio,
+            ends_block=ends_block,
+        )
 
     # ------------------------------------------------------------------ worker helpers (lock held)
     def _skip_to(self, frame: int) -> None:
@@ -695,10 +732,11 @@ def _as_mono_float32(samples: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _check_frames(frames: np.ndarray, num_frames: int) -> np.ndarray:
+def _check_frames(frames: np.ndarray, num_frames: int | None) -> np.ndarray:
+    """uint8 [N, H, W, 3] frames, ``num_frames`` of them unless None."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         desc = f"{type(frames).__name__} {getattr(frames, 'dtype', '')} {getattr(frames, 'shape', '')}"
         raise TypeError(f"generate() must return uint8 [N, H, W, 3] frames, got {desc}")
-    if frames.shape[0] != num_frames:
+    if num_frames is not None and frames.shape[0] != num_frames:
         raise ValueError(f"generate() returned {frames.shape[0]} frames for a block of {num_frames}")
     return frames

@@ -289,3 +289,20 @@ def test_a_closed_sessions_stepper_serves_the_next_session_with_the_same_frames(
         assert third.stepper is not stepper and other._idle_steppers == []  # the other size's memory went first
     finally:
         third.close()
+
+
+def test_generate_parts_gives_the_blocks_frames_a_latent_frame_at_a_time(engine, avatar):
+    """What the live session sends first: the 4 frames of the block's first latent frame, while the VAE
+    decodes the rest; the parts are generate()'s frames, the session's first block (3 frames held) too."""
+    a, b = engine.new_generator(avatar, "a person talks"), engine.new_generator(avatar, "a person talks")
+    try:
+        for k in range(2):
+            parts = list(a.generate_parts(_block(a, k, seed=k)))
+            assert [p.shape for p in parts] == [(4, 128, 64, 3)] * 3 and all(p.dtype == np.uint8 for p in parts)
+            np.testing.assert_array_equal(np.concatenate(parts), b.generate(_block(b, k, seed=k)), err_msg=f"block {k}")
+        assert a.blocks_done == 2 and a.engine_stats()["last_block_ms"]["vae"] > 0
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        next(a.generate_parts(_block(a, 2, seed=2)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import torch
 
 from live_avatar.core.contract import AudioBlock, AvatarError
 
-from .vae_stream import to_uint8_frames
+from .vae_stream import to_uint8_frames, to_uint8_frames_later
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class LiveAvatarGenerator:
             device=engine.device, dtype=engine.dtype,
         )
         self.video = parts.codec.stream()
+        # the host copies of a block's frames, beside the decode of its later latent frames (generate_parts)
+        self._copy_stream = torch.cuda.Stream(engine.device) if engine.device.type == "cuda" else None
         self._prompt = prompt if prompt else engine.options.prompt
         self._started = False
         self._first_latent: torch.Tensor | None = None
@@ -127,11 +130,26 @@ class LiveAvatarGenerator:
         self._first_latent = None
 
     def generate(self, block: AudioBlock) -> np.ndarray:
+        parts = list(self.generate_parts(block))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def generate_parts(self, block: AudioBlock) -> Iterator[np.ndarray]:
+        """The block's frames a latent frame's worth (4) at a time, each as soon as it is on the host: the
+        VAE decodes latent by latent, so the first 4 frames can go out ~2/3 of a decode earlier than the
+        whole block (at 320x512 on an H200 ~50 ms of every frame's delay, the VAE taking 77 ms)."""
         latents, t = self._denoise(block)
+        t3 = time.perf_counter()
         with self.engine.compute_lock, torch.inference_mode():
-            frames = self._decode(self.video, latents, t)
+            if self._closed:
+                raise RuntimeError("generator is closed")
+            pixels = self.video.decode_block_parts(latents)  # [3, 4, H, W] each, queued on the device
+            for part in pixels:
+                self._recent.extend(part.unbind(1))
+            fetches = [to_uint8_frames_later(part, self._copy_stream) for part in pixels]
+        for fetch in fetches:  # outside the lock: another session's block may queue its work meanwhile
+            yield fetch().numpy()
+        t.vae_s = time.perf_counter() - t3
         self._finish_block(t)
-        return frames
 
     def _denoise(self, block: AudioBlock) -> tuple[torch.Tensor, BlockStageTimes]:
         """Audio features, the clip-boundary sink work and the block's four DiT calls -> clean latents."""

@@ -29,6 +29,7 @@ from .options import LiveAvatarOptions, frame_size
 
 TABLE_PATH = config_path("preflight", "liveavatar.yaml")
 FRAMES_PER_BLOCK = 12
+LATENTS_PER_BLOCK = 3  # the VAE decodes them one by one; the live session sends each one's 4 frames when ready
 TARGET_FPS = 25.0
 BLOCK_VIDEO_MS = 1000.0 * FRAMES_PER_BLOCK / TARGET_FPS  # 480 ms of video per block
 BASE_MODE = "fp8-compiled"
@@ -209,7 +210,8 @@ class PreflightEstimate:
     fits: bool  # weights + one session's state fit
     realtime: bool  # one session reaches 25 fps
     # speech-to-lips at the server, at best: every frame goes out a fixed delay after its audio, and a
-    # block's first frame waits for the block's last audio (480 ms) + the lookahead, then the block
+    # block's first frame waits for the block's last audio (480 ms) + the lookahead, then the block (up
+    # to its first frames)
     speech_to_lips_floor_ms: float
     lookahead_ms: float
     basis: dict[str, str]
@@ -305,12 +307,16 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     detail = f"DiT {'FP8' if fp8 else 'bf16'} + VAE + wav2vec2 {dit_gb:.1f} (measured)"
     detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (no text encoder on the GPU: random weights, or text_encoder_device=cpu)"
     pipelines = 1
-    # a block's trip from its audio to its frames: on N GPUs it passes every rank in turn (the same work
-    # as on one, plus the hand-offs), so the pipeline raises throughput, not this
-    trip_ms = block_ms * live_factor + (request.gpus - 1) * PIPELINE_HANDOFF_MS
+    vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else base)], tokens)
+    # until a block's first frames exist: on one GPU they go out once the VAE has decoded the first of
+    # the block's latent frames (generate_parts); on N GPUs the block passes every rank in turn (the same
+    # work as on one, plus the hand-offs) and its frames come whole, so the pipeline raises throughput, not this
+    if request.gpus == 1:
+        trip_ms = block_ms * (1.0 - vae_share * (1.0 - 1.0 / LATENTS_PER_BLOCK)) * live_factor
+    else:
+        trip_ms = block_ms * live_factor + (request.gpus - 1) * PIPELINE_HANDOFF_MS
     lookahead_ms = 1000.0 * (request.lookahead_s if request.lookahead_s is not None else default_lookahead_s())
     if request.gpus > 1:  # the step pipeline: every rank holds the DiT and the KV rings of its own steps
-        vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else base)], tokens)
         block_ms, state_gb, pipelines, note = _pipeline_estimate(request.gpus, block_ms, dit_share, vae_share, state_gb)
         notes.append(note)
     free = memory - table.headroom_gb - weights_gb
@@ -462,7 +468,8 @@ def format_report(r: PreflightEstimate) -> str:
         f"  sessions by compute{r.sessions_by_compute:6d}      per GPU (sessions share it: total fps / {TARGET_FPS:g})",
         f"  sessions           {r.sessions:6d}      {'in all' if r.gpus > 1 else ''}".rstrip(),
         (f"  speech to lips  >= {r.speech_to_lips_floor_ms / 1000:6.2f} s     at the server, at best: the block's audio "
-         f"{BLOCK_VIDEO_MS:.0f} + lookahead {r.lookahead_ms:.0f} + the block{' through the ranks' if r.gpus > 1 else ''} "
+         f"{BLOCK_VIDEO_MS:.0f} + lookahead {r.lookahead_ms:.0f} + "
+         f"{'the block through the ranks' if r.gpus > 1 else 'the block to its first frames'} "
          f"{r.speech_to_lips_floor_ms - BLOCK_VIDEO_MS - r.lookahead_ms - PLAYOUT_MARGIN_MS:.0f}"
          f" + margin {PLAYOUT_MARGIN_MS:.0f} ms (the viewer adds network and decode)"),
     ]

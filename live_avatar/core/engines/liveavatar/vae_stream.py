@@ -23,6 +23,7 @@ which drops them, puts the video 3 frames ahead of the audio).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -209,6 +210,13 @@ class LatentVideoStream:
 
         A fresh cache's first latent yields 1 frame, every later latent ``temporal_ratio`` (4) frames.
         """
+        return torch.cat(self.decode_latents_parts(z), dim=1)
+
+    @torch.inference_mode()
+    def decode_latents_parts(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`decode_latents` one latent frame at a time: a list of pixels [3, m_i, H, W], each
+        queued on the device as soon as its decoder call is (the first can be shown before the last
+        is decoded)."""
         if z.ndim != 4 or z.shape[0] != self.codec.z_dim:
             raise ValueError(f"expected latents [{self.codec.z_dim}, n, h, w], got {tuple(z.shape)}")
         vae = self.codec.vae
@@ -217,9 +225,9 @@ class LatentVideoStream:
         for t in range(x.shape[2]):
             # contiguous: the same strides for every call (a compiled decoder would recompile per clip length)
             frame = x[:, :, t : t + 1].contiguous()
-            outs.append(self._decode_one(frame))
+            outs.append(self._decode_one(frame)[0].clamp(-1.0, 1.0))  # a copy: the output may be a graph's buffer
             self.latents_decoded += 1
-        return torch.cat(outs, dim=2)[0].clamp_(-1.0, 1.0)
+        return outs
 
     def _decode_one(self, frame: torch.Tensor) -> torch.Tensor:
         mode = self.codec.decoder_graphs
@@ -253,18 +261,29 @@ class LatentVideoStream:
         With ``dropped_frames="hold"`` the dropped frames are replaced by copies of the first kept frame, so
         a block always yields as many frames as were decoded.
         """
-        frames = self.decode_latents(z)
-        drop = min(self._drop_pending, frames.shape[1] - 1)
+        return torch.cat(self.decode_block_parts(z), dim=1)
+
+    def decode_block_parts(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`decode_block` as parts of one latent frame each (the start-of-session drop falls in the
+        first part; a drop longer than a latent's frames merges the parts it covers)."""
+        parts = self.decode_latents_parts(z)
+        total = sum(p.shape[1] for p in parts)
+        drop = min(self._drop_pending, total - 1)
         if drop > 0:
+            covered = 1  # the parts holding the dropped frames and the first kept one
+            while sum(p.shape[1] for p in parts[:covered]) <= drop:
+                covered += 1
+            head = parts[0] if covered == 1 else torch.cat(parts[:covered], dim=1)
             self._drop_pending -= drop
             self.frames_dropped += drop
-            kept = frames[:, drop:]
+            kept = head[:, drop:]
             if self.codec.config.dropped_frames == "hold":
-                frames = torch.cat([kept[:, :1].expand(-1, drop, -1, -1), kept], dim=1)
+                head = torch.cat([kept[:, :1].expand(-1, drop, -1, -1), kept], dim=1)
             else:
-                frames = kept
-        self.frames_emitted += frames.shape[1]
-        return frames
+                head = kept
+            parts = [head, *parts[covered:]]
+        self.frames_emitted += sum(p.shape[1] for p in parts)
+        return parts
 
 
 def _standard_layout(entry):
@@ -286,5 +305,23 @@ def _standard_layout(entry):
 
 def to_uint8_frames(pixels: torch.Tensor) -> "torch.Tensor":
     """[3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] on the CPU (one rounding, as the reference's video writer)."""
-    x = ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).contiguous().cpu()
+    return to_uint8_frames_later(pixels)()
+
+
+def to_uint8_frames_later(pixels: torch.Tensor, copy_stream: "torch.cuda.Stream | None" = None) -> Callable[[], torch.Tensor]:
+    """:func:`to_uint8_frames` in two halves: the conversion is queued now, on the current stream; the
+    returned function copies the frames to the host and waits for them. With a ``copy_stream`` (CUDA) the
+    copy runs there, after the conversion but not behind what the current stream queued since (the next
+    part's decode), so a block's first frames reach the host while its last are still being decoded."""
+    x = ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+    if copy_stream is None or x.device.type != "cuda":
+        return x.cpu
+    converted = torch.cuda.Event()
+    converted.record()
+
+    def fetch() -> torch.Tensor:
+        with torch.cuda.stream(copy_stream):
+            copy_stream.wait_event(converted)
+            return x.cpu()  # x stays referenced (this closure) until the copy is done: no allocator race
+
+    return fetch
