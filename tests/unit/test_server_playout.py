@@ -113,6 +113,21 @@ def test_backlog_is_bounded_and_the_newest_frames_are_kept() -> None:
     assert slot.frame_index > 190  # latency was cut, not kept
 
 
+def test_a_block_in_parts_is_not_taken_for_backlog() -> None:
+    """12-frame blocks delivered 4 frames at a time (liveavatar's generate_parts): the frames that
+    wait for their slots are bounded by the block, not by the part, or every block would lose frames."""
+    now, clock, playout, sub = make(max_buffered=100)
+    for block in range(2):  # the next block done before this one is shown: 24 frames wait
+        for a in range(0, 12, 4):
+            part = chunk(12 * block + a, 4)
+            part.ends_block = a == 8
+            playout.add_chunk(part)
+    for slot in range(24):
+        emit(playout, clock, slot)
+    assert playout.counters.frames_dropped == 0 and playout.counters.frames_repeated == 0
+    assert [x.frame_index for x in drain(sub)] == list(range(24))
+
+
 def test_a_sustained_surplus_is_trimmed_back() -> None:
     now, clock, playout, sub = make()
     playout.add_chunk(chunk(0, 4))  # 4 frames ahead, and every slot one more arrives: surplus

@@ -106,7 +106,10 @@ class Playout:
         self._on_shift = on_shift
         self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
         self._audio_carry = np.zeros(0, np.int16)
-        self._largest_chunk = 1
+        # the largest block seen (a block may come in parts: Chunk.ends_block) and the frames of the block
+        # under way: what the generator delivers at once bounds the frames that may wait for their slots
+        self._largest_block = 1
+        self._block_so_far = 0
         self._next: int | None = None  # frame index wanted for the next slot
         self._last: _Buffered | None = None
         # speech onsets of frames that were dropped: reported with the next frame that goes out
@@ -139,7 +142,10 @@ class Playout:
             audio48 = (np.clip(full, -1.0, 1.0) * 32767.0).astype(np.int16)
         else:
             audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
-        self._largest_chunk = max(self._largest_chunk, n)
+        self._block_so_far += n
+        self._largest_block = max(self._largest_block, self._block_so_far)
+        if chunk.ends_block:
+            self._block_so_far = 0
         out_of_order = bool(self._buffer) and chunk.first_frame < next(reversed(self._buffer))
         for i in range(n):
             index = chunk.first_frame + i
@@ -180,7 +186,7 @@ class Playout:
     def _ahead_limit(self) -> int:
         if self._keep_every_frame:
             return self._max_buffered
-        return min(self._max_buffered, 2 * self._largest_chunk + self._delay_frames + 2)
+        return min(self._max_buffered, 2 * self._largest_block + self._delay_frames + 2)
 
     def _bound_backlog(self) -> None:
         limit = self._ahead_limit()
