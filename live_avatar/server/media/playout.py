@@ -109,7 +109,7 @@ class Playout:
         # the largest block seen (a block may come in parts: Chunk.ends_block) and the frames of the block
         # under way: what the generator delivers at once bounds the frames that may wait for their slots
         self._largest_block = 1
-        self._block_so_far = 0
+        self._block_so_far, self._block_end = 0, None  # frames of the block under way, and where they end
         self._next: int | None = None  # frame index wanted for the next slot
         self._last: _Buffered | None = None
         # speech onsets of frames that were dropped: reported with the next frame that goes out
@@ -142,10 +142,11 @@ class Playout:
             audio48 = (np.clip(full, -1.0, 1.0) * 32767.0).astype(np.int16)
         else:
             audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
+        if chunk.first_frame != self._block_end:  # a new block (or the rest of one dropped by an interrupt)
+            self._block_so_far = 0
         self._block_so_far += n
         self._largest_block = max(self._largest_block, self._block_so_far)
-        if chunk.ends_block:
-            self._block_so_far = 0
+        self._block_so_far, self._block_end = (0, None) if chunk.ends_block else (self._block_so_far, chunk.first_frame + n)
         out_of_order = bool(self._buffer) and chunk.first_frame < next(reversed(self._buffer))
         for i in range(n):
             index = chunk.first_frame + i
