@@ -55,6 +55,27 @@ def test_priming_changes_the_first_block(vae):
     assert (warm - cold).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize(("drop_first", "policy", "sizes"), [
+    (3, "hold", [4, 4, 4]), (3, "drop", [1, 4, 4]),  # the start-of-session drop falls in the first part
+    (5, "hold", [8, 4]), (5, "drop", [3, 4]),  # a drop past a latent's frames merges the parts it covers
+])
+def test_a_block_in_parts_is_the_whole_decode_cut_where_the_latents_end(vae, drop_first, policy, sizes):
+    g = torch.Generator().manual_seed(13)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(2)]
+    whole = _codec(vae, drop_first_frames=drop_first, dropped_frames=policy).stream()
+    parts = _codec(vae, drop_first_frames=drop_first, dropped_frames=policy).stream()
+    whole.start(motion)
+    parts.start(motion)
+    first = parts.decode_block_parts(blocks[0])
+    assert [p.shape[1] for p in first] == sizes
+    torch.testing.assert_close(torch.cat(first, dim=1), whole.decode_block(blocks[0]), atol=0, rtol=0)
+    later = parts.decode_block_parts(blocks[1])
+    assert [p.shape[1] for p in later] == [4, 4, 4]
+    torch.testing.assert_close(torch.cat(later, dim=1), whole.decode_block(blocks[1]), atol=0, rtol=0)
+    assert parts.frames_emitted == whole.frames_emitted and parts.frames_dropped == drop_first
+
+
 def test_hold_policy_keeps_block_length_and_alignment(vae):
     g = torch.Generator().manual_seed(11)
     motion = torch.randn(16, 19, 4, 6, generator=g)
