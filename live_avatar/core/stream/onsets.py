@@ -2,8 +2,8 @@
 
 The VAD runs over the timeline frame by frame, ahead of generation. Each onset keeps the arrival
 time of the packet where speech starts and its frame; it is handed out with the block that shows
-that frame, which is what speech_to_lips_latency (DESIGN.md §2) is measured to. All methods run under the session's
-lock.
+that frame, which is what speech_to_lips_latency (DESIGN.md §2) is measured to. All methods run
+under the session's lock.
 """
 
 from __future__ import annotations
