@@ -610,3 +610,26 @@ async def test_parts_that_overrun_the_block_end_the_session_with_a_clear_error()
             pass
     assert "generate_parts() gave 1 frames at frame 2 of a block of 2" in session.stats()["error"]
     await session.close()
+
+
+async def test_the_schedule_plans_with_the_time_to_a_blocks_first_part():
+    """Lateness (the silence skip), catch-up and the buffered lead are about when a block's first frames
+    can be shown: for a block made in parts that is its first part, not its last; the stats keep the
+    whole block's time."""
+
+    class SlowRest(PartsGenerator):
+        def generate_parts(self, block):
+            for k, part in enumerate(super().generate_parts(block)):
+                if k:
+                    time.sleep(0.08)  # the later parts take the block's time
+                yield part
+
+    gen = SlowRest(part=2, block_frames=6, context=800, lookahead=480)
+    gen.release.set()
+    session = StreamSession(gen, config=StreamConfig(buffered=True, buffered_lead_s=5.0))
+    push_packets(session, ramp(SR), t_first=time.monotonic())
+    it = session.chunks().__aiter__()
+    await take(it, 9)  # three blocks of three parts
+    assert session._schedule.expected_compute() < 0.05
+    assert session.stats()["compute_ms_p50"] >= 150  # two parts at 80 ms each
+    await session.close()

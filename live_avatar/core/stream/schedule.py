@@ -45,7 +45,9 @@ class BlockSchedule:
         self.first_ready: float | None = None  # when the first chunk was ready: the playout's origin
         self.first_ready_frame = 0
         self.last_slack_s: float | None = None  # playout due - ready time of the last block
-        self.compute_s: deque[float] = deque(maxlen=config.stats_window)
+        self.compute_s: deque[float] = deque(maxlen=config.stats_window)  # start to last frame (the stats)
+        # start to first frames out: what the plans use (a block made in parts sends its first part early)
+        self.first_out_s: deque[float] = deque(maxlen=config.stats_window)
 
     def window_end(self, f: int) -> int:
         """The sample after block ``f``'s last one plus its lookahead: what it needs to be ready."""
@@ -61,10 +63,13 @@ class BlockSchedule:
             self.first_ready += delta_s
 
     def expected_compute(self) -> float:
-        return float(np.median(self.compute_s)) if self.compute_s else 0.0
+        """How long a block takes from its start until its first frames are out (median)."""
+        return float(np.median(self.first_out_s)) if self.first_out_s else 0.0
 
-    def record_compute(self, seconds: float) -> None:
+    def record_compute(self, seconds: float, first_out_s: float | None = None) -> None:
+        """A block took ``seconds`` to make, its first frames out after ``first_out_s`` (default: all of it)."""
         self.compute_s.append(seconds)
+        self.first_out_s.append(seconds if first_out_s is None else first_out_s)
 
     def note_ready(self, f: int, finished: float) -> None:
         """Block ``f`` was delivered at ``finished``; the first one anchors the playout."""

@@ -64,6 +64,7 @@ class _Job:
     reset_motion: bool
     change: tuple | None = None  # (avatar, prompt, on_applied) to apply before this block
     full_band: np.ndarray | None = None
+    first_out_at: float | None = None  # a block made in parts: when its first part was queued
 
 
 class StreamSession:
@@ -606,7 +607,9 @@ class StreamSession:
             cost = finished - max(started, previous if previous is not None else started)
         chunk = self._chunk(job, frames, offset, BlockTimings(job.audio_ready_at, started, finished, cost))
         with self._cond:
-            self._schedule.record_compute(finished - started)
+            # the schedule plans (lateness, catch-up, buffered lead) with the time until the block's first
+            # frames are out: for a block made in parts, its first part
+            self._schedule.record_compute(finished - started, (job.first_out_at or finished) - started)
             self._budget.note(cost)
             if job.epoch != self._epoch:
                 return  # interrupted meanwhile: interrupt() already rewound next_frame
@@ -625,6 +628,8 @@ class StreamSession:
         first block anchors the playout."""
         chunk = self._chunk(job, frames, offset, BlockTimings(job.audio_ready_at, started, finished,
                                                              finished - started), ends_block=False)
+        if offset == 0:
+            job.first_out_at = finished
         with self._cond:
             if job.epoch != self._epoch:
                 return  # interrupted meanwhile: the rest of the block is made and dropped too
