@@ -598,8 +598,9 @@ class StreamSession:
                  cost: float | None = None, offset: int = 0) -> None:
         """Queue a finished block's chunk (from frame ``offset`` of the block on: the last part of a block
         made in parts). ``cost``: what the block took of the real-time budget (default: the time it ran,
-        or for a pipe that does not say, since the previous block came out); how long a block takes to
-        come out (``record_compute``: the catch-up and buffered-lead estimates) is its whole trip."""
+        or for a pipe that does not say, since the previous block came out); how long a block takes until
+        its first frames are out (``record_compute``: the catch-up and buffered-lead estimates) is its whole
+        trip up to its first part."""
         block = job.block
         frames = _check_frames(frames, block.num_frames - offset)
         previous, self._last_delivered_at = self._last_delivered_at, finished
