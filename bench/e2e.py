@@ -145,7 +145,9 @@ class E2EConfig:
     match_window_s: float = 5.0
     contour_s: float = 1.5
     contour_max_lag_s: float = 0.05
-    min_contour_similarity: float = 0.8
+    contour_strong: float = 0.8  # an answer on its contour alone
+    contour_weak: float = 0.3  # an answer whose latency is within answer_max_jump_s of the previous answer's
+    answer_max_jump_s: float = 0.75
     av_max_lag_s: float = 0.5
     targets: Targets = field(default_factory=Targets)
 
@@ -176,9 +178,12 @@ def build_speech_program(cfg: E2EConfig, workdir: Path) -> SpeechProgram:
     total = int(cfg.duration_s * rate)
     parts = [np.zeros(int(cfg.lead_silence_s * rate), np.float32)]
     length = parts[0].size
-    starts = []
+    starts: list[float] = []
+    recent: list[int] = []  # no sentence again within 3 utterances: the peer tells answers apart by contour
     while True:
-        utt = utterances[int(rng.integers(len(utterances)))]
+        choice = int(rng.choice([k for k in range(len(utterances)) if k not in recent]))
+        recent = (recent + [choice])[-3:]
+        utt = utterances[choice]
         pause = np.zeros(int(rng.uniform(*cfg.pause_s) * rate), np.float32)
         if length + utt.size + pause.size > total:
             break
@@ -413,7 +418,8 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig, *, content: bool 
     answers = match_onsets(env_sent, answerable, sent_times, env_ret, ret_on, hop_arrival,
                            window_s=cfg.match_window_s, contour_hops=int(round(cfg.contour_s / hop)),
                            max_lag_hops=int(round(cfg.contour_max_lag_s / hop)),
-                           min_similarity=cfg.min_contour_similarity, floor_db=cfg.onset_threshold_db - 10)
+                           strong=cfg.contour_strong, weak=cfg.contour_weak, max_jump_s=cfg.answer_max_jump_s,
+                           floor_db=cfg.onset_threshold_db - 10)
     for i, k in zip(answerable, answers, strict=True):
         t_sent = sent_times[i]
         if k is None:
