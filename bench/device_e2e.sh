@@ -31,6 +31,8 @@ sleep)
     if [ $alive = 0 ]; then echo "no run alive"; break; fi
     sleep 60; echo "--- $(date -u +%H:%M:%S)"; for f in /tmp/e2e/*.log; do tail -c 300 "$f" | tail -2; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+    # every minute: a call cut at its limit still returns what is under $OUT
+    cp /tmp/e2e/*.log /tmp/e2e/*.partial.json "$OUT"/ 2>/dev/null
   done
   cp /tmp/e2e/*.log /tmp/e2e/*.partial.json "$OUT"/ 2>/dev/null ;;
 esac
