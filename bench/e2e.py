@@ -742,13 +742,16 @@ def _write_partial(partial: Path, cfg: E2EConfig, t_start: float, poller: StatsP
     stream = last.get("stream") or {}
     s2l = poller.s2l_ms[-1] if poller.s2l_ms else None
     peer_s2l = (peer_figures or {}).get("speech_to_lips_peer_p50_ms")
+    onsets = (peer_figures or {}).get("speech_to_lips_peer_ms") or {}
+    # answered of those old enough to be (the last match window's are not yet)
+    answered = f", {onsets['matched']}/{onsets['matched'] + onsets['unmatched']} onsets" if "matched" in onsets else ""
     gpu_now = ""
     if gpu.samples:
         g = gpu.samples[-1]
         gpu_now = (f"  gpu {g.get('sm_clock_mhz')} MHz {g.get('power_w')} W {g.get('temperature_c')} C "
                    f"{','.join(g.get('clock_reasons') or []) or '-'}")
     print(f"  {t_s:5.0f}/{cfg.duration_s:.0f} s  fps {_fmt(last.get('fps'))}  "
-          f"s2l last {_fmt(s2l)} ms (peer p50 {_fmt(peer_s2l)})  block p50 {_fmt(stream.get('compute_ms_p50'))} ms  "
+          f"s2l last {_fmt(s2l)} ms (peer p50 {_fmt(peer_s2l)}{answered})  block p50 {_fmt(stream.get('compute_ms_p50'))} ms  "
           f"skipped {stream.get('frames_skipped')} (silent {stream.get('silent_frames_skipped')})  "
           f"repeated {last.get('frames_repeated')}  dropped {last.get('frames_dropped')}  "
           f"rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB{gpu_now}", flush=True)
