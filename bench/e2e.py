@@ -140,8 +140,9 @@ class E2EConfig:
     envelope_hop_s: float = 0.01
     onset_threshold_db: float = -40.0
     min_silence_s: float = 0.5
-    # a returned onset answers a sent one within this, if their level contours agree (onset_matching.py);
-    # 2.0 s until 2026-12-04 cut off the diffusion engine's slower half of the onsets
+    # a returned onset answers a sent one within this, told apart from the next utterance's by its level
+    # contour and the latency's continuity (onset_matching.py); 2.0 s until 2026-12-04 cut off the
+    # diffusion engine's slower half of the onsets
     match_window_s: float = 5.0
     contour_s: float = 1.5
     contour_max_lag_s: float = 0.05
