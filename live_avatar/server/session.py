@@ -87,6 +87,7 @@ class AvatarSession:
             keep_every_frame=bool(getattr(getattr(stream, "config", None), "buffered", False)),
             margin=MarginControl(min_margin_s=config.min_margin_ms / 1000.0) if config.adaptive_margin else None,
             on_shift=self._on_playout_shift,
+            block_frames=stream.block_frames,
         )
         self.first_audio_at: float | None = None
         self.last_audio_at: float | None = None

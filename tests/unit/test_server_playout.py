@@ -34,12 +34,13 @@ def chunk(first: int, n: int) -> Chunk:
     return Chunk(frames=frames, audio=audio, first_frame=first, speech=np.zeros(n, bool), timings=timings)
 
 
-def make(max_buffered: int = 50, delay_s: float = 0.0):
+def make(max_buffered: int = 50, delay_s: float = 0.0, block_frames: int | None = None):
     now = FakeTime()
     clock = MediaClock(now=now)
     fanout: Fanout[OutputSlot] = Fanout(default_maxsize=1000)
     sub = fanout.subscribe("test")
-    playout = Playout(clock, fanout, upsample_x3, playout_delay_s=delay_s, max_buffered_frames=max_buffered)
+    playout = Playout(clock, fanout, upsample_x3, playout_delay_s=delay_s, max_buffered_frames=max_buffered,
+                      block_frames=block_frames)
     return now, clock, playout, sub
 
 
@@ -116,7 +117,7 @@ def test_backlog_is_bounded_and_the_newest_frames_are_kept() -> None:
 def test_a_block_in_parts_is_not_taken_for_backlog() -> None:
     """12-frame blocks delivered 4 frames at a time (liveavatar's generate_parts): the frames that
     wait for their slots are bounded by the block, not by the part, or every block would lose frames."""
-    now, clock, playout, sub = make(max_buffered=100)
+    now, clock, playout, sub = make(max_buffered=100, block_frames=12)
     for block in range(2):  # the next block done before this one is shown: 24 frames wait
         for a in range(0, 12, 4):
             part = chunk(12 * block + a, 4)

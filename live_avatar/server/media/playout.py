@@ -89,6 +89,7 @@ class Playout:
         keep_every_frame: bool = False,
         margin: MarginControl | None = None,
         on_shift: Callable[[float], None] | None = None,
+        block_frames: int | None = None,
     ) -> None:
         self.clock = clock
         # pushed speech (a buffered stream, generated ahead by design): frames with sound are
@@ -106,10 +107,10 @@ class Playout:
         self._on_shift = on_shift
         self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
         self._audio_carry = np.zeros(0, np.int16)
-        # the largest block seen (a block may come in parts: Chunk.ends_block) and the frames of the block
-        # under way: what the generator delivers at once bounds the frames that may wait for their slots
-        self._largest_block = 1
-        self._block_so_far, self._block_end = 0, None  # frames of the block under way, and where they end
+        # what the generator makes at once bounds the frames that may wait for their slots: its block (the
+        # session's block_frames; a block may come in parts), else the largest chunk seen
+        self._block_frames = block_frames
+        self._largest_chunk = 1
         self._next: int | None = None  # frame index wanted for the next slot
         self._last: _Buffered | None = None
         # speech onsets of frames that were dropped: reported with the next frame that goes out
@@ -142,11 +143,7 @@ class Playout:
             audio48 = (np.clip(full, -1.0, 1.0) * 32767.0).astype(np.int16)
         else:
             audio48 = self._audio_for_frames(chunk.audio, n * per_frame)
-        if chunk.first_frame != self._block_end:  # a new block (or the rest of one dropped by an interrupt)
-            self._block_so_far = 0
-        self._block_so_far += n
-        self._largest_block = max(self._largest_block, self._block_so_far)
-        self._block_so_far, self._block_end = (0, None) if chunk.ends_block else (self._block_so_far, chunk.first_frame + n)
+        self._largest_chunk = max(self._largest_chunk, n)
         out_of_order = bool(self._buffer) and chunk.first_frame < next(reversed(self._buffer))
         for i in range(n):
             index = chunk.first_frame + i
@@ -187,7 +184,8 @@ class Playout:
     def _ahead_limit(self) -> int:
         if self._keep_every_frame:
             return self._max_buffered
-        return min(self._max_buffered, 2 * self._largest_block + self._delay_frames + 2)
+        block = max(self._block_frames or 0, self._largest_chunk)
+        return min(self._max_buffered, 2 * block + self._delay_frames + 2)
 
     def _bound_backlog(self) -> None:
         limit = self._ahead_limit()

@@ -14,7 +14,7 @@ import torch
 
 from live_avatar.core.contract import AudioBlock, AvatarError
 
-from .vae_stream import to_uint8_frames, to_uint8_frames_later
+from .vae_stream import to_uint8_frames_later
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +140,8 @@ class LiveAvatarGenerator:
         latents, t = self._denoise(block)
         t3 = time.perf_counter()
         with self.engine.compute_lock, torch.inference_mode():
-            if self._closed:
-                raise RuntimeError("generator is closed")
-            pixels = self.video.decode_block_parts(latents)  # [3, 4, H, W] each, queued on the device
-            for part in pixels:
-                self._recent.extend(part.unbind(1))
-            fetches = [to_uint8_frames_later(part, self._copy_stream) for part in pixels]
+            self._check_open()
+            fetches = self._queue_decode(self.video, latents, self._copy_stream)
         for fetch in fetches:  # outside the lock: another session's block may queue its work meanwhile
             yield fetch().numpy()
         t.vae_s = time.perf_counter() - t3
@@ -180,12 +176,18 @@ class LiveAvatarGenerator:
             t.dit_s = self._sync() - t2
         return latents, t
 
+    def _queue_decode(self, video, latents: torch.Tensor, copy_stream) -> list:
+        """Queue the streaming VAE decode of a block's latents, a latent frame at a time; returns, per part,
+        a function that waits for its uint8 frames on the host (the caller holds what it needs)."""
+        pixels = video.decode_block_parts(latents)  # [3, 4, H, W] each, queued on the device
+        for part in pixels:
+            self._recent.extend(part.unbind(1))
+        return [to_uint8_frames_later(part, copy_stream) for part in pixels]
+
     def _decode(self, video, latents: torch.Tensor, t: BlockStageTimes) -> np.ndarray:
-        """The streaming VAE decode of a block's latents -> uint8 frames (the caller holds what it needs)."""
+        """The streaming VAE decode of a block's latents -> uint8 frames, all of them at once."""
         t3 = time.perf_counter()
-        pixels = video.decode_block(latents)  # [3, 12, H, W]
-        self._recent.extend(pixels.unbind(1))
-        frames = to_uint8_frames(pixels).numpy()  # the copy to the host waits for the decode
+        frames = np.concatenate([fetch().numpy() for fetch in self._queue_decode(video, latents, None)])
         t.vae_s = time.perf_counter() - t3
         return frames
 
