@@ -752,7 +752,8 @@ def _write_partial(partial: Path, cfg: E2EConfig, t_start: float, poller: StatsP
         gpu_now = (f"  gpu {g.get('sm_clock_mhz')} MHz {g.get('power_w')} W {g.get('temperature_c')} C "
                    f"{','.join(g.get('clock_reasons') or []) or '-'}")
     print(f"  {t_s:5.0f}/{cfg.duration_s:.0f} s  fps {_fmt(last.get('fps'))}  "
-          f"s2l last {_fmt(s2l)} ms (peer p50 {_fmt(peer_s2l)}{answered})  block p50 {_fmt(stream.get('compute_ms_p50'))} ms  "
+          f"s2l last {_fmt(s2l)} ms (peer p50 {_fmt(peer_s2l)}{answered})  block p50 {_fmt(stream.get('compute_ms_p50'))} ms "
+          f"(first out {_fmt(stream.get('first_out_ms_p50'))})  "
           f"skipped {stream.get('frames_skipped')} (silent {stream.get('silent_frames_skipped')})  "
           f"repeated {last.get('frames_repeated')}  dropped {last.get('frames_dropped')}  "
           f"rss {rss.samples[-1][1] / 2**20 if rss.samples else 0:.0f} MB{gpu_now}", flush=True)

@@ -57,7 +57,12 @@ async def test_tiny_liveavatar_server_warms_up_before_ready_and_sessions_compile
     assert stats["engine"]["compiles_since_ready"] == 0, stats["engine"]
     assert stats["compute_budget_ms"] == pytest.approx(480.0)
     assert stats["compute_margin_pct"] is not None
-    assert set(stats["engine"]["last_block_ms"]) == {"audio", "sink_refresh", "dit", "vae", "total"}
+    last = stats["engine"]["last_block_ms"]
+    assert set(last) == {"audio", "sink_refresh", "dit", "vae", "total", "vae_parts"}
+    # the block went out a latent frame (4 frames) at a time, each part on the host within the VAE stage
+    assert len(last["vae_parts"]) == 3 and last["vae_parts"] == sorted(last["vae_parts"]), last
+    assert last["vae_parts"][-1] <= last["vae"] + 0.1, last
+    assert stats["first_out_ms_p50"] <= stats["compute_ms_p50"], stats
     first_blocks = stats["engine"]["first_blocks_ms"]
     assert len(first_blocks) == 5 and all(b["total"] > 0 for b in first_blocks)  # the session's start, by stage
     assert stats["engine"]["stepper_reused"] is True  # the warm-up's session left its stepper

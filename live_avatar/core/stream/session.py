@@ -334,6 +334,7 @@ class StreamSession:
                 next_frame=self._next_frame,
                 played_frame=self._played_frame,
                 compute_s=self._schedule.compute_s,
+                first_out_s=self._schedule.first_out_s,
                 playout_slack_s=self._schedule.last_slack_s,
                 output_queue=len(self._out),
                 output_queue_max=self.config.output_queue_chunks,

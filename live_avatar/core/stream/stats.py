@@ -40,6 +40,7 @@ def session_stats(
     next_frame: int,
     played_frame: int,
     compute_s: Iterable[float],
+    first_out_s: Iterable[float] = (),
     playout_slack_s: float | None,
     output_queue: int,
     output_queue_max: int,
@@ -47,6 +48,7 @@ def session_stats(
 ) -> dict:
     c = counters
     compute_ms = np.asarray(compute_s, np.float64) * 1000.0
+    first_out_ms = np.asarray(first_out_s, np.float64) * 1000.0
     return {
         "state": state,
         "error": error,
@@ -61,6 +63,8 @@ def session_stats(
         "played_frame": played_frame,
         "compute_ms_p50": float(np.median(compute_ms)) if compute_ms.size else None,
         "compute_ms_max": float(compute_ms.max()) if compute_ms.size else None,
+        # start to the block's first frames out: below compute_ms_p50 when a block goes out in parts
+        "first_out_ms_p50": float(np.median(first_out_ms)) if first_out_ms.size else None,
         "playout_slack_ms": None if playout_slack_s is None else playout_slack_s * 1000.0,
         "output_queue": output_queue,
         "output_queue_max": output_queue_max,

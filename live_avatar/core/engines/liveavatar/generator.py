@@ -48,9 +48,12 @@ class BlockStageTimes:
 FIRST_BLOCKS_KEPT = 5  # the ring fills over the first 4 blocks; the sink refresh comes before the 5th
 
 
-def _stage_ms(t: BlockStageTimes) -> dict[str, float]:
-    return {"audio": 1000 * t.audio_s, "sink_refresh": 1000 * t.refresh_s, "dit": 1000 * t.dit_s,
-            "vae": 1000 * t.vae_s, "total": 1000 * t.total_s}
+def _stage_ms(t: BlockStageTimes) -> dict[str, object]:
+    out: dict[str, object] = {"audio": 1000 * t.audio_s, "sink_refresh": 1000 * t.refresh_s, "dit": 1000 * t.dit_s,
+                              "vae": 1000 * t.vae_s, "total": 1000 * t.total_s}
+    if t.extra.get("vae_parts_s"):  # frames made in parts: each part's arrival on the host within the VAE stage
+        out["vae_parts"] = [round(1000 * s, 1) for s in t.extra["vae_parts_s"]]
+    return out
 
 
 class LiveAvatarGenerator:
@@ -142,8 +145,11 @@ class LiveAvatarGenerator:
         with self.engine.compute_lock, torch.inference_mode():
             self._check_open()
             fetches = self._queue_decode(self.video, latents, self._copy_stream)
+        parts_s = t.extra.setdefault("vae_parts_s", [])  # when each part was on the host, from the decode's start
         for fetch in fetches:  # outside the lock: another session's block may queue its work meanwhile
-            yield fetch().numpy()
+            frames = fetch().numpy()
+            parts_s.append(time.perf_counter() - t3)
+            yield frames
         t.vae_s = time.perf_counter() - t3
         self._finish_block(t)
 
