@@ -296,8 +296,15 @@ def test_generate_parts_gives_the_blocks_frames_a_latent_frame_at_a_time(engine,
     decodes the rest; the parts are generate()'s frames, the session's first block (3 frames held) too."""
     a, b = engine.new_generator(avatar, "a person talks"), engine.new_generator(avatar, "a person talks")
     try:
+        a.start()  # the decoder's priming (as open_session does), so that only the block's decodes count below
         for k in range(2):
-            parts = list(a.generate_parts(_block(a, k, seed=k)))
+            stream = a.generate_parts(_block(a, k, seed=k))
+            decoded = a.video.latents_decoded
+            first = next(stream)
+            # the first part is out before the next latent's decode is queued (not after all three)
+            assert a.video.latents_decoded == decoded + 1
+            parts = [first, *stream]
+            assert a.video.latents_decoded == decoded + 3
             assert [p.shape for p in parts] == [(4, 128, 64, 3)] * 3 and all(p.dtype == np.uint8 for p in parts)
             np.testing.assert_array_equal(np.concatenate(parts), b.generate(_block(b, k, seed=k)), err_msg=f"block {k}")
         assert a.blocks_done == 2 and a.engine_stats()["last_block_ms"]["vae"] > 0

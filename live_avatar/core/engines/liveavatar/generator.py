@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -139,14 +139,21 @@ class LiveAvatarGenerator:
     def generate_parts(self, block: AudioBlock) -> Iterator[np.ndarray]:
         """The block's frames a latent frame's worth (4) at a time, each as soon as it is on the host: the
         VAE decodes latent by latent, so the first 4 frames can go out ~2/3 of a decode earlier than the
-        whole block (at 320x512 on an H200 ~50 ms of every frame's delay, the VAE taking 77 ms)."""
+        whole block (at 320x512 on an H200 ~50 ms of every frame's delay, the VAE taking 77 ms). Each
+        latent's decode is queued only after the previous part is out: the compiled decoder's launches
+        take about as long as its kernels, so queuing all three first held the first part back to the end."""
         latents, t = self._denoise(block)
         t3 = time.perf_counter()
-        with self.engine.compute_lock, torch.inference_mode():
-            self._check_open()
-            fetches = self._queue_decode(self.video, latents, self._copy_stream)
         parts_s = t.extra.setdefault("vae_parts_s", [])  # when each part was on the host, from the decode's start
-        for fetch in fetches:  # outside the lock: another session's block may queue its work meanwhile
+        parts = self.video.iter_block_parts(latents)
+        while True:
+            # the lock per part: another session's block may queue its work while this one's part is copied
+            with self.engine.compute_lock, torch.inference_mode():
+                self._check_open()
+                part = next(parts, None)
+                if part is None:
+                    break
+                fetch = self._queue_part(part, self._copy_stream)
             frames = fetch().numpy()
             parts_s.append(time.perf_counter() - t3)
             yield frames
@@ -182,18 +189,16 @@ class LiveAvatarGenerator:
             t.dit_s = self._sync() - t2
         return latents, t
 
-    def _queue_decode(self, video, latents: torch.Tensor, copy_stream) -> list:
-        """Queue the streaming VAE decode of a block's latents, a latent frame at a time; returns, per part,
-        a function that waits for its uint8 frames on the host (the caller holds what it needs)."""
-        pixels = video.decode_block_parts(latents)  # [3, 4, H, W] each, queued on the device
-        for part in pixels:
-            self._recent.extend(part.unbind(1))
-        return [to_uint8_frames_later(part, copy_stream) for part in pixels]
+    def _queue_part(self, pixels: torch.Tensor, copy_stream) -> Callable[[], torch.Tensor]:
+        """Queue one decoded part's uint8 conversion; returns the function that waits for it on the host."""
+        self._recent.extend(pixels.unbind(1))
+        return to_uint8_frames_later(pixels, copy_stream)
 
     def _decode(self, video, latents: torch.Tensor, t: BlockStageTimes) -> np.ndarray:
         """The streaming VAE decode of a block's latents -> uint8 frames, all of them at once."""
         t3 = time.perf_counter()
-        frames = np.concatenate([fetch().numpy() for fetch in self._queue_decode(video, latents, None)])
+        fetches = [self._queue_part(part, None) for part in video.decode_block_parts(latents)]
+        frames = np.concatenate([fetch().numpy() for fetch in fetches])
         t.vae_s = time.perf_counter() - t3
         return frames
 

@@ -23,7 +23,7 @@ which drops them, puts the video 3 frames ahead of the audio).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -214,20 +214,24 @@ class LatentVideoStream:
 
     @torch.inference_mode()
     def decode_latents_parts(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """:meth:`decode_latents` one latent frame at a time: a list of pixels [3, m_i, H, W], each
-        queued on the device as soon as its decoder call is (the first can be shown before the last
-        is decoded)."""
+        """:meth:`decode_latents` one latent frame at a time: a list of pixels [3, m_i, H, W]."""
+        return list(self.iter_latent_parts(z))
+
+    def iter_latent_parts(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
+        """:meth:`decode_latents_parts` lazily: each latent frame's decode is queued on the device only when
+        the next part is asked for, so a caller can take a part's frames before the next decode is queued
+        (a decoder whose launches take as long as its kernels would otherwise delay the first part until
+        every part was queued). Call it under ``torch.inference_mode()``."""
         if z.ndim != 4 or z.shape[0] != self.codec.z_dim:
             raise ValueError(f"expected latents [{self.codec.z_dim}, n, h, w], got {tuple(z.shape)}")
         vae = self.codec.vae
         x = vae.post_quant_conv(self.codec.denormalize(z.to(self.codec.device)).unsqueeze(0))  # 1x1x1: stateless
-        outs = []
         for t in range(x.shape[2]):
             # contiguous: the same strides for every call (a compiled decoder would recompile per clip length)
             frame = x[:, :, t : t + 1].contiguous()
-            outs.append(self._decode_one(frame)[0].clamp(-1.0, 1.0))  # a copy: the output may be a graph's buffer
+            out = self._decode_one(frame)[0].clamp(-1.0, 1.0)  # a copy: the output may be a graph's buffer
             self.latents_decoded += 1
-        return outs
+            yield out
 
     def _decode_one(self, frame: torch.Tensor) -> torch.Tensor:
         mode = self.codec.decoder_graphs
@@ -266,24 +270,35 @@ class LatentVideoStream:
     def decode_block_parts(self, z: torch.Tensor) -> list[torch.Tensor]:
         """:meth:`decode_block` as parts of one latent frame each (the start-of-session drop falls in the
         first part; a drop longer than a latent's frames merges the parts it covers)."""
-        parts = self.decode_latents_parts(z)
-        total = sum(p.shape[1] for p in parts)
-        drop = min(self._drop_pending, total - 1)
-        if drop > 0:
-            covered = 1  # the parts holding the dropped frames and the first kept one
-            while sum(p.shape[1] for p in parts[:covered]) <= drop:
-                covered += 1
-            head = parts[0] if covered == 1 else torch.cat(parts[:covered], dim=1)
-            self._drop_pending -= drop
-            self.frames_dropped += drop
-            kept = head[:, drop:]
-            if self.codec.config.dropped_frames == "hold":
-                head = torch.cat([kept[:, :1].expand(-1, drop, -1, -1), kept], dim=1)
-            else:
-                head = kept
-            parts = [head, *parts[covered:]]
-        self.frames_emitted += sum(p.shape[1] for p in parts)
-        return parts
+        with torch.inference_mode():
+            return list(self.iter_block_parts(z))
+
+    def iter_block_parts(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
+        """:meth:`decode_block_parts` lazily (see :meth:`iter_latent_parts`; under ``torch.inference_mode()``)."""
+        held: list[torch.Tensor] = []  # parts that the start-of-session drop covers entirely, so far
+        n = z.shape[1] if z.ndim == 4 else 0
+        for i, part in enumerate(self.iter_latent_parts(z)):
+            if self._drop_pending <= 0:
+                self.frames_emitted += part.shape[1]
+                yield part
+                continue
+            held.append(part)
+            covered = sum(p.shape[1] for p in held)
+            if covered <= self._drop_pending and i < n - 1:
+                continue  # the drop reaches past this part: merge it with the next
+            yield self._drop_head(torch.cat(held, dim=1) if len(held) > 1 else held[0])
+            held = []
+
+    def _drop_head(self, head: torch.Tensor) -> torch.Tensor:
+        """The session's first frames minus the drop (at least one frame is kept), or held (``"hold"``)."""
+        drop = min(self._drop_pending, head.shape[1] - 1)
+        self._drop_pending -= drop
+        self.frames_dropped += drop
+        kept = head[:, drop:]
+        if self.codec.config.dropped_frames == "hold":
+            kept = torch.cat([kept[:, :1].expand(-1, drop, -1, -1), kept], dim=1)
+        self.frames_emitted += kept.shape[1]
+        return kept
 
 
 def _standard_layout(entry):
