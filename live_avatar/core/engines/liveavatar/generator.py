@@ -140,8 +140,9 @@ class LiveAvatarGenerator:
         """The block's frames a latent frame's worth (4) at a time, each as soon as it is on the host: the
         VAE decodes latent by latent, so the first 4 frames can go out ~2/3 of a decode earlier than the
         whole block (at 320x512 on an H200 ~50 ms of every frame's delay, the VAE taking 77 ms). Each
-        latent's decode is queued only after the previous part is out: the compiled decoder's launches
-        take about as long as its kernels, so queuing all three first held the first part back to the end."""
+        latent's decode is queued only after the previous part is out: queuing all three first held the
+        first part back to the block's end in a GPU live run (likely because the compiled, ungraphed
+        decoder takes about as long to launch as to run)."""
         latents, t = self._denoise(block)
         t3 = time.perf_counter()
         parts_s = t.extra.setdefault("vae_parts_s", [])  # when each part was on the host, from the decode's start
