@@ -40,7 +40,7 @@ def session_stats(
     next_frame: int,
     played_frame: int,
     compute_s: Iterable[float],
-    first_out_s: Iterable[float] = (),
+    first_out_s: Iterable[float],
     playout_slack_s: float | None,
     output_queue: int,
     output_queue_max: int,

@@ -210,16 +210,11 @@ class LatentVideoStream:
 
         A fresh cache's first latent yields 1 frame, every later latent ``temporal_ratio`` (4) frames.
         """
-        return torch.cat(self.decode_latents_parts(z), dim=1)
-
-    @torch.inference_mode()
-    def decode_latents_parts(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """:meth:`decode_latents` one latent frame at a time: a list of pixels [3, m_i, H, W]."""
-        return list(self.iter_latent_parts(z))
+        return torch.cat(list(self.iter_latent_parts(z)), dim=1)
 
     def iter_latent_parts(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
-        """:meth:`decode_latents_parts` lazily: each latent frame's decode is queued on the device only when
-        the next part is asked for, so a caller can take a part's frames before the next decode is queued
+        """:meth:`decode_latents` a latent frame at a time, lazily (pixels [3, m_i, H, W] each): each latent
+        frame's decode is queued on the device only when the next part is asked for, so a caller can take a part's frames before the next decode is queued
         (a decoder whose launches take as long as its kernels would otherwise delay the first part until
         every part was queued). Call it under ``torch.inference_mode()``."""
         if z.ndim != 4 or z.shape[0] != self.codec.z_dim:
@@ -276,21 +271,21 @@ class LatentVideoStream:
     def iter_block_parts(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
         """:meth:`decode_block_parts` lazily (see :meth:`iter_latent_parts`; under ``torch.inference_mode()``)."""
         held: list[torch.Tensor] = []  # parts that the start-of-session drop covers entirely, so far
-        n = z.shape[1] if z.ndim == 4 else 0
-        for i, part in enumerate(self.iter_latent_parts(z)):
+        for part in self.iter_latent_parts(z):
             if self._drop_pending <= 0:
                 self.frames_emitted += part.shape[1]
                 yield part
                 continue
             held.append(part)
-            covered = sum(p.shape[1] for p in held)
-            if covered <= self._drop_pending and i < n - 1:
-                continue  # the drop reaches past this part: merge it with the next
-            yield self._drop_head(torch.cat(held, dim=1) if len(held) > 1 else held[0])
-            held = []
+            if sum(p.shape[1] for p in held) > self._drop_pending:  # else the drop reaches into the next part
+                yield self._drop_head(held)
+                held = []
+        if held:  # the drop covers the whole block: it keeps one frame
+            yield self._drop_head(held)
 
-    def _drop_head(self, head: torch.Tensor) -> torch.Tensor:
-        """The session's first frames minus the drop (at least one frame is kept), or held (``"hold"``)."""
+    def _drop_head(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The session's first parts as one, minus the drop (at least one frame is kept), or held (``"hold"``)."""
+        head = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         drop = min(self._drop_pending, head.shape[1] - 1)
         self._drop_pending -= drop
         self.frames_dropped += drop
