@@ -7,6 +7,8 @@
 #   bench/device_e2e.sh sleep DEADLINE       progress every minute until epoch second DEADLINE, or until no run is alive
 #   bench/device_e2e.sh wait NAME DEADLINE   wait for NAME until DEADLINE, copy its files to $OUT
 # Files: /tmp/e2e/NAME.{json,log,server.log,pid}.
+# Carry .whl (bash ../shared/tools/device-wheels.sh .whl ftfy==6.3.1 wcwidth: the liveavatar extra's ftfy is
+# not on the GPU machine) and .speech-cache (AVATAR_SPEECH_CACHE, filled by a run where espeak-ng is).
 set -u
 mkdir -p /tmp/e2e "$OUT"
 case "$1" in
