@@ -18,7 +18,8 @@ from tests.unit.liveavatar.conftest import CONFIGS, assert_chained_equal_full
 
 TINY = load_model_config(CONFIGS / "liveavatar-tiny.yaml")
 GEOMETRY = LatentGeometry(16, 24)
-BLOCKS = 7  # the first clip (a graph per ring length while the ring fills), the sink refresh, the ring wrap
+BLOCKS = 7  # the first clip (a graph per ring length while the ring fills), the sink refresh, the ring wrap,
+# a new prompt (block 5) and a new reference and motion (block 6: the sink call's graph on other inputs)
 DEVICE = torch.device("cuda")
 
 
@@ -41,11 +42,14 @@ def _session(model, seed: int, context: GraphContext | None, geometry: LatentGeo
     audio = torch.randn(cfg.num_audio_layers, cfg.audio_dim, BLOCKS * s.video_frames_per_block, generator=gen)
     noise = ClipNoise(seed, stepper.clip_noise_shape, s.latent_frames_per_block, device=DEVICE, dtype=torch.bfloat16)
     prompt = torch.randn(5, cfg.text_dim, generator=gen)
+    new_ref, new_motion = torch.randn(cfg.in_dim, 1, h, w, generator=gen), torch.randn(cfg.in_dim, s.lat_motion_frames, h, w, generator=gen)
     v = s.video_frames_per_block
 
     def block(b: int) -> torch.Tensor:
         if b == 5:
             stepper.set_text(prompt)  # a new prompt mid-stream: copied into what the graphs read
+        if b == 6:
+            stepper.refresh_sink(new_ref, new_motion)  # an avatar change: the sink call's graph on new inputs
         return stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
 
     return stepper, block
@@ -62,6 +66,7 @@ def test_graphed_sessions_equal_ordinary_ones_even_interleaved():
     for stepper, _ in graphed.values():  # recorded at the prefill, before the first block: every step and ring length
         assert stepper.graphs.recorded_steps == list(range(s.num_steps))
         assert stepper.graphs.recorded == every_call
+        assert stepper.graphs._sink.graph is not None, "the sink call is a graph too (the refresh before clip 1)"
     for b in range(BLOCKS):
         for seed in (1, 2):  # two sessions' graphs share one pool: each must still see its own data
             expected = plain[seed](b)

@@ -188,21 +188,24 @@ def test_compact_kv_layout_gives_same_output_with_less_memory(model, baseline):
 @pytest.mark.parametrize("kv_layout", ["contiguous", "compact"])
 def test_static_buffer_path_of_cuda_graphs_gives_same_output(model, baseline, kv_layout):
     """The calls through StepGraphs' fixed-address inputs (run eagerly here; recorded as CUDA graphs on a
-    GPU, one per step and ring length) equal the ordinary calls, while the ring fills, across the ring wrap,
-    the sink refresh and a new prompt."""
+    GPU, one per step and ring length, one of the sink call) equal the ordinary calls, while the ring fills,
+    across the ring wrap, the sink refresh and a new prompt."""
     s = dataclasses.replace(TINY.streaming, kv_layout=kv_layout)
     ref, motion, text, audio = _inputs(0)
     stepper = CausalStepper(model, s, GEOMETRY, rope_rng=random.Random(5))
     stepper.use_graphs(None)
     stepper.prefill(ref, motion, text)
+    assert stepper.graphs.sink_recorded
     noise = ClipNoise(42, stepper.clip_noise_shape, s.latent_frames_per_block)
     v = s.video_frames_per_block
-    calls = []
+    calls, sink_calls = [], []
     stepper.graphs.run = _counting(stepper.graphs.run, calls)
+    stepper.graphs.run_sink = _counting(stepper.graphs.run_sink, sink_calls)
     for b in range(NUM_BLOCKS):
         out = stepper.step_block(audio[..., b * v:(b + 1) * v], noise.block(b))
         assert torch.equal(out, baseline[b]), f"block {b}"
     assert len(calls) == NUM_BLOCKS * s.num_steps, "every call goes through the graphs, the ring's first blocks too"
+    assert len(sink_calls) == 1, "the sink refresh before clip 1 goes through the sink call's fixed inputs"
     ring_lengths = [call_valid for *_, call_valid in calls]
     block = stepper.block_tokens
     assert ring_lengths[:s.blocks_per_clip * s.num_steps] == [b * block for b in range(1, s.blocks_per_clip + 1)
@@ -284,6 +287,44 @@ def test_a_failed_recording_at_the_prefill_leaves_the_session_ungraphed_and_corr
     _assert_blocks_equal(stepper, baseline)
 
 
+def test_the_sink_call_is_recorded_once_and_a_failed_capture_leaves_it_ungraphed(model, baseline, monkeypatch, caplog):
+    """The prefill records the sink call after its own ungraphed one; a second prefill of the same stepper
+    (reuse_sessions) replays it. A capture that fails leaves that size's sink calls ungraphed (no retry by the
+    next session), the denoising graphs in place, and the blocks unchanged."""
+    from live_avatar.core.engines.liveavatar.step_graphs import (
+        GraphContext,
+        StepGraphs,
+        _Recorded,
+    )
+
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, step, valid: _Recorded(None, None))
+    captures = []
+    monkeypatch.setattr(StepGraphs, "_capture_sink", lambda self: captures.append(self.geometry))
+    stepper = _prefilled_with_a_stand_in_graph_context(model)
+    assert captures == [stepper.graphs.geometry] and stepper.graphs.sink_recorded
+    replays = []
+    stepper.graphs.run_sink = _counting(stepper.graphs.run_sink, replays)
+    stepper.prefill(*_inputs(0)[:3])
+    assert len(captures) == 1 and len(replays) == 1, "a reused stepper's prefill replays its sink graph"
+    stepper.reset()
+    _assert_blocks_equal(stepper, baseline)
+
+    def failing(self):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(StepGraphs, "_capture_sink", failing)
+    context = GraphContext()
+    for _ in range(2):  # the second session of this size does not try again
+        stepper = CausalStepper(model, TINY.streaming, GEOMETRY, rope_rng=random.Random(5))
+        stepper.use_graphs(None)
+        stepper.graphs.context = context
+        stepper.prefill(*_inputs(0)[:3])
+        assert stepper.graphs is not None and not stepper.graphs.sink_recorded
+        assert (stepper.graphs.geometry, "sink") in context.unrecordable
+    assert caplog.text.count("the sink call failed to record") == 1
+    _assert_blocks_equal(stepper, baseline)
+
+
 def _prefilled_with_a_stand_in_graph_context(model) -> CausalStepper:
     """A stepper whose StepGraphs has a stand-in (CPU) context that is not warmed yet, prefilled."""
     from live_avatar.core.engines.liveavatar.step_graphs import GraphContext
@@ -300,7 +341,11 @@ def test_each_frame_size_runs_its_eager_call_before_its_first_capture(model, mon
     """An engine's steppers share one graph context. A second frame size needs an eager call of its own
     (one per ring length) before its first capture: that call compiles the size's kernels, and a compile
     inside a capture failed it on an H200 (the engine's first 384x640 session after 320x512 ran ungraphed)."""
-    from live_avatar.core.engines.liveavatar.step_graphs import GraphContext, StepGraphs, _Recorded
+    from live_avatar.core.engines.liveavatar.step_graphs import (
+        GraphContext,
+        StepGraphs,
+        _Recorded,
+    )
 
     eager_calls, captures = [], []
     eager = StepGraphs._eager_call

@@ -1,4 +1,4 @@
-"""CUDA graphs of the steady-state denoising calls of one :class:`~.stepper.CausalStepper`.
+"""CUDA graphs of the denoising calls and the sink call of one :class:`~.stepper.CausalStepper`.
 
 A denoising call of the 14B DiT is ~40 blocks of compiled halves with eager RoPE, ring writes and
 attention between them: thousands of kernel launches from one Python thread. Launched one by one,
@@ -23,6 +23,11 @@ first recording of each frame size and ring length follows one eager call that c
 and sets up its attention (a compile inside a capture fails it). A filling ring's call whose capture
 fails anyway runs eagerly in that size's sessions (``GraphContext.unrecordable``); a failed full-ring
 capture leaves the session without graphs.
+
+The sink call (``refresh_sink``: at the prefill, before clip 1, at an avatar change) is one more graph,
+recorded at the prefill after that prefill's own ungraphed sink call: its inputs are the reference and
+motion latents (statics), its RoPE is fixed (``stepper.sink_call_rot``), and it writes the sink K and
+each ring's sink V in place. Ungraphed, the refresh before clip 1 took 228-280 ms (256x384, H100).
 
 Addresses that a graph reads stay fixed for the stepper's life: the rings, the sink, the text K/V
 (``set_text`` copies a new prompt into them) and the statics below. Every stepper's graphs share one
@@ -105,6 +110,10 @@ class StepGraphs:
         self.audio_tokens: torch.Tensor | None = None  # shaped by the first block's audio
         self.audio_glob: torch.Tensor | None = None
         self._recorded: dict[tuple[int, int], _Recorded] = {}  # (step, valid ring rows) -> its graph
+        # the sink call's inputs (reference latent, motion latents), shaped by record_sink, and its graph
+        self.sink_ref: torch.Tensor | None = None
+        self.sink_motion: torch.Tensor | None = None
+        self._sink: _Recorded | None = None
 
     @property
     def recorded(self) -> list[tuple[int, int]]:
@@ -169,6 +178,64 @@ class StepGraphs:
                  "reserved %+.2f GB", len(wanted), list(s.owned_steps), list(self.ring_lengths),
                  time.perf_counter() - t0, self._reserved_gb() - reserved)
         return not warmed_before
+
+    @property
+    def sink_recorded(self) -> bool:
+        """Whether the sink call is a graph (on a CUDA device) or the static-buffer path (CPU tests)."""
+        return self._sink is not None
+
+    def record_sink(self, ref: torch.Tensor, motion: torch.Tensor) -> None:
+        """Record the sink call (refresh_sink) once, after an eager sink call of the same stepper (which
+        compiled its kernels). Ungraphed, its refresh before clip 1 took 228-280 ms at 256x384 on an H100 and
+        made the only block over the 480 ms budget in a live run (likely its 269 ms stall). A failed capture
+        leaves the sink call eager, for this size's sessions, and the denoising graphs as they were."""
+        key = (self.geometry, "sink")
+        if self._sink is not None or (self.context is not None and key in self.context.unrecordable):
+            return
+        self.sink_ref, self.sink_motion = torch.empty_like(ref), torch.empty_like(motion)
+        if self.context is None:
+            self._sink = _Recorded(graph=None, out=None)
+            return
+        t0, reserved = time.perf_counter(), self._reserved_gb()
+        self._load_sink(ref, motion)
+        try:
+            graph = self._capture_sink()
+        except RuntimeError:
+            log.exception("the CUDA graph of the sink call failed to record: this size's sink calls run ungraphed")
+            if self.context.stream is not None:
+                self.context.renew()  # see GraphContext.renew
+            self.context.unrecordable.add(key)
+            return
+        self._sink = _Recorded(graph=graph, out=None)
+        log.info("CUDA graph of the sink call recorded in %.2f s: GPU memory reserved %+.2f GB",
+                 time.perf_counter() - t0, self._reserved_gb() - reserved)
+
+    def _capture_sink(self):
+        if self.context.stream is None:
+            return None  # the stand-in context of the CPU tests: the static-buffer path, eagerly
+        from .cuda_graph import record_graph
+
+        graph, _ = record_graph(self._sink_call, self.stepper.device, stream=self.context.stream, pool=self.context.pool)
+        return graph
+
+    def sink_recorded_for(self, ref: torch.Tensor, motion: torch.Tensor) -> bool:
+        """Whether a sink call on these inputs goes through the recorded call (same shapes)."""
+        return (self._sink is not None and ref.shape == self.sink_ref.shape and motion.shape == self.sink_motion.shape)
+
+    def run_sink(self, ref: torch.Tensor, motion: torch.Tensor) -> None:
+        """The sink call on ``ref``/``motion`` through the fixed-address inputs (see sink_recorded_for)."""
+        self._load_sink(ref, motion)
+        if self._sink.graph is None:
+            self._sink_call()
+        else:
+            self._sink.graph.replay()
+
+    def _load_sink(self, ref: torch.Tensor, motion: torch.Tensor) -> None:
+        self.sink_ref.copy_(ref)
+        self.sink_motion.copy_(motion)
+
+    def _sink_call(self) -> None:
+        self.stepper.sink_call(self.sink_ref, self.sink_motion)
 
     def _reserved_gb(self) -> float:
         return torch.cuda.memory_reserved(self.stepper.device) / 1e9 if self.context.stream is not None else 0.0

@@ -242,16 +242,19 @@ class CausalStepper:
             rope_rng = random.Random(streaming.ref_rope_seed)
         self.rope_rng = rope_rng
         self._build_rope_tables()
+        # the sink call's RoPE: the reference at the base frame, fixed for the stepper's life (a graph reads it)
+        self.sink_call_rot = rotation(self.sink_rope(streaming.ref_rope_base_frame), self.dtype)
 
         self.block_index = 0
         self._motion_latents: torch.Tensor | None = None
         self._pending_refresh_ref: torch.Tensor | None = None
         self.ref_offsets: list[int] = []  # Delta of the most recent block's calls (inspection/tests)
-        self.graphs: StepGraphs | None = None  # CUDA graphs of the denoising calls (use_graphs)
+        self.graphs: StepGraphs | None = None  # CUDA graphs of the denoising and sink calls (use_graphs)
 
     def use_graphs(self, context: GraphContext | None) -> None:
-        """Run the denoising calls through :class:`StepGraphs`: CUDA graphs recorded at the prefill (one
-        per step and ring length), or (``context`` None) the same static-buffer path run eagerly."""
+        """Run the denoising and sink calls through :class:`StepGraphs`: CUDA graphs recorded at the prefill
+        (one per step and ring length, one of the sink call), or (``context`` None) the same static-buffer
+        path run eagerly."""
         self.graphs = StepGraphs(self, context)
 
     # ---- geometry / RoPE ------------------------------------------------------------------------
@@ -363,6 +366,9 @@ class CausalStepper:
                 self.graphs, wrote = None, True
             if wrote:
                 self.reset()  # an eager first call wrote placeholder rows into the rings
+        if self.graphs is not None:
+            # after the sink call above: when it ran eagerly, it compiled what the capture records
+            self.graphs.record_sink(self._latents(ref_latent, "ref_latent", 1), self._motion_latents)
 
     def reset(self) -> None:
         """Forget the rings and the position (the sink and text are kept)."""
@@ -380,19 +386,26 @@ class CausalStepper:
             raise StepperInputError("set_text/prefill must run before refresh_sink")
         ref = self._latents(ref_latent, "ref_latent", 1)
         motion = self._motion_latents if motion_latents is None else self._latents(motion_latents, "motion_latents", None)
+        self.sink.length = 0  # until the call has written it: a failed call leaves no half-written sink in use
+        if self.graphs is not None and trace is None and self.graphs.sink_recorded_for(ref, motion):
+            self.graphs.run_sink(ref, motion)
+        else:
+            self.sink_call(ref, motion, trace=trace)
+        self.sink.length = self.sink_tokens
+
+    def sink_call(self, ref: torch.Tensor, motion: torch.Tensor, trace: dict | None = None) -> None:
+        """The sink call of :meth:`refresh_sink` on inputs already on the device: writes the sink K and each
+        ring's sink V (every op on the device, nothing read back: a CUDA graph can record it)."""
         tokens = self.model.embed_sink(ref, motion)
         if tokens.shape[0] != self.sink_tokens:
             raise StepperInputError(f"sink has {tokens.shape[0]} tokens, expected {self.sink_tokens}")
         if trace is not None:
             trace["x_in_blocks"] = tokens
         e, e0 = self._sink_temb
-        cache = _SinkAttention(self.sink, self.held_rings,
-                               rotation(self.sink_rope(self.streaming.ref_rope_base_frame), self.dtype))
-        self.sink.length = 0
+        cache = _SinkAttention(self.sink, self.held_rings, self.sink_call_rot)
         # The last block's output is never used: its K/V are written by its self-attention.
         self.model.run_blocks(tokens[None], e0, self.text_kv, cache,
                               norm3_input_bf16=self.streaming.norm3_input_bf16)
-        self.sink.length = tokens.shape[0]
 
     # ---- denoising ------------------------------------------------------------------------------
 
