@@ -33,6 +33,9 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
       of sound against lips, the engine's own motion timing included.
   The target is judged on the worse of |a| p95 and |b|.
 * fps and the longest stall: arrival times of decoded video frames (and of their first packet).
+* stalls (over 120 ms), each with what overlapped it (bench/stalls.py): a pause of the server process or
+  of this one (event loop late, garbage collection: live_avatar/server/pause_watch.py, the server's from
+  its session stats) or a gap in the server's handing of frames to its sender (``video_send_gaps``).
 * frames repeated/dropped: the server's counters.
 * memory: RSS of the server process (psutil), sampled every second; reported at
   ``--rss-baseline`` (default 60 s) and at the end; growth = end - baseline. On a machine with
@@ -80,6 +83,8 @@ import numpy as np
 
 from bench.gpu_state import GpuSampler
 from bench.onset_matching import detect_onsets, envelope_db, match_onsets
+from bench.stalls import attribute_stalls
+from live_avatar.server.pause_watch import PauseWatch
 from tests.support.server_process import ServerProcess, http_json
 
 DESCRIPTION = __doc__
@@ -566,6 +571,8 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     server.start()
     peer = make_peer(samples_48k, cfg.duration_s)
     tasks: list[asyncio.Task] = []
+    peer_pauses = PauseWatch()  # this process's own pauses: the peer's side of a stall (bench/stalls.py)
+    peer_pauses.start()
     try:
         rss_idle = server.rss_bytes()
         load_at_start = list(os.getloadavg())
@@ -597,9 +604,15 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
             task.cancel()
         await peer.close()
         server.stop()
+        await peer_pauses.stop()
 
     peer_results = analyse_peer(peer, program, cfg)
     stats = final_stats if final_status == 200 else (poller.last or {})
+    server_pauses = stats.get("process_pauses") or {}
+    peer_pause_summary = peer_pauses.summary(since=t_start)
+    sides = {"server": server_pauses.get("events", []) + ((stats.get("video_send_gaps") or {}).get("events") or []),
+             "peer": peer_pause_summary["events"]}
+    first_frame = min((f.arrival for f in peer.video_frames), default=None)
     s2l = np.asarray(poller.s2l_ms)
     rss_base = rss.at(cfg.rss_baseline_s)
     rss_end = rss.samples[-1][1] if rss.samples else None
@@ -632,6 +645,15 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
         },
         "load_avg_at_start": load_at_start,
         "peer": peer_results,
+        # each stall of the peer's video (decoded, and first packets on the wire) lined up with the pauses of
+        # the server and peer processes (times from the first frame's arrival)
+        "stalls": {
+            "decoded": attribute_stalls((f.arrival for f in peer.video_frames), sides, t0=first_frame),
+            "wire": attribute_stalls(peer.wire_arrival["video"].values(), sides, t0=first_frame),
+            "server_process_pauses": {k: v for k, v in server_pauses.items() if k != "events"} or None,
+            "server_video_send_gaps": {k: v for k, v in (stats.get("video_send_gaps") or {}).items() if k != "events"},
+            "peer_process_pauses": {k: v for k, v in peer_pause_summary.items() if k != "events"},
+        },
         "memory": {
             "rss_idle_mb": rss_idle / mb,
             "baseline_at_s": cfg.rss_baseline_s,

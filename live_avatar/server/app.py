@@ -24,6 +24,7 @@ from live_avatar.server.config import ServerConfig
 from live_avatar.server.http_errors import install_json_http_errors, json_errors
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.origins import OriginPolicy
+from live_avatar.server.pause_watch import PauseWatch
 from live_avatar.server.routes import Api
 from live_avatar.server.capacity import CapacityMonitor, cached_session_cost
 from live_avatar.server.sessions import SessionManager
@@ -73,11 +74,16 @@ def create_app(config: ServerConfig | None = None, engine: Any = None) -> web.Ap
                      ", ".join(f"{k} {v:.3f}" for k, v in cost.items() if k != "total"))
             sessions.monitor = CapacityMonitor(config.capacity, sessions.all, startup_cost=cost, metrics=state["metrics"])
             sessions.monitor.start()
+        pauses = state["pauses"] = PauseWatch(on_pause=state["metrics"].observe_pause)
+        pauses.start()  # every session's stats carry the process's pauses since it began (process_pauses)
+        sessions.pauses = pauses
         connector = PeerConnector(config, sessions)
         state.update(avatars=avatars, sessions=sessions, connector=connector)
         api.bind(avatars, sessions, connector)
 
     async def shutdown(app: web.Application) -> None:
+        if "pauses" in state:
+            await state["pauses"].stop()
         if "sessions" in state:
             if state["sessions"].monitor is not None:
                 await state["sessions"].monitor.stop()

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 # a block's compute time as a share of its real-time budget (frames / fps): above 1.0 the session falls behind
 BUDGET_SHARE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1, 1.25, 1.5, 2.0)
+PAUSE_BUCKETS = (0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -44,7 +45,16 @@ class ServerMetrics:
         )
         self.sessions_behind = Gauge("sessions_behind", "Live sessions with more than 1 % of recent slots late", registry=r)
         self.session_cpu_cores = Gauge("session_cpu_cores", "CPU cores one session costs (measured live, else estimated)", registry=r)
+        self.process_pauses = Histogram(
+            "process_pause_seconds", "Pauses of the server process over 50 ms: its event loop late (loop) or a "
+            "garbage collection (gc); every live session's frames stall meanwhile",
+            ["kind"], buckets=PAUSE_BUCKETS, registry=r,
+        )
         self.sessions_admissible = Gauge("sessions_admissible", "More sessions that would fit now", registry=r)
+
+    def observe_pause(self, kind: str, seconds: float) -> None:
+        """A pause of the whole process (pause_watch.py): its event loop late, or a garbage collection."""
+        self.process_pauses.labels("loop" if kind == "loop" else "gc").observe(seconds)
 
     def observe_block_compute(self, compute_s: float, budget_s: float) -> None:
         self.block_compute.observe(compute_s)

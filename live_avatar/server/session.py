@@ -337,6 +337,13 @@ class AvatarSession:
         slot = max(common)
         return (audio.get(slot) - video.get(slot)) * 1000.0
 
+    def video_send_gaps(self) -> dict[str, Any] | None:
+        """Waits over 120 ms between two frames the first video track handed to its sender."""
+        if not self._video_tracks:
+            return None
+        gaps = list(self._video_tracks[0].send_gaps)
+        return {"count": len(gaps), "max_ms": max((g[1] for g in gaps), default=0.0), "events": gaps}
+
     def stats(self) -> dict[str, Any]:
         c = self.playout.counters
         s2l = sorted(self.speech_to_lips)
@@ -371,6 +378,7 @@ class AvatarSession:
             "frames_discarded_by_interrupt": c.discarded_by_interrupt,
             "latency_budget_ms": self.latency_budget.summary(),
             "av_offset_ms": self.av_offset_ms(),
+            "video_send_gaps": self.video_send_gaps(),
             "playout_wait_ms": _summary_ms(self.playout.recent_waits),
             "playout_margin": (self.playout.margin.stats(self.config.playout_delay_ms / 1000.0)
                                if self.playout.margin is not None else {"adaptive": False}),

@@ -35,6 +35,7 @@ class SessionManager:
         self._opening = 0  # sessions admitted but still opening (counted against the limits)
         self._opening_by_client: Counter[str] = Counter()
         self.monitor: Any = None  # capacity.CapacityMonitor: admits only what keeps every session at its rate
+        self.pauses: Any = None  # pause_watch.PauseWatch: the process's pauses, in every session's stats
 
     @property
     def engine(self) -> Any:
@@ -101,6 +102,8 @@ class SessionManager:
         session = AvatarSession(stream, self._config, self._metrics, client=client, on_closed=self._forget)
         if buffered_speech_s is not None:
             session.audio_source = "websocket"
+        if self.pauses is not None:
+            session.stats_sections["process_pauses"] = lambda: self.pauses.summary(since=session.created_at)
         if self.monitor is not None:
             session.capacity_stats = lambda: self.monitor.session_stats(session.id)
         self._sessions[session.id] = session

@@ -54,3 +54,11 @@ def test_a_short_run_writes_partial_figures_while_it_runs_and_the_summary_at_the
     assert set(result["summary"]) == SUMMARY_KEYS
     assert 10 < result["summary"]["fps_received"] < 40
     assert not partial.exists(), "the partial JSON is removed when the run's JSON is written"
+    # the peer's stalls lined up with both processes' pauses (the server's from its session stats)
+    stalls = result["stalls"]
+    assert stalls["server_process_pauses"] is not None and stalls["peer_process_pauses"]["threshold_ms"] == 50.0
+    for kind in ("decoded", "wire"):
+        assert all(s["ms"] > 120 and s["cause"] in stalls[kind]["causes"] for s in stalls[kind]["stalls"])
+        assert sum(stalls[kind]["causes"].values()) >= len(stalls[kind]["stalls"])
+    assert len(stalls["decoded"]["stalls"]) == result["peer"]["video"]["stalls_over_120ms"] or \
+        len(stalls["decoded"]["stalls"]) == 30

@@ -106,6 +106,15 @@ def check_speech_session(server, peer: LoopbackPeer, stats: dict, speech_s: floa
     assert s2l["count"] >= 1 and 0 < s2l["last"] < 2000, s2l
     assert stats["frames_sent"] > 100
     assert stats["av_offset_ms"] is not None and abs(stats["av_offset_ms"]) <= 40.0, stats["av_offset_ms"]
+    # the server process's pauses while this session ran (the cause of a stall neither counter sees)
+    pauses = stats["process_pauses"]
+    assert pauses["threshold_ms"] == 50.0
+    events = pauses["events"]
+    assert pauses["loop_pauses"] + pauses["gc_pauses"] >= len(events)
+    assert all(ms > 50.0 and kind in ("loop", "gc0", "gc1", "gc2") for _, ms, kind in events), events
+    assert pauses["loop_pause_max_ms"] == max([ms for _, ms, kind in events if kind == "loop"], default=0.0)
+    gaps = stats["video_send_gaps"]
+    assert gaps["count"] == len(gaps["events"]) and all(ms > 120.0 for _, ms, _ in gaps["events"]), gaps
 
 
 async def test_offer_end_to_end(server, speech_with_silence_wav, speech_16k) -> None:
@@ -156,4 +165,5 @@ async def test_metrics_health_and_client_page(server) -> None:
     assert blocks > 50 and metric(text, "block_compute_seconds_count") == blocks
     assert metric(text, 'block_compute_budget_share_bucket{le="1.0"}') >= 0.9 * blocks
     assert metric(text, "active_sessions") == len(server.state["sessions"])
+    assert "# TYPE process_pause_seconds histogram" in text
     assert health["status"] == "ok" and health["engine"] == "lite"

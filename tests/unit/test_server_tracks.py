@@ -79,3 +79,24 @@ async def test_a_late_consumer_catches_up_to_the_clock() -> None:
         fanout.publish(slot(clock, s))
     frame = await video.recv()
     assert frame.pts >= 24 * 3600  # stale slots skipped, not sent one by one a second late
+
+
+async def test_a_slow_sender_leaves_a_send_gap() -> None:
+    """aiortc asks for the next frame only once it has encoded the last: a wait over 120 ms between two
+    frames handed over is recorded with its start (the e2e bench lines the peer's stalls up with it)."""
+    clock = MediaClock()
+    clock.start(time.monotonic())
+    fanout: Fanout[OutputSlot] = Fanout(default_maxsize=8)
+    video = AvatarVideoTrack(fanout.subscribe("v"), clock)
+    for s in range(3):
+        fanout.publish(slot(clock, s))
+    await video.recv()
+    await video.recv()  # at once: no gap
+    assert not video.send_gaps
+    before = time.monotonic()
+    await asyncio.sleep(0.2)  # a slow encode
+    fanout.publish(slot(clock, 8))
+    await video.recv()
+    assert len(video.send_gaps) == 1
+    start, ms, kind = video.send_gaps[0]
+    assert kind == "send" and 180 <= ms <= 400 and start <= before + 1e-3  # (kept to 0.1 ms)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Callable
 
 import av
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SEND_TIMES_KEPT = 50  # slots whose send time a track remembers (for the A/V offset)
 STALE_SLOTS = 1.5  # a slot this late (in frame durations) is skipped if a newer one is waiting
+SEND_GAP_S = 0.12  # a longer wait between two frames handed to the sender is a send gap (a stall at the viewer)
+SEND_GAPS_KEPT = 200
 
 
 class SendTimes:
@@ -86,6 +88,10 @@ class AvatarVideoTrack(_SlotTrack):
         super().__init__(subscription, clock)
         self._on_sent = on_sent
         self.last_slot: OutputSlot | None = None
+        # [monotonic start s, ms, "send"] of each gap over SEND_GAP_S between two frames handed to aiortc: its
+        # sender asks for the next frame only once the last is encoded, so a slow encoder shows here too
+        self.send_gaps: deque[list] = deque(maxlen=SEND_GAPS_KEPT)
+        self._last_sent_at: float | None = None
 
     async def recv(self) -> av.VideoFrame:
         try:
@@ -95,7 +101,11 @@ class AvatarVideoTrack(_SlotTrack):
             frame.time_base = self._clock.video_time_base
             self.frames_sent += 1
             self.last_slot = slot
-            self.send_times.note(slot.slot, time.monotonic())
+            now = time.monotonic()
+            self.send_times.note(slot.slot, now)
+            if self._last_sent_at is not None and now - self._last_sent_at > SEND_GAP_S:
+                self.send_gaps.append([round(self._last_sent_at, 4), round((now - self._last_sent_at) * 1000.0, 1), "send"])
+            self._last_sent_at = now
             if self._on_sent is not None:
                 self._on_sent(slot)
             return frame
