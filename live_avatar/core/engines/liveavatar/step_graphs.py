@@ -187,8 +187,8 @@ class StepGraphs:
     def record_sink(self, ref: torch.Tensor, motion: torch.Tensor) -> None:
         """Record the sink call (refresh_sink) once, after an eager sink call of the same stepper (which
         compiled its kernels). Ungraphed, its refresh before clip 1 took 228-280 ms at 256x384 on an H100 and
-        made the only block over the 480 ms budget in a live run (likely its 269 ms stall). A failed capture
-        leaves the sink call eager, for this size's sessions, and the denoising graphs as they were."""
+        made the only block over the 480 ms budget in a live run (graphed: that block 339 ms). A failed
+        capture leaves this size's sink calls ungraphed and the denoising graphs as they were."""
         key = (self.geometry, "sink")
         if self._sink is not None or (self.context is not None and key in self.context.unrecordable):
             return
