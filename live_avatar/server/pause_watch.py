@@ -48,9 +48,7 @@ class PauseWatch:
         self.interval_s, self.threshold_s = interval_s, threshold_s
         self._on_pause = on_pause
         self._unreported: deque[Pause] = deque(maxlen=kept)
-        self.events: deque[Pause] = deque(maxlen=kept)
-        self.max_ms = {"loop": 0.0, "gc": 0.0}
-        self.counts = {"loop": 0, "gc": 0}
+        self.events: deque[Pause] = deque(maxlen=kept)  # the summaries derive from these
         self._gc_started: float | None = None
         self._task: asyncio.Task | None = None
 
@@ -90,9 +88,6 @@ class PauseWatch:
             self._gc_started = None
 
     def _record(self, pause: Pause) -> None:
-        family = "loop" if pause.kind == "loop" else "gc"
-        self.counts[family] += 1
-        self.max_ms[family] = max(self.max_ms[family], pause.ms)
         self.events.append(pause)
         if self._on_pause is not None:
             # reported from the watch's task, not here: a collection may run inside the code that
@@ -103,17 +98,17 @@ class PauseWatch:
         return [p for p in self.events if p.end >= t0]
 
     def summary(self, since: float | None = None, *, listed: int = 50) -> dict:
-        """Counts and maxima (over the watch's life, or of the kept events after ``since``) and the
-        longest ``listed`` pauses in time order, each as [monotonic start s, ms, kind]."""
+        """Counts and maxima of the kept pauses (those that ended after ``since``, if given) and the
+        longest ``listed`` of them in time order, each as [monotonic start s, ms, kind]."""
         events = list(self.events) if since is None else self.since(since)
         loop = [p.ms for p in events if p.kind == "loop"]
         collections = [p.ms for p in events if p.kind != "loop"]
         longest = sorted(sorted(events, key=lambda p: -p.ms)[:listed], key=lambda p: p.at)
         return {
             "threshold_ms": self.threshold_s * 1000.0,
-            "loop_pauses": len(loop) if since is not None else self.counts["loop"],
-            "loop_pause_max_ms": max(loop, default=0.0) if since is not None else self.max_ms["loop"],
-            "gc_pauses": len(collections) if since is not None else self.counts["gc"],
-            "gc_pause_max_ms": max(collections, default=0.0) if since is not None else self.max_ms["gc"],
+            "loop_pauses": len(loop),
+            "loop_pause_max_ms": max(loop, default=0.0),
+            "gc_pauses": len(collections),
+            "gc_pause_max_ms": max(collections, default=0.0),
             "events": [[round(p.at, 4), round(p.ms, 1), p.kind] for p in longest],
         }

@@ -197,9 +197,8 @@ class StepGraphs:
             self._sink = _Recorded(graph=None, out=None)
             return
         t0, reserved = time.perf_counter(), self._reserved_gb()
-        self._load_sink(ref, motion)
         try:
-            graph = self._capture_sink()
+            graph = self._capture_sink()  # runs nothing: the statics' contents do not matter yet
         except RuntimeError:
             log.exception("the CUDA graph of the sink call failed to record: this size's sink calls run ungraphed")
             if self.context.stream is not None:
