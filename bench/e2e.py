@@ -81,6 +81,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.forked import run_forked
 from bench.gpu_state import GpuSampler
 from bench.onset_matching import detect_onsets, envelope_db, match_onsets
 from bench.stalls import attribute_stalls
@@ -650,9 +651,9 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
         "stalls": {
             "decoded": attribute_stalls((f.arrival for f in peer.video_frames), sides, t0=first_frame),
             "wire": attribute_stalls(peer.wire_arrival["video"].values(), sides, t0=first_frame),
-            "server_process_pauses": {k: v for k, v in server_pauses.items() if k != "events"} or None,
+            "server_process_pauses": _pauses_from(server_pauses, first_frame) or None,
             "server_video_send_gaps": {k: v for k, v in (stats.get("video_send_gaps") or {}).items() if k != "events"},
-            "peer_process_pauses": {k: v for k, v in peer_pause_summary.items() if k != "events"},
+            "peer_process_pauses": _pauses_from(peer_pause_summary, first_frame),
         },
         "memory": {
             "rss_idle_mb": rss_idle / mb,
@@ -691,6 +692,14 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
     }
 
 
+def _pauses_from(summary: dict[str, Any], t0: float) -> dict[str, Any]:
+    """A PauseWatch summary with its events' times from ``t0`` (as the stalls' ``at_s``), so both line up."""
+    out = {k: v for k, v in summary.items() if k != "events"}
+    if summary:
+        out["longest"] = [[round(at - t0, 3), ms, kind] for at, ms, kind in summary.get("events") or []]
+    return out
+
+
 def peer_headline(peer: dict[str, Any]) -> dict[str, Any]:
     """The summary's figures measured at the peer (from :func:`analyse_peer`'s result)."""
     return {
@@ -703,8 +712,8 @@ def peer_headline(peer: dict[str, Any]) -> dict[str, Any]:
 
 
 def peer_snapshot(peer) -> SimpleNamespace:
-    """What the peer has received so far, copied (on the event loop, a few ms): its lists grow while a
-    thread analyses the copy."""
+    """What the peer has received so far: the frames that have their thumbnail, and copies of the lists
+    (they keep growing in the receiving process)."""
     n = min(len(peer.video_frames), len(peer.video_thumbs))
     return SimpleNamespace(video_frames=peer.video_frames[:n], video_thumbs=peer.video_thumbs[:n],
                            audio_frames=list(peer.audio_frames), video_size=peer.video_size, mic=peer.mic,
@@ -722,6 +731,14 @@ def peer_so_far(snapshot: SimpleNamespace, program: SpeechProgram, cfg: E2EConfi
     return {"t_s": t_s, **peer_headline(results), "speech_to_lips_peer_ms": results["speech_to_lips_peer_ms"]}
 
 
+async def _peer_so_far_forked(peer, program: SpeechProgram, cfg: E2EConfig, t_s: float) -> dict[str, Any]:
+    """:func:`peer_so_far` in a forked child (bench/forked.py): the fork is the snapshot."""
+    try:
+        return await run_forked(lambda: peer_so_far(peer_snapshot(peer), program, cfg, t_s))
+    except RuntimeError as exc:  # the child died: the partial file goes without the peer's figures
+        return {"t_s": t_s, "error": str(exc)}
+
+
 def partial_path(output: Path) -> Path:
     """Where a run in progress keeps its latest server stats (removed when the run writes its JSON)."""
     return output.with_name(output.stem + ".partial.json")
@@ -731,7 +748,7 @@ async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: Rs
                     peer, program: SpeechProgram) -> None:
     """Every ``progress_interval_s`` (30 s): a progress line, and the server's stats so far in
     <output>.partial.json, so a run cut short (a GPU machine taken back) still leaves its figures; every
-    other time the peer's figures too (analysed on a copy, in a thread, without the mouth-based ones: the
+    other time the peer's figures too (analysed in a forked child, without the mouth-based ones: the
     receiving loop keeps going)."""
     partial = partial_path(cfg.output)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -743,8 +760,8 @@ async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: Rs
             if analysis is not None and analysis.done():
                 peer_figures, analysis = analysis.result(), None
             if tick % 2 == 0 and analysis is None:
-                analysis = asyncio.create_task(
-                    asyncio.to_thread(peer_so_far, peer_snapshot(peer), program, cfg, time.monotonic() - t_start))
+                # in a forked child: in a thread it held the GIL long enough to stall the peer's loop
+                analysis = asyncio.create_task(_peer_so_far_forked(peer, program, cfg, time.monotonic() - t_start))
             _write_partial(partial, cfg, t_start, poller, rss, gpu, peer_figures)
     finally:
         if analysis is not None:

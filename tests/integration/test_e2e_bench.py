@@ -57,6 +57,8 @@ def test_a_short_run_writes_partial_figures_while_it_runs_and_the_summary_at_the
     # the peer's stalls lined up with both processes' pauses (the server's from its session stats)
     stalls = result["stalls"]
     assert stalls["server_process_pauses"] is not None and stalls["peer_process_pauses"]["threshold_ms"] == 50.0
+    # the longest pauses, timed like the stalls (from the first frame), so a pattern in time shows
+    assert all(len(p) == 3 and p[0] > -60 for p in stalls["peer_process_pauses"]["longest"])
     for kind in ("decoded", "wire"):
         assert all(s["ms"] > 120 and s["cause"] in stalls[kind]["causes"] for s in stalls[kind]["stalls"])
         assert sum(stalls[kind]["causes"].values()) >= len(stalls[kind]["stalls"])
