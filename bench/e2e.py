@@ -31,7 +31,8 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
       brightness follows the returned speech level, and the lag that maximises the correlation
       of that mouth signal with the speech level (both placed at their wire arrival) is the offset
       of sound against lips, the engine's own motion timing included.
-  The target is judged on the worse of |a| p95 and |b|.
+  The target is judged on the worse of |a| p95 and |b|; |b| (and the visible speech-to-lips) only where
+  the mouth pixels follow the speech (correlation >= 0.5: not with random weights).
 * fps and the longest stall: arrival times of decoded video frames (and of their first packet).
 * stalls (over 120 ms), each with what overlapped it (bench/stalls.py): a pause of the server process or
   of this one (event loop late, garbage collection: live_avatar/server/pause_watch.py, the server's from

@@ -59,15 +59,20 @@ def _child(fn: Callable[..., Any], args: tuple, write_fd: int) -> None:
 
 
 async def run_forked(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a forked child (see the module docstring); its exception is raised here as a
-    RuntimeError. Cancelling the await kills the child."""
+    """``fn(*args)`` in a forked child (see the module docstring); its exception, or a failed fork, is
+    raised here as a RuntimeError. Cancelling the await kills the child."""
     if not hasattr(os, "fork"):
         return await asyncio.to_thread(fn, *args)
     read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12 warns on fork in a process with threads; the child runs only fn (see above)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12 warns on fork in a process with threads; the child runs only fn (see above)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError as exc:  # no memory or process slot for a child: the caller goes on without the result
+        os.close(read_fd)
+        os.close(write_fd)
+        raise RuntimeError(f"could not fork the analysis: {exc}") from exc
     if pid == 0:
         os.close(read_fd)
         _child(fn, args, write_fd)

@@ -86,3 +86,15 @@ async def test_cancelling_kills_and_reaps_the_child(tmp_path):
     assert time.monotonic() - started < 10
     with pytest.raises(ChildProcessError):  # killed and already reaped
         os.waitpid(pid, os.WNOHANG)
+
+
+async def test_a_failed_fork_is_an_error_and_leaks_no_pipe(monkeypatch):
+    def no_fork():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with pytest.raises(RuntimeError, match="could not fork"):
+        await run_forked(sum, [1, 2])
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
