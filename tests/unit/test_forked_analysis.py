@@ -4,6 +4,7 @@ result or its error, and a cancelled one leaves no child behind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -98,3 +99,16 @@ async def test_a_failed_fork_is_an_error_and_leaks_no_pipe(monkeypatch):
         await run_forked(sum, [1, 2])
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_loop_lag_benchmark_measures_both_ways(tmp_path, capsys):
+    from bench import analysis_loop_lag
+
+    out = tmp_path / "lag.json"
+    assert analysis_loop_lag.main(["--seconds", "30", "--repeats", "1", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for mode in ("thread", "forked"):
+        run = result["runs"][mode][0]
+        assert run["analysis_ok"] and run["analysis_s"] > 0 and run["loop_lag_max_ms"] >= 0
+    assert "forked" in capsys.readouterr().out
+    assert analysis_loop_lag.main(["--seconds", "5"]) == 2  # too short to analyse: a clear error
