@@ -2,10 +2,11 @@
 
 ``avatar bench e2e`` analyses what its peer has received every minute while the peer keeps receiving.
 In a thread of the peer's process that analysis (minutes of frames, tens of thousands of Python
-objects) holds the GIL for most of a second; the peer's event loop, which reads the RTP packets and
-paces the microphone, then waits for the GIL at every turn and falls behind by 50-135 ms. That was
-measured: a 10-minute GPU run's viewer stalls came at the analysis's minute marks (longest 2.65 s
-after a burst of late packets), while the server never paused (bench/results, 2026-12-05).
+objects) competes for the GIL for about a second, and the peer's event loop, which reads the RTP
+packets and paces the microphone, has to win it back after every socket call. Measured in a 10-minute
+GPU run (bench/results/e2e_liveavatar_h100_256x384_600s_peer_analysis.json): the peer's loop fell
+50-135 ms behind at the analysis's minute marks, every viewer stall came there (the longest 2.65 s,
+after a 527 ms gap on the wire), and the server never paused.
 
 A forked child sees the parent's memory as it was at the fork, copy-on-write: no copy, no pickling
 of the inputs, and a GIL of its own. Only the (small) result comes back, pickled, through a pipe.
