@@ -3,7 +3,8 @@ code before 2026-12-05) against in a forked child (bench/forked.py).
 
 A peer that has received ``--seconds`` of a run (video frame and audio frame records, 48x48 thumbnails,
 wire arrivals; synthetic, but of the real run's sizes and the real speech program) is analysed once as the
-progress task does, while a 5 ms ticker on the loop records how late it wakes. Real runs suffer more than
+progress task does, while a 5 ms ticker on the loop (a PauseWatch, live_avatar/server/pause_watch.py)
+records how late it wakes. Real runs suffer more than
 this ticker shows: the receiving loop does a socket call per packet and waits for the GIL after each.
 
     python -m bench.analysis_loop_lag --seconds 600 [--output bench/results/analysis_loop_lag.json]
@@ -28,6 +29,7 @@ import numpy as np
 
 from bench import e2e
 from bench.forked import run_forked
+from live_avatar.server.pause_watch import PauseWatch
 
 
 def synthetic_peer(program: e2e.SpeechProgram, seconds: float, delay_s: float = 0.9) -> SimpleNamespace:
@@ -51,22 +53,18 @@ def synthetic_peer(program: e2e.SpeechProgram, seconds: float, delay_s: float = 
 
 
 async def loop_lag_during(analysis, tick_s: float = 0.005) -> dict:
-    """Runs ``analysis()`` (a coroutine function) with a ticker on the loop; how late the ticker woke."""
-    lags: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(tick_s)
-            lags.append(time.monotonic() - t - tick_s)
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.3)
-    start = time.monotonic()
-    result = await analysis()
-    took = time.monotonic() - start
-    ticker.cancel()
-    ms = np.asarray(lags) * 1000.0
+    """Runs ``analysis()`` (a coroutine function) under a PauseWatch that records every wake of its
+    ``tick_s`` ticker (threshold 0): how late the loop woke while the analysis ran."""
+    watch = PauseWatch(interval_s=tick_s, threshold_s=0.0, kept=1_000_000)
+    watch.start()
+    try:
+        await asyncio.sleep(0.3)
+        start = time.monotonic()
+        result = await analysis()
+        took = time.monotonic() - start
+    finally:
+        await watch.stop()
+    ms = np.asarray([p.ms for p in watch.since(start) if p.kind == "loop"] or [0.0])
     return {"analysis_s": round(took, 3), "loop_lag_max_ms": round(float(ms.max()), 1),
             "loop_lag_p99_ms": round(float(np.percentile(ms, 99)), 1), "wakes_over_50ms": int((ms > 50).sum()),
             "analysis_ok": "error" not in result}

@@ -656,7 +656,7 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
             "decoded": attribute_stalls((f.arrival for f in peer.video_frames), sides, t0=first_frame),
             "wire": attribute_stalls(peer.wire_arrival["video"].values(), sides, t0=first_frame),
             "server_process_pauses": _pauses_from(server_pauses, first_frame) or None,
-            "server_video_send_gaps": {k: v for k, v in (stats.get("video_send_gaps") or {}).items() if k != "events"},
+            "server_video_send_gaps": _pauses_from(stats.get("video_send_gaps") or {}, first_frame),
             "peer_process_pauses": _pauses_from(peer_pause_summary, first_frame),
         },
         "memory": {
@@ -697,7 +697,8 @@ def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int
 
 
 def _pauses_from(summary: dict[str, Any], t0: float) -> dict[str, Any]:
-    """A PauseWatch summary with its events' times from ``t0`` (as the stalls' ``at_s``), so both line up."""
+    """A PauseWatch summary (or the server's video send gaps: events of the same shape) with its events'
+    times from ``t0`` (as the stalls' ``at_s``), so both line up."""
     out = {k: v for k, v in summary.items() if k != "events"}
     if summary:
         out["longest"] = [[round(at - t0, 3), ms, kind] for at, ms, kind in summary.get("events") or []]

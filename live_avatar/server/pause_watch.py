@@ -3,9 +3,10 @@
 A viewer's stall is a gap in the frames it receives. A gap can come from generation (a block over its
 budget: the session's stats say so), or from the process that sends or receives the frames not
 running at all for a while: its event loop blocked by a callback, the GIL held by another thread, or a
-garbage collection. The last two leave no trace in any counter. In a 10-minute GPU run (256x384, an
-H100) the peer saw 14 gaps over 120 ms, the longest 236 ms, with no block over budget and the server's
-playout loop late by a whole slot only once: this watch is what tells such gaps apart.
+garbage collection. The last two leave no trace in any counter. This watch is what told such gaps
+apart: in 10-minute GPU runs (256x384, an H100) the viewer's stalls came with no block over budget;
+the watch found the server never paused and the bench's own peer paused at every stall (its analysis
+thread; bench/forked.py).
 
 Two probes, both cheap:
 
