@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +222,75 @@ def test_384x640_bf16_fits_80_gb_with_one_sink_copy_and_the_text_encoder_off_the
                                                    allow_slow=True)
     with pytest.raises(PreflightError, match="kv-layout"):
         estimate(PreflightRequest(size="384*640", kv_layout="sparse"))
+
+
+def _table_with(tmp_path, extra_points: str, mode: str = "fp8-compiled"):
+    """The shipped table with ``extra_points`` (YAML list items) appended to ``mode``'s points."""
+    from live_avatar.core.engines.liveavatar.preflight import TABLE_PATH
+
+    lines = Path(TABLE_PATH).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"{mode}:")
+    at = next(i for i in range(start, len(lines)) if lines[i].strip() == "points:")
+    lines[at + 1:at + 1] = ["      " + line for line in extra_points.strip().splitlines()]
+    path = tmp_path / "liveavatar.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_table(path)
+
+
+H100_POINTS = """
+- {gpu: NVIDIA H100 NVL, frame: [320, 512], block_ms: 500.0, dit_ms: 390.0, vae_ms: 100.0, state_gb: 31.48, measured: "2030-01-02", command: "avatar bench liveavatar (test)"}
+- {gpu: H100 NVL, frame: [384, 640], block_ms: 800.0, dit_ms: 650.0, vae_ms: 130.0, state_gb: 47.02, measured: "2030-01-02", command: "avatar bench liveavatar (test)"}
+"""
+
+
+def test_a_gpu_with_its_own_measured_points_is_timed_by_them_not_scaled(tmp_path) -> None:
+    """Points with ``gpu:`` form that GPU's own fp8-compiled curve: its block times come from them (measured,
+    interpolated between them), the other modes from the H200's mode ratio; other GPUs are still scaled."""
+    table = _table_with(tmp_path, H100_POINTS)
+    assert [p.frame for p in table.modes["fp8-compiled"].other_gpus["H100 NVL"]] == [(320, 512), (384, 640)]
+    assert all(p.gpu is None for p in table.modes["fp8-compiled"].points)  # the reference curve is unchanged
+
+    at = estimate(PreflightRequest(size="320*512", fp8=True, gpu="H100 NVL"), table)
+    assert at.block_ms == 500.0 and at.basis["timing"] == "measured on the H100 NVL"
+    assert "measured on the H100 NVL" in at.basis["gpu"] and "2030-01-02" in at.basis["gpu"]
+    assert at.basis["measurements"].startswith("one H100 NVL")
+    assert not at.realtime  # 500 ms x 1.01 > 480
+    between = estimate(PreflightRequest(size="576*352", fp8=True, gpu="H100 NVL"), table)  # frame 320x576: 720 tokens
+    assert between.frame == (320, 576) and between.basis["timing"] == "interpolated on the H100 NVL"
+    assert between.block_ms == pytest.approx(500.0 + 300.0 * (720 - 640) / (960 - 640))
+    # the eager modes: the H100's fp8-compiled curve x the H200's measured eager/fp8-compiled ratio
+    eager = estimate(PreflightRequest(size="384*640", fp8=False, compiled=False, gpu="H100 NVL"), table)
+    ratio = next(p.block_ms / p.fp8_compiled_block_ms for p in table.modes["eager"].points if p.frame == (384, 640))
+    assert eager.block_ms == pytest.approx(800.0 * ratio)
+    # without points of its own (or with one point at another size) a GPU is scaled from the H200
+    pcie = estimate(PreflightRequest(size="320*512", fp8=True, gpu="H100 PCIe"), table)
+    assert "scaled from the H200" in pcie.basis["gpu"]
+    shipped_h100 = load_table().modes["fp8-compiled"].other_gpus.get("H100 SXM", [])
+    if not any(p.frame == (320, 512) for p in shipped_h100) and len(shipped_h100) < 2:
+        sxm = estimate(PreflightRequest(size="320*512", fp8=True, gpu="H100 SXM"), table)
+        assert "scaled from the H200" in sxm.basis["gpu"]
+    shipped = estimate(PreflightRequest(size="320*512", fp8=True, gpu="H200"), table)
+    assert shipped.block_ms == estimate(PreflightRequest(size="320*512", fp8=True, gpu="H200")).block_ms
+
+
+def test_points_on_an_unknown_gpu_or_in_another_mode_are_refused(tmp_path) -> None:
+    from live_avatar.core.config_loading import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown GPU"):
+        _table_with(tmp_path, H100_POINTS.replace("H100 NVL", "Voodoo 3"))
+    eager_point = ("- {gpu: H100 SXM, frame: [384, 640], block_ms: 1.0, dit_ms: 1.0, vae_ms: 1.0, state_gb: 1.0, "
+                   "fp8_compiled_block_ms: 1.0, measured: x, command: y}")
+    with pytest.raises(ConfigError, match="only fp8-compiled"):
+        _table_with(tmp_path, eager_point, mode="eager")
+    with pytest.raises(ConfigError, match="twice"):
+        _table_with(tmp_path, H100_POINTS + H100_POINTS.splitlines()[1])
+
+
+def test_the_shipped_h100_figures_answer_for_an_h100() -> None:
+    """The H100 SXM points shipped in the table (measured on lent H100s, the DiT graphed)."""
+    own = load_table().modes["fp8-compiled"].other_gpus["H100 SXM"]
+    for point in own:
+        size = {(384, 640): "640*384"}.get(point.frame, f"{point.frame[1]}*{point.frame[0]}")
+        r = estimate(PreflightRequest(size=size, fp8=True, gpu="NVIDIA H100 80GB HBM3"))
+        assert r.frame == point.frame and r.block_ms == point.block_ms
+        assert r.basis["timing"] == "measured on the H100 SXM" and "no scaling" in r.basis["gpu"]

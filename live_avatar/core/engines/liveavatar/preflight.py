@@ -6,8 +6,9 @@ and mode, the live overhead factor, a table of known GPUs) and returns a :class:
 whether weights + one session's state fit, how many sessions fit (by memory AND by compute: sessions
 share the GPU), the expected fps, and, when the answer is no, the nearest size of the same aspect that
 works. Sizes between measured points are interpolated by latent tokens per frame ((H/16)*(W/16)),
-outside them extrapolated; other GPUs are scaled from the H200 (DiT time by bf16 TFLOP/s, the rest of
-the block by memory bandwidth). Everything here is an estimate and says so.
+outside them extrapolated. A GPU with fp8-compiled points of its own (``gpu:`` on a point) takes its block
+times from them; other GPUs are scaled from the H200 (DiT time by bf16 TFLOP/s, the rest of the block by
+memory bandwidth). Everything here is an estimate and says so.
 
 No torch here: ``avatar preflight`` runs on a machine without a GPU, and ``avatar serve`` calls
 :func:`estimate` before it loads the engine.
@@ -55,6 +56,7 @@ class MeasuredPoint:
     measured: str  # date
     command: str
     fp8_compiled_block_ms: float | None = None  # the fp8-compiled block of the same run (modes other than fp8-compiled)
+    gpu: str | None = None  # measured on this known GPU; None: the table's reference GPU
 
     @property
     def tokens(self) -> int:
@@ -64,7 +66,9 @@ class MeasuredPoint:
 @dataclass(frozen=True)
 class ModeTable:
     description: str
-    points: list[MeasuredPoint]
+    points: list[MeasuredPoint]  # on the reference GPU (load_table moves the others to other_gpus)
+    # fp8-compiled only: GPU name -> its own measured points, which replace the scaling from the reference
+    other_gpus: dict[str, list[MeasuredPoint]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,25 @@ def load_table(path: str | Path = TABLE_PATH) -> PreflightTable:
     for name, mode in modes.items():
         if name != BASE_MODE and any(p.fp8_compiled_block_ms is None for p in mode.points):
             raise ConfigError("every point needs fp8_compiled_block_ms (the ratio's base)", source, f"modes.{name}")
-    object.__setattr__(table, "modes", {n: ModeTable(m.description, sorted(m.points, key=lambda p: p.tokens)) for n, m in modes.items()})
-    find_gpu(table.reference_gpu, table)
+    reference = find_gpu(table.reference_gpu, table).name
+    sorted_modes = {}
+    for name, mode in modes.items():
+        by_gpu: dict[str, list[MeasuredPoint]] = {}
+        for i, point in enumerate(mode.points):
+            try:
+                gpu = find_gpu(point.gpu, table).name if point.gpu else reference
+            except PreflightError as exc:
+                raise ConfigError(str(exc), source, f"modes.{name}.points[{i}].gpu") from None
+            if any(p.frame == point.frame for p in by_gpu.get(gpu, [])):
+                raise ConfigError(f"{point.frame[0]}x{point.frame[1]} on the {gpu} twice", source, f"modes.{name}.points[{i}]")
+            by_gpu.setdefault(gpu, []).append(point)
+        if name != BASE_MODE and set(by_gpu) != {reference}:
+            raise ConfigError(f"only {BASE_MODE} takes points measured on other GPUs", source, f"modes.{name}")
+        if not by_gpu.get(reference):
+            raise ConfigError(f"needs points measured on the reference GPU ({reference})", source, f"modes.{name}")
+        ordered = {gpu: sorted(points, key=lambda p: p.tokens) for gpu, points in by_gpu.items()}
+        sorted_modes[name] = ModeTable(mode.description, ordered.pop(reference), ordered)
+    object.__setattr__(table, "modes", sorted_modes)
     return table
 
 
@@ -268,11 +289,16 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     base = table.modes[BASE_MODE].points
     mode = mode_name(fp8, compiled)
     state_gb, state_kind = _interpolate([(p.tokens, p.state_gb) for p in base], tokens)
-    block_ms, timing_kind = _interpolate([(p.tokens, p.block_ms) for p in base], tokens)
-    dit_share = _clamped_ratio([(p.tokens, p.dit_ms / p.block_ms) for p in base], tokens)
+    own = _own_points(table, gpu, tokens)
+    timed = own or base  # the curve the block time comes from
+    block_ms, timing_kind = _interpolate([(p.tokens, p.block_ms) for p in timed], tokens)
+    if own:
+        timing_kind += f" on the {gpu.name}"
+    dit_share = _clamped_ratio([(p.tokens, p.dit_ms / p.block_ms) for p in timed], tokens)
     if mode != BASE_MODE:
         points = table.modes[mode].points
-        exact = next((p for p in points if p.tokens == tokens), None)
+        # on a GPU with its own curve, the reference's figure for this mode would be the wrong GPU's: the ratio
+        exact = None if own else next((p for p in points if p.tokens == tokens), None)
         if exact is not None:
             block_ms, timing_kind = exact.block_ms, "measured"
         else:
@@ -287,6 +313,10 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     notes: list[str] = []
     if gpu is None:
         scaling = f"GPU speed unknown: the {reference.name} figures, unscaled (a slower GPU is slower)"
+    elif own:
+        scaling = (f"measured on the {gpu.name} ({BASE_MODE} at " + ", ".join(f"{p.frame[0]}x{p.frame[1]}" for p in own)
+                   + f", {', '.join(sorted({p.measured for p in own}))}): no scaling"
+                   + ("" if mode == BASE_MODE else f"; {mode} from the {reference.name}'s {mode}/{BASE_MODE} ratio"))
     elif gpu.name == reference.name:
         scaling = f"measured GPU ({reference.name}): no scaling"
     else:
@@ -307,7 +337,7 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     detail = f"DiT {'FP8' if fp8 else 'bf16'} + VAE + wav2vec2 {dit_gb:.1f} (measured)"
     detail += f" + umT5-XXL encoder {w.text_encoder_gb:.1f}" if request.text_encoder else " (no text encoder on the GPU: random weights, or text_encoder_device=cpu)"
     pipelines = 1
-    vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else base)], tokens)
+    vae_share = _clamped_ratio([(p.tokens, p.vae_ms / p.block_ms) for p in (points if mode != BASE_MODE else timed)], tokens)
     # until a block's first frames exist: on one GPU they go out once the VAE has decoded the first of
     # the block's latent frames (generate_parts); on N GPUs the block passes every rank in turn (the same
     # work as on one, plus the hand-offs) and its frames come whole, so the pipeline raises throughput, not this
@@ -337,13 +367,22 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
         speech_to_lips_floor_ms=BLOCK_VIDEO_MS + lookahead_ms + trip_ms + PLAYOUT_MARGIN_MS, lookahead_ms=lookahead_ms,
         basis={"memory": f"per-session state {state_kind}; weights measured (text encoder from its checkpoint size)",
                "timing": timing_kind, "gpu": scaling,
-               "measurements": f"one {reference.name}, 14B random weights, avatar bench liveavatar, median of 8 blocks, "
-                               + ", ".join(sorted({p.measured for p in base})),
+               "measurements": f"one {gpu.name if own else reference.name}, 14B random weights, avatar bench liveavatar, "
+                               "medians of the timed blocks, " + ", ".join(sorted({p.measured for p in timed})),
                "live_factor": f"{live_factor:g} x the direct block time (live sessions with CUDA graphs measured "
                               "1.00-1.01x; 1.08-1.36x before)",
                "estimate": "an estimate from measured figures, not a measurement of this configuration"},
         notes=notes,
     )
+
+
+def _own_points(table: PreflightTable, gpu: GpuSpec | None, tokens: int) -> list[MeasuredPoint]:
+    """The GPU's own fp8-compiled points where they answer ``tokens``: an exact size, or two points or more
+    (interpolated, or extrapolated along their nearest segment); otherwise [] (scale the reference's)."""
+    points = table.modes[BASE_MODE].other_gpus.get(gpu.name, []) if gpu is not None else []
+    if len(points) >= 2 or any(p.tokens == tokens for p in points):
+        return points
+    return []
 
 
 def default_lookahead_s() -> float:
