@@ -23,7 +23,7 @@ from pathlib import Path
 LAYOUTS = ("contiguous", "channels_last_3d")
 
 
-def _decode_block(decoder, x, cache: list, memory_format) -> "torch.Tensor":
+def _decode_block(decoder, x, cache: list, memory_format):
     """One block's latent frames through the decoder a frame at a time (caches kept): pixels [1, 3, T, H, W]."""
     import torch
 
