@@ -353,9 +353,15 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     by_memory = max(0, math.floor(free / state_gb)) if free > 0 else 0
     fps = 1000.0 * FRAMES_PER_BLOCK / (block_ms * live_factor)
     by_compute = math.floor(fps / TARGET_FPS + 1e-9)
-    if "extrapolated" in state_kind or "extrapolated" in timing_kind:
-        lo, hi = base[0].frame, base[-1].frame
-        notes.append(f"{frame[0]}x{frame[1]} is outside the measured range ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): extrapolated")
+    outside: dict[int, list] = {}  # curve -> what of this size was extrapolated along it
+    for kind, curve, what in ((state_kind, base, "memory"), (timing_kind, timed, "timing")):
+        if "extrapolated" in kind:
+            outside.setdefault(id(curve), [curve]).append(what)
+    for curve, *what in outside.values():
+        lo, hi = curve[0].frame, curve[-1].frame
+        where = f" on the {gpu.name}" if curve is own else ""
+        notes.append(f"{frame[0]}x{frame[1]} is outside the range measured{where} ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): "
+                     f"its {' and '.join(what)} extrapolated")
     return PreflightEstimate(
         size=request.size, aspect=request.aspect, frame=frame, tokens=tokens, mode=mode,
         gpu=gpu.name if gpu else "GPU not named (--gpu)", gpu_memory_gb=memory, gpus=request.gpus,
