@@ -3,10 +3,12 @@
 A profile of a 320x512 block on an H200 (bench/results/liveavatar_h200_graphs.json, run 8) spent ~13 ms of
 the decoder's ~77 ms in cuDNN's NCDHW <-> NDHWC transposes around its convolutions: cuDNN's Hopper conv
 kernels want channels last, and the decoder hands them channels-first tensors. This times the streaming
-decode of a block (3 latent frames, one decoder call each, causal caches kept, as the live session decodes)
-with the decoder's weights and input in the default layout and in ``torch.channels_last_3d``, eager and
-(``--compiled``) under ``torch.compile``, on random weights of the real VAE (or ``--tiny`` on a CPU), and
-checks that both layouts give the same pixels.
+decode of a block through the engine's own path (``WanVaeCodec.stream()``: 3 latent frames, one decoder
+call each, causal caches kept, each part to uint8 on the host, as the live session decodes) in the default
+layout and with ``WanVaeCodec.use_channels_last()`` (the engine option ``vae_channels_last``), eager and
+(``--compiled``) under ``torch.compile``, on random weights of the real VAE (or ``--tiny`` on a CPU); it
+reports how far the frames of each variant are from the first (uint8 levels) and whether anything compiled
+while timed.
 
     python -m bench.vae_layout --size 512*320 --blocks 8 [--compiled] [--output FILE]
 """
@@ -23,43 +25,41 @@ from pathlib import Path
 LAYOUTS = ("contiguous", "channels_last_3d")
 
 
-def _decode_block(decoder, x, cache: list, memory_format):
-    """One block's latent frames through the decoder a frame at a time (caches kept): pixels [1, 3, T, H, W]."""
+def run_layout(vae_factory, layout: str, motion, blocks: list, warmup: int, compiled: bool, device) -> dict:
+    """Decode ``blocks`` (normalised latents [16, 3, h, w] each) through the engine's streaming path
+    (WanVaeCodec's LatentVideoStream, primed with ``motion``, a block's three parts to uint8 on the host)
+    with the decoder in ``layout``."""
     import torch
+    from torch._dynamo.utils import counters
 
-    parts = []
-    for t in range(x.shape[2]):
-        frame = x[:, :, t:t + 1].contiguous(memory_format=memory_format)
-        parts.append(decoder(frame, feat_cache=cache, feat_idx=[0]).clamp(-1.0, 1.0))
-    return torch.cat(parts, dim=2)
+    from live_avatar.core.engines.liveavatar.vae_stream import (
+        WanVaeCodec,
+        to_uint8_frames,
+    )
 
-
-def run_layout(vae, layout: str, latents: list, warmup: int, compiled: bool, device) -> dict:
-    """Decode ``latents`` (post-quant-conv inputs [1, 16, 3, h, w] per block) with the decoder in ``layout``."""
-    import torch
-
-    memory_format = torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
-    decoder = vae.decoder
-    with torch.no_grad():
-        for param in decoder.parameters():
-            if param.ndim == 5:  # the 3D convolutions' weights (Module.to(memory_format) wants every tensor 5-D)
-                param.data = param.data.contiguous(memory_format=memory_format)
-    call = torch.compile(decoder, dynamic=False) if compiled else decoder
-    cache: list = [None] * sum(1 for m in decoder.modules() if type(m).__name__ == "WanCausalConv3d")
-    times, outputs = [], []
+    codec = WanVaeCodec(vae_factory())
+    if layout == "channels_last_3d":
+        codec.use_channels_last()
+    if compiled:
+        torch._dynamo.reset()  # each variant compiles afresh, under the engine's default limits
+        codec.compile_decoder()
+    stream = codec.stream()
+    stream.start(motion)
+    times, outputs, graphs_before = [], [], None
     with torch.inference_mode():
-        for k, x in enumerate(latents):
+        for k, z in enumerate(blocks):
+            if k == warmup:
+                graphs_before = counters["stats"]["unique_graphs"]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = _decode_block(call, x, cache, memory_format)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            frames = [to_uint8_frames(part) for part in stream.decode_block_parts(z)]
             if k >= warmup:
                 times.append(1000.0 * (time.perf_counter() - t0))
-            outputs.append(out.float().cpu())
+            outputs.append(torch.cat(frames).float())  # uint8 frames on the host
     return {"block_ms_median": round(statistics.median(times), 2), "block_ms_min": round(min(times), 2),
-            "blocks_timed": len(times), "outputs": outputs}
+            "blocks_timed": len(times), "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs_before,
+            "outputs": outputs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,36 +83,36 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     width, height = frame_size(args.size, "9:16")
-    torch.manual_seed(0)
-    if args.tiny:
-        from live_avatar.core.engines.liveavatar.tiny_weights import tiny_vae
+    def vae_factory():
+        torch.manual_seed(0)  # the same random weights for every variant
+        if args.tiny:
+            from live_avatar.core.engines.liveavatar.tiny_weights import tiny_vae
 
-        vae = tiny_vae()
-    else:
-        from diffusers import AutoencoderKLWan
+            vae = tiny_vae()
+        else:
+            from diffusers import AutoencoderKLWan
 
-        vae = AutoencoderKLWan()  # the Wan2.1 VAE's layout, random weights
-    vae = vae.to(device, dtype).eval().requires_grad_(False)
+            vae = AutoencoderKLWan()  # the Wan2.1 VAE's layout, random weights
+        return vae.to(device, dtype)
+
     gen = torch.Generator(device="cpu").manual_seed(1)
-    with torch.inference_mode():
-        latents = [vae.post_quant_conv(torch.randn(1, 16, 3, height // 8, width // 8, generator=gen).to(device, dtype))
-                   for _ in range(args.warmup + args.blocks)]
-    if args.compiled:
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-
+    h, w = height // 8, width // 8
+    motion = torch.randn(16, 19, h, w, generator=gen).to(device)
+    blocks = [torch.randn(16, 3, h, w, generator=gen).to(device) for _ in range(args.warmup + args.blocks)]
     results: dict = {}
     reference = None
     for compiled in (False, True) if args.compiled else (False,):
         for layout in LAYOUTS:
             name = f"{'compiled' if compiled else 'eager'}/{layout}"
-            r = run_layout(vae, layout, latents, args.warmup, compiled, device)
+            r = run_layout(vae_factory, layout, motion, blocks, args.warmup, compiled, device)
             outputs = r.pop("outputs")
             if reference is None:
                 reference = outputs
             r["max_abs_diff_vs_first"] = max(float((a - b).abs().max()) for a, b in zip(outputs, reference, strict=True))
             results[name] = r
             print(f"{name:28s} block {r['block_ms_median']:8.2f} ms (min {r['block_ms_min']:.2f})  "
-                  f"max |diff| {r['max_abs_diff_vs_first']:.3g}", flush=True)
+                  f"max |diff| {r['max_abs_diff_vs_first']:.3g} (uint8 levels)  "
+                  f"graphs compiled while timed {r['graphs_compiled_while_timed']}", flush=True)
     data = {
         "benchmark": "vae_layout",
         "command": "python -m bench.vae_layout " + " ".join(argv if argv is not None else sys.argv[1:]),

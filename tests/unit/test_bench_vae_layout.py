@@ -18,9 +18,9 @@ def test_both_layouts_decode_the_same_pixels_on_the_tiny_vae(tmp_path) -> None:
     assert data["device"] == "cpu" and data["vae"] == "tiny random"
     assert set(data["results"]) == {"eager/contiguous", "eager/channels_last_3d"}
     for r in data["results"].values():
-        assert r["blocks_timed"] == 1 and r["block_ms_median"] > 0
-        # float32 on a CPU: the layout changes no arithmetic here
-        assert r["max_abs_diff_vs_first"] < 1e-5
+        assert r["blocks_timed"] == 1 and r["block_ms_median"] > 0 and r["graphs_compiled_while_timed"] == 0
+        # float32 on a CPU: the same pixels, so the same uint8 frames (a rounding boundary at most one level)
+        assert r["max_abs_diff_vs_first"] <= 1
 
 
 def test_bad_counts_are_refused(capsys) -> None:

@@ -164,6 +164,42 @@ def test_compile_vae_follows_compile_on_cuda_unless_given():
     assert asked.compile_vae is True and asked.parts.codec.decoder_compiled
 
 
+def test_vae_channels_last_is_on_for_cuda_unless_given_and_keeps_the_frames(engine, avatar):
+    """Engine option vae_channels_last (None: on a CUDA device): the streaming decoder channels-last. On a
+    CPU it is off unless asked, and asked it gives a session the same frames (float32)."""
+    import torch
+
+    from live_avatar.core.engines.liveavatar.options import LiveAvatarOptions, vae_layout_setup
+
+    assert engine.parts.codec.memory_format == torch.contiguous_format  # the CPU default
+
+    class Codec:  # records what the setup calls, in order
+        def __init__(self):
+            self.calls = []
+
+        def use_channels_last(self):
+            self.calls.append("channels_last")
+
+        def compile_decoder(self, **kwargs):
+            self.calls.append("compile")
+
+    for option, compile_vae, device, expected in ((None, None, "cuda", ["channels_last"]), (None, True, "cuda", ["channels_last", "compile"]),
+                                                  (False, True, "cuda", ["compile"]), (None, None, "cpu", []), (True, None, "cpu", ["channels_last"])):
+        codec = Codec()
+        vae_layout_setup(codec, LiveAvatarOptions(tiny=True, vae_channels_last=option, compile_vae=compile_vae), device)
+        assert codec.calls == expected, (option, compile_vae, device)
+    other = load_engine("liveavatar", tiny=True, capacity=1, seed=7, vae_channels_last=True, warmup=False)
+    assert other.parts.codec.memory_format == torch.channels_last_3d
+    a, b = engine.new_generator(avatar, "a person talks"), other.new_generator(other.prepare_avatar(avatar.image), "a person talks")
+    try:
+        for k in range(2):
+            fa, fb = a.generate(_block(a, k, seed=3 + k)), b.generate(_block(b, k, seed=3 + k))
+            assert np.abs(fa.astype(int) - fb.astype(int)).max() <= 1
+    finally:
+        a.close()
+        b.close()
+
+
 
 def test_tune_kernels_turns_on_inductors_coordinate_descent_tuning():
     import torch._inductor.config as inductor_config

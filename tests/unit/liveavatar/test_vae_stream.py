@@ -224,3 +224,64 @@ def _counting(fn, calls):
         calls.append(1)
         return fn(*args, **kwargs)
     return counted
+
+
+def test_channels_last_decoder_gives_the_same_frames_and_keeps_its_layout():
+    """use_channels_last (engine option vae_channels_last, on by default on CUDA): the decoder's 3D conv
+    weights, each latent frame and the causal caches channels-last; float32 on a CPU gives the same pixels."""
+    g = torch.Generator().manual_seed(31)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(3)]
+    plain, last = WanVaeCodec(tiny_vae(seed=4)), WanVaeCodec(tiny_vae(seed=4))
+    last.use_channels_last()
+    weights = [p for p in last.vae.decoder.parameters() if p.ndim == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+    assert all(p.is_contiguous() for p in last.vae.encoder.parameters())  # the encoder is left as it was
+    a, b = plain.stream(), last.stream()
+    a.start(motion)
+    b.start(motion)
+    for block in blocks:
+        torch.testing.assert_close(b.decode_block(block), a.decode_block(block), atol=1e-5, rtol=1e-5)
+    # the first convolution's cache is the latent frames given: channels-last (a CPU's convolutions return
+    # the default layout, a GPU's keep channels-last: the layout goes through on a GPU only)
+    first = next(e for e in b._cache if isinstance(e, torch.Tensor))
+    assert first.shape[1] == 16 and first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous()
+
+
+def test_compiled_channels_last_decoder_does_not_recompile_for_cache_strides():
+    """The compiled decoder in the channels-last layout: cache entries are normalised to that layout's
+    standard strides (a contiguous entry is converted, not traced anew), so nothing recompiles."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    g = torch.Generator().manual_seed(6)
+    motion = torch.randn(16, 19, 4, 6, generator=g)
+    blocks = [torch.randn(16, 3, 4, 6, generator=g) for _ in range(3)]
+    eager, compiled = WanVaeCodec(tiny_vae(seed=4)), WanVaeCodec(tiny_vae(seed=4))
+    compiled.use_channels_last()
+    torch._dynamo.reset()
+    compiled.compile_decoder(backend="eager")
+    a, b = eager.stream(), compiled.stream()
+    a.start(motion)
+    b.start(motion)
+    torch.testing.assert_close(b.decode_block(blocks[0]), a.decode_block(blocks[0]), atol=1e-5, rtol=1e-5)
+    graphs = counters["stats"]["unique_graphs"]
+    tensors = [i for i, e in enumerate(b._cache) if isinstance(e, torch.Tensor) and e.ndim == 5]
+    b._cache[tensors[0]] = b._cache[tensors[0]].contiguous()  # same values, the default layout
+    for block in blocks[1:]:
+        torch.testing.assert_close(b.decode_block(block), a.decode_block(block), atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_standard_layout_of_a_channels_last_entry():
+    from live_avatar.core.engines.liveavatar.vae_stream import _standard_layout
+
+    x = torch.randn(1, 4, 3, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    tail = x[:, :, -2:]  # a slice: dense, in the layout, but strides of its own
+    y = _standard_layout(tail, torch.channels_last_3d)
+    assert torch.equal(y, tail) and y.data_ptr() == tail.data_ptr()  # a view, no copy
+    assert y.stride() == torch.empty(1, 4, 2, 5, 6).contiguous(memory_format=torch.channels_last_3d).stride()
+    z = _standard_layout(tail.contiguous(), torch.channels_last_3d)  # the other layout: copied into this one
+    assert torch.equal(z, tail) and z.is_contiguous(memory_format=torch.channels_last_3d)
+    flat = torch.randn(4, 6)
+    assert _standard_layout(flat, torch.channels_last_3d) is flat  # not 5-D: the plain layout

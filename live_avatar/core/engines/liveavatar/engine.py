@@ -39,6 +39,9 @@ Options (``LiveAvatarEngine(**options)``, also ``avatar serve --engine liveavata
 ``vae_graphs``     with cuda_graphs: the steady-state VAE decoder calls (from a session's priming on) replay one
                    CUDA graph per session too; off: the eager decode is GPU-bound, not launch-bound (320x512 on
                    an H200: 120 vs 126 ms a block), so it saves little; worth it where launches are slow
+``vae_channels_last`` the streaming VAE decoder with its 3D convolutions channels-last (default: on a CUDA
+                   device): cuDNN's Hopper kernels want that layout and transpose around every convolution
+                   otherwise; 77 -> 65 ms a 320x512 block (compiled) on an H200 (``python -m bench.vae_layout``)
 ``overlap_vae``    decode block k on a thread and CUDA stream of its own while block k+1 is denoised (the
                    generator pipelines: the live session keeps 2 blocks in it); same frames. Off: at 320x512
                    on an H200 the graphed DiT saturates the GPU and the overlap gave 580 vs 572 ms a block
@@ -112,7 +115,15 @@ import torch
 from live_avatar.core.contract import AvatarError, EngineBusyError
 
 from .generator import LiveAvatar, LiveAvatarGenerator
-from .options import EngineConfigError, LiveAvatarOptions, frame_size, resolve_device, resolve_dtype, vae_compile_wanted
+from .options import (
+    EngineConfigError,
+    LiveAvatarOptions,
+    frame_size,
+    resolve_device,
+    resolve_dtype,
+    vae_compile_wanted,
+    vae_layout_setup,
+)
 from .parts import load_parts, random_full_parts, tiny_parts
 from .step_graphs import GraphContext, graphs_wanted
 from .warmup import WarmupReport, compiled_graphs, warm_up
@@ -167,8 +178,7 @@ class LiveAvatarEngine:
                 compile_kwargs["mode"] = opts.compile_mode
             self.parts.dit.compile_blocks(**compile_kwargs)  # the dense block halves; attention and caches stay eager
         self.compile_vae = vae_compile_wanted(opts.compile_vae, opts.compile, self.device.type)
-        if self.compile_vae:
-            self.parts.codec.compile_decoder(backend=opts.compile_backend)
+        vae_layout_setup(self.parts.codec, opts, self.device.type)
         self.graph_context: GraphContext | None = None
         if graphs_wanted(opts.cuda_graphs, self.device):
             if self.device.type != "cuda":

@@ -49,6 +49,8 @@ class LiveAvatarOptions:
     # no 16 graph captures and no ~31 GB allocation at its start; None: with cuda_graphs
     reuse_sessions: bool | None = None
     vae_graphs: bool = False  # with cuda_graphs, the VAE decoder's steady-state calls too (vae_stream.DecoderGraph)
+    # the streaming VAE decoder channels-last (vae_stream.WanVaeCodec.use_channels_last); None: on CUDA devices
+    vae_channels_last: bool | None = None
     overlap_vae: bool = False  # decode block k on a thread and CUDA stream of its own during block k+1's DiT (vae_overlap.py)
     # Python's GIL hand-over interval for the whole process while this engine runs (None: Python's 5 ms);
     # the DiT thread launches kernels under the GIL, so a long hand-over starves the GPU (see engine.py)
@@ -105,6 +107,15 @@ def vae_compile_wanted(option: bool | None, compile_dit: bool, device_type: str)
     decoder saves ~48 ms a 320x512 block on an H200 (126 -> 78 ms); its second-session recompiles are
     absorbed by the warm-up (warmup.py)."""
     return bool(option) if option is not None else (compile_dit and device_type == "cuda")
+
+
+def vae_layout_setup(codec, opts: "LiveAvatarOptions", device_type: str) -> None:
+    """The engine options ``vae_channels_last`` (None: on a CUDA device) and ``compile_vae``, applied to a
+    built codec in that order (the compiled decoder is traced in the layout it will run)."""
+    if opts.vae_channels_last if opts.vae_channels_last is not None else device_type == "cuda":
+        codec.use_channels_last()
+    if vae_compile_wanted(opts.compile_vae, opts.compile, device_type):
+        codec.compile_decoder(backend=opts.compile_backend)
 
 
 def detect_cuda_gpu(device: str) -> tuple[str, float] | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..options import LiveAvatarOptions, vae_compile_wanted
+from ..options import LiveAvatarOptions, vae_layout_setup
 
 
 @dataclass
@@ -72,6 +72,6 @@ def load_rank_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.
             quantize_fp8_(dit, opts.fp8_scaling)
         if opts.compile:
             dit.compile_blocks()
-    if codec is not None and vae_compile_wanted(opts.compile_vae, opts.compile, device.type):
-        codec.compile_decoder()
+    if codec is not None:
+        vae_layout_setup(codec, opts, device.type)
     return RankParts(dit, model_config, codec)
