@@ -4,37 +4,60 @@
 # it in the next call. The next call must follow within the machine's idle release (30 s), or the
 # machine, and the run, are gone.
 #   bench/device_e2e.sh start NAME SIZE DURATION [engine options...]   e.g. '320*512' 600 fp8=true compile=true
+#   bench/device_e2e.sh start-seq DURATION NAME:SIZE... [engine options...]   the runs one after another, detached
+#       (a 10-minute run held an H100 ~12 min, start-up included: two fit one session's 30 min of device
+#       time as calls of start-seq + sleep, sleep, wait NAME1 + sleep, wait NAME2, each within 30 s of the last)
 #   bench/device_e2e.sh sleep DEADLINE       progress every minute until epoch second DEADLINE, or until no run is alive
 #   bench/device_e2e.sh wait NAME DEADLINE   wait for NAME until DEADLINE, copy its files to $OUT
-# Files: /tmp/e2e/NAME.{json,log,server.log,pid}.
+# Files: /tmp/e2e/NAME.{json,log,server.log,pid}, /tmp/e2e/seq.{log,pid} (the runner).
 # Carry .whl (bash ../shared/tools/device-wheels.sh .whl ftfy==6.3.1 wcwidth: the liveavatar extra's ftfy is
 # not on the GPU machine) and .speech-cache (AVATAR_SPEECH_CACHE, filled by a run where espeak-ng is).
 set -u
-mkdir -p /tmp/e2e "$OUT"
+E2E=${E2E_DIR:-/tmp/e2e}  # the runs' files (tests point it elsewhere)
+mkdir -p $E2E "$OUT"
 case "$1" in
-start)
+start)  # one run: start-seq with one name
   name=$2 size=$3 dur=$4; shift 4
-  opts=(); for o in "$@"; do opts+=(--engine-option "$o"); done
-  echo "$(date -u +%H:%M:%S) start $name size $size duration $dur ${opts[*]}"
-  setsid nohup python3 -m live_avatar.cli.main bench e2e --engine liveavatar --random-weights --size "$size" \
-     "${opts[@]}" --duration "$dur" --start-timeout 600 --server-log /tmp/e2e/$name.server.log \
-     --output /tmp/e2e/$name.json > /tmp/e2e/$name.log 2>&1 < /dev/null &
-  echo $! > /tmp/e2e/$name.pid ;;
+  exec bash "$0" start-seq "$dur" "$name:$size" "$@" ;;
+start-seq)
+  shift
+  echo "$(date -u +%H:%M:%S) start-seq $*"
+  # its own session, as start's runs: the runs outlive the device call that started them
+  setsid nohup bash "$0" run-seq "$@" > $E2E/seq.log 2>&1 < /dev/null &
+  echo $! > $E2E/seq.pid ;;
+run-seq)  # start-seq's detached runner: one run after another, in the foreground
+  dur=$2; shift 2
+  specs=(); opts=()
+  for a in "$@"; do case "$a" in *:*) specs+=("$a") ;; *) opts+=(--engine-option "$a") ;; esac; done
+  for spec in "${specs[@]}"; do
+    name=${spec%%:*} size=${spec#*:}
+    echo "$(date -u +%H:%M:%S) start $name size $size duration $dur ${opts[*]}"
+    python3 -m live_avatar.cli.main bench e2e --engine liveavatar --random-weights --size "$size" \
+       "${opts[@]}" --duration "$dur" --start-timeout 600 --server-log $E2E/$name.server.log \
+       --output $E2E/$name.json > $E2E/$name.log 2>&1 < /dev/null &
+    echo $! > $E2E/$name.pid
+    wait $!; rc=$?
+    echo "$(date -u +%H:%M:%S) $name exited $rc"
+  done ;;
 wait)
   name=$2; limit=$3
-  [ -e /tmp/e2e/$name.pid ] || { echo "no run $name on this machine (a fresh one?)"; exit 1; }
-  while kill -0 "$(cat /tmp/e2e/$name.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$limit" ]; do sleep 5; done
-  echo "$(date -u +%H:%M:%S) $name running: $(kill -0 "$(cat /tmp/e2e/$name.pid)" 2>/dev/null && echo yes || echo no)"
-  tail -25 /tmp/e2e/$name.log
-  cp /tmp/e2e/$name.* "$OUT"/ 2>/dev/null ;;
+  # a run queued by start-seq has no pid file until it starts
+  while [ ! -e $E2E/$name.pid ] && [ -e $E2E/seq.pid ] && kill -0 "$(cat $E2E/seq.pid)" 2>/dev/null \
+        && [ "$(date +%s)" -lt "$limit" ]; do sleep 5; done
+  [ -e $E2E/$name.pid ] || { echo "no run $name on this machine (a fresh one?)"; exit 1; }
+  while kill -0 "$(cat $E2E/$name.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$limit" ]; do sleep 5; done
+  echo "$(date -u +%H:%M:%S) $name running: $(kill -0 "$(cat $E2E/$name.pid)" 2>/dev/null && echo yes || echo no)"
+  tail -25 $E2E/$name.log
+  cp $E2E/$name.* "$OUT"/ 2>/dev/null ;;
 sleep)
-  while [ "$(( $(date +%s) + 60 ))" -lt "$2" ]; do
-    alive=0; for p in /tmp/e2e/*.pid; do [ -e "$p" ] && kill -0 "$(cat "$p")" 2>/dev/null && alive=1; done
+  poll=${E2E_POLL_S:-60}
+  while [ "$(( $(date +%s) + poll ))" -lt "$2" ]; do
+    alive=0; for p in $E2E/*.pid; do [ -e "$p" ] && kill -0 "$(cat "$p")" 2>/dev/null && alive=1; done
     if [ $alive = 0 ]; then echo "no run alive"; break; fi
-    sleep 60; echo "--- $(date -u +%H:%M:%S)"; for f in /tmp/e2e/*.log; do tail -c 300 "$f" | tail -2; done
-    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+    sleep "$poll"; echo "--- $(date -u +%H:%M:%S)"; for f in $E2E/*.log; do tail -c 300 "$f" | tail -2; done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
     # every minute: a call cut at its limit still returns what is under $OUT
-    cp /tmp/e2e/*.log /tmp/e2e/*.partial.json "$OUT"/ 2>/dev/null
+    cp $E2E/*.log $E2E/*.partial.json "$OUT"/ 2>/dev/null
   done
-  cp /tmp/e2e/*.log /tmp/e2e/*.partial.json "$OUT"/ 2>/dev/null ;;
+  cp $E2E/*.log $E2E/*.partial.json "$OUT"/ 2>/dev/null || true ;;
 esac

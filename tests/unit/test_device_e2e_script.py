@@ -1,0 +1,78 @@
+"""bench/device_e2e.sh: GPU e2e runs that outlast one device call, started detached and collected later.
+Run here with a stand-in for ``python3`` (the bench), so the script's own logic is what is tested."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "device_e2e.sh"
+
+FAKE_BENCH = """#!/bin/bash
+# the bench's stand-in: record the arguments, take a moment, write --output (and fail for size 1*1)
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--output" ] && out=$a; prev=$a; done
+echo "$@" >> "$E2E_DIR/calls.txt"
+sleep 0.5
+case "$*" in *"--size 1*1 "*) exit 3 ;; esac
+echo '{"ok": true}' > "$out"
+"""
+
+
+@pytest.fixture
+def env(tmp_path):
+    if shutil.which("setsid") is None:
+        pytest.skip("needs setsid (util-linux)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(FAKE_BENCH)
+    (bin_dir / "python3").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "E2E_DIR": str(tmp_path / "e2e"),
+            "OUT": str(tmp_path / "out"), "E2E_POLL_S": "2"}
+
+
+def _script(env, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_runs_start_one_after_another_detached_and_are_collected_by_name(env) -> None:
+    started = _script(env, "start-seq", "600", "big:320*512", "small:256*384", "fp8=true", "compile=true")
+    assert started.returncode == 0 and "start-seq" in started.stdout
+    deadline = str(int(time.time()) + 30)
+    second = _script(env, "wait", "small", deadline)  # queued behind the first: waits for its pid file
+    assert second.returncode == 0 and "small running: no" in second.stdout
+    first = _script(env, "wait", "big", deadline)
+    assert first.returncode == 0 and "big running: no" in first.stdout
+    out, e2e = Path(env["OUT"]), Path(env["E2E_DIR"])
+    assert {p.name for p in out.iterdir()} >= {"big.json", "big.log", "big.pid", "small.json", "small.log", "small.pid"}
+    calls = (e2e / "calls.txt").read_text().splitlines()
+    assert [c.split("--size ")[1].split()[0] for c in calls] == ["320*512", "256*384"]  # in the order given
+    assert all("--engine-option fp8=true --engine-option compile=true --duration 600" in c for c in calls)
+    assert all(f"--output {e2e}/{n}.json" in c for c, n in zip(calls, ("big", "small"), strict=True))
+    log = (e2e / "seq.log").read_text()
+    assert "big exited 0" in log and "small exited 0" in log and log.index("big exited") < log.index("start small")
+
+
+def test_a_failed_run_does_not_stop_the_next_and_an_unknown_name_is_refused(env) -> None:
+    assert _script(env, "start", "bad", "1*1", "60", "fp8=true").returncode == 0  # start: one run, the same runner
+    deadline = str(int(time.time()) + 30)
+    assert _script(env, "wait", "bad", deadline).returncode == 0
+    assert "bad exited 3" in (Path(env["E2E_DIR"]) / "seq.log").read_text()
+    _script(env, "start-seq", "60", "bad:1*1", "good:256*384")
+    assert _script(env, "wait", "good", str(int(time.time()) + 30)).returncode == 0
+    assert (Path(env["OUT"]) / "good.json").exists()
+    missing = _script(env, "wait", "never", str(int(time.time()) + 30))
+    assert missing.returncode == 1 and "no run never" in missing.stdout
+
+
+def test_sleep_ends_when_no_run_is_alive(env) -> None:
+    _script(env, "start-seq", "60", "one:256*384")
+    t0 = time.monotonic()
+    slept = _script(env, "sleep", str(int(time.time()) + 600), timeout=120)
+    assert slept.returncode == 0 and "no run alive" in slept.stdout
+    assert time.monotonic() - t0 < 30  # not the 600 s asked: the runs had ended
