@@ -169,25 +169,26 @@ def test_vae_channels_last_is_on_for_cuda_unless_given_and_keeps_the_frames(engi
     CPU it is off unless asked, and asked it gives a session the same frames (float32)."""
     import torch
 
-    from live_avatar.core.engines.liveavatar.options import LiveAvatarOptions, vae_layout_setup
+    from live_avatar.core.engines.liveavatar.options import vae_channels_last_wanted
+    from live_avatar.core.engines.liveavatar.vae_stream import WanVaeCodec
 
     assert engine.parts.codec.memory_format == torch.contiguous_format  # the CPU default
+    assert vae_channels_last_wanted(None, "cuda") and not vae_channels_last_wanted(None, "cpu")
+    assert vae_channels_last_wanted(True, "cpu") and not vae_channels_last_wanted(False, "cuda")
+    calls = []
 
-    class Codec:  # records what the setup calls, in order
+    class Codec(WanVaeCodec):  # records what configure calls, in order
         def __init__(self):
-            self.calls = []
+            pass
 
         def use_channels_last(self):
-            self.calls.append("channels_last")
+            calls.append("channels_last")
 
         def compile_decoder(self, **kwargs):
-            self.calls.append("compile")
+            calls.append(("compile", kwargs["backend"]))
 
-    for option, compile_vae, device, expected in ((None, None, "cuda", ["channels_last"]), (None, True, "cuda", ["channels_last", "compile"]),
-                                                  (False, True, "cuda", ["compile"]), (None, None, "cpu", []), (True, None, "cpu", ["channels_last"])):
-        codec = Codec()
-        vae_layout_setup(codec, LiveAvatarOptions(tiny=True, vae_channels_last=option, compile_vae=compile_vae), device)
-        assert codec.calls == expected, (option, compile_vae, device)
+    Codec().configure(channels_last=True, compile_decoder=True, backend="eager")
+    assert calls == ["channels_last", ("compile", "eager")]  # traced in the layout it runs
     other = load_engine("liveavatar", tiny=True, capacity=1, seed=7, vae_channels_last=True, warmup=False)
     assert other.parts.codec.memory_format == torch.channels_last_3d
     a, b = engine.new_generator(avatar, "a person talks"), other.new_generator(other.prepare_avatar(avatar.image), "a person talks")

@@ -121,8 +121,8 @@ from .options import (
     frame_size,
     resolve_device,
     resolve_dtype,
+    vae_channels_last_wanted,
     vae_compile_wanted,
-    vae_layout_setup,
 )
 from .parts import load_parts, random_full_parts, tiny_parts
 from .step_graphs import GraphContext, graphs_wanted
@@ -178,7 +178,8 @@ class LiveAvatarEngine:
                 compile_kwargs["mode"] = opts.compile_mode
             self.parts.dit.compile_blocks(**compile_kwargs)  # the dense block halves; attention and caches stay eager
         self.compile_vae = vae_compile_wanted(opts.compile_vae, opts.compile, self.device.type)
-        vae_layout_setup(self.parts.codec, opts, self.device.type)
+        self.parts.codec.configure(channels_last=vae_channels_last_wanted(opts.vae_channels_last, self.device.type),
+                                   compile_decoder=self.compile_vae, backend=opts.compile_backend)
         self.graph_context: GraphContext | None = None
         if graphs_wanted(opts.cuda_graphs, self.device):
             if self.device.type != "cuda":

@@ -109,13 +109,10 @@ def vae_compile_wanted(option: bool | None, compile_dit: bool, device_type: str)
     return bool(option) if option is not None else (compile_dit and device_type == "cuda")
 
 
-def vae_layout_setup(codec, opts: "LiveAvatarOptions", device_type: str) -> None:
-    """The engine options ``vae_channels_last`` (None: on a CUDA device) and ``compile_vae``, applied to a
-    built codec in that order (the compiled decoder is traced in the layout it will run)."""
-    if opts.vae_channels_last if opts.vae_channels_last is not None else device_type == "cuda":
-        codec.use_channels_last()
-    if vae_compile_wanted(opts.compile_vae, opts.compile, device_type):
-        codec.compile_decoder(backend=opts.compile_backend)
+def vae_channels_last_wanted(option: bool | None, device_type: str) -> bool:
+    """The engine option ``vae_channels_last``: as given, or (None) on a CUDA device, where cuDNN's
+    convolutions want that layout (vae_stream.WanVaeCodec.use_channels_last)."""
+    return bool(option) if option is not None else device_type == "cuda"
 
 
 def detect_cuda_gpu(device: str) -> tuple[str, float] | None:

@@ -135,6 +135,14 @@ class WanVaeCodec:
                     param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
         self.memory_format = torch.channels_last_3d
 
+    def configure(self, *, channels_last: bool, compile_decoder: bool, backend: str = "inductor") -> None:
+        """The engine's VAE options (``vae_channels_last``, ``compile_vae``), in the order they need: the
+        compiled decoder is traced in the layout it will run."""
+        if channels_last:
+            self.use_channels_last()
+        if compile_decoder:
+            self.compile_decoder(backend=backend)
+
     @property
     def decoder_compiled(self) -> bool:
         return self._decoder is not self.vae.decoder

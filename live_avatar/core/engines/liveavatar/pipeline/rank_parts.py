@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..options import LiveAvatarOptions, vae_layout_setup
+from ..options import LiveAvatarOptions, vae_channels_last_wanted, vae_compile_wanted
 
 
 @dataclass
@@ -73,5 +73,7 @@ def load_rank_parts(opts: LiveAvatarOptions, device: torch.device, dtype: torch.
         if opts.compile:
             dit.compile_blocks()
     if codec is not None:
-        vae_layout_setup(codec, opts, device.type)
+        codec.configure(channels_last=vae_channels_last_wanted(opts.vae_channels_last, device.type),
+                        compile_decoder=vae_compile_wanted(opts.compile_vae, opts.compile, device.type),
+                        backend=opts.compile_backend)
     return RankParts(dit, model_config, codec)
