@@ -54,6 +54,18 @@ def test_sessions_after_the_warm_up_compile_nothing_and_a_compile_is_reported(en
     assert any("compiled after the warm-up" in r.getMessage() for r in caplog.records)
 
 
+def test_a_compiled_channels_last_decoder_warms_up_and_later_sessions_compile_nothing():
+    """What a GPU runs by default (compile_vae and vae_channels_last), traced here with the eager backend:
+    the warm-up ends with a session that compiled nothing, and so does the next session."""
+    engine = load_engine("liveavatar", tiny=True, device="cpu", compile=True, compile_backend="eager",
+                         compile_vae=True, vae_channels_last=True)
+    assert engine.parts.codec.decoder_compiled and engine.parts.codec.memory_format == torch.channels_last_3d
+    report = engine.warm_up(lambda message: None)
+    assert report.graphs_in_last_session == 0
+    stats = _run_session(engine, default_portrait()[:, ::-1].copy(), "Someone else speaking.")
+    assert stats["compiles_since_ready"] == 0
+
+
 @pytest.mark.parametrize("compiles_per_session, sessions, left",
                          [([30, 15, 0], 3, 0), ([30, 15, 4], 3, 4), ([30, 0], 2, 0), ([0], 1, 0)])
 def test_the_warm_up_repeats_sessions_until_one_compiles_nothing(monkeypatch, caplog, compiles_per_session, sessions, left):
