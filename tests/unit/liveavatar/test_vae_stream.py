@@ -285,3 +285,12 @@ def test_standard_layout_of_a_channels_last_entry():
     assert torch.equal(z, tail) and z.is_contiguous(memory_format=torch.channels_last_3d)
     flat = torch.randn(4, 6)
     assert _standard_layout(flat, torch.channels_last_3d) is flat  # not 5-D: the plain layout
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2, 5, 6), (1, 1, 1, 1, 1), (2, 3, 1, 4, 1), (1, 8, 1, 1, 5), (3, 4)])
+def test_fresh_strides_are_torchs(shape):
+    from live_avatar.core.engines.liveavatar.vae_stream import _strides
+
+    assert _strides(shape, False) == torch.empty(shape).stride()
+    if len(shape) == 5:
+        assert _strides(shape, True) == torch.empty(shape).contiguous(memory_format=torch.channels_last_3d).stride()

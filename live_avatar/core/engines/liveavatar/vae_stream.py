@@ -331,8 +331,18 @@ def _standard_layout(entry, memory_format: torch.memory_format = torch.contiguou
     layout = memory_format if entry.ndim == 5 else torch.contiguous_format
     if not entry.is_contiguous(memory_format=layout):
         entry = entry.contiguous(memory_format=layout)
-    standard = torch.empty(entry.shape, device="meta").contiguous(memory_format=layout).stride()
+    standard = _strides(tuple(entry.shape), layout == torch.channels_last_3d)
     return entry if entry.stride() == standard else entry.as_strided(entry.shape, standard)
+
+
+def _strides(shape: tuple[int, ...], channels_last: bool) -> tuple[int, ...]:
+    """A fresh tensor's strides: row-major, or for channels-last [N, C, D, H, W] the order N, D, H, W, C."""
+    order = (0, 2, 3, 4, 1) if channels_last else tuple(range(len(shape)))  # outermost first
+    strides, step = [0] * len(shape), 1
+    for dim in reversed(order):
+        strides[dim] = step
+        step *= shape[dim]
+    return tuple(strides)
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> "torch.Tensor":
