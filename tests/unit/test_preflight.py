@@ -300,3 +300,9 @@ def test_the_shipped_h100_figures_answer_for_an_h100() -> None:
     # 256x384 is extrapolated from them; live runs on four lent H100s measured blocks of 267-332 ms (p50)
     r = estimate(PreflightRequest(size="384*256", fp8=True, gpu="H100"))
     assert r.basis["timing"] == "extrapolated on the H100 SXM" and 267 <= r.block_ms * r.live_factor <= 332
+    # avatar serve on a detected H100 goes by them: 320x512 is refused (the live runs fell behind), 256x384 starts
+    h100 = lambda device: ("NVIDIA H100 80GB HBM3", 79.1)
+    options = {"weights": "/x", "fp8": True, "compile": True}
+    with pytest.raises(serve.PreflightRefused, match="measured on the H100 SXM"):
+        serve.preflight_check("liveavatar", {**options, "size": "512*320"}, detect=h100)
+    assert serve.preflight_check("liveavatar", {**options, "size": "384*256"}, detect=h100).startswith("preflight: fits")
