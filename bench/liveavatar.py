@@ -255,6 +255,9 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
             "block_ms_median": _median_ms([r[1] for r in timed]),
             "block_ms_min": round(1000 * min(r[1] for r in timed), 1),
             "block_ms_max": round(1000 * max(r[1] for r in timed), 1),
+            # every timed block, in order: whether a slow median is steady or a few blocks
+            "blocks_ms": [round(1000 * r[1], 1) for r in timed],
+            "dit_blocks_ms": [round(1000 * r[2].dit_s, 1) for r in timed],
             "fps": round(12.0 / statistics.median([r[1] for r in timed]), 2),
             "dit_ms_median": _median_ms([r[2].dit_s for r in timed]),
             "vae_decode_ms_median": _median_ms([r[2].vae_s for r in timed]),
