@@ -1,6 +1,6 @@
 #!/bin/bash
 # A GPU e2e run that outlasts one device call (the device tool allows 600 s a call; a 10-minute run
-# with its warm-up takes ~14 min): start it detached, keep the call alive with progress, and collect
+# with its start-up takes ~12 min): start it detached, keep the call alive with progress, and collect
 # it in the next call. The next call must follow within the machine's idle release (30 s), or the
 # machine, and the run, are gone.
 #   bench/device_e2e.sh start NAME SIZE DURATION [engine options...]   e.g. '320*512' 600 fp8=true compile=true
@@ -22,6 +22,7 @@ start)  # one run: start-seq with one name
 start-seq)
   shift
   echo "$(date -u +%H:%M:%S) start-seq $*"
+  for a in "$@"; do case "$a" in *:*) rm -f "$E2E/${a%%:*}.pid" ;; esac; done  # no stale pid for wait to find
   # its own session, as start's runs: the runs outlive the device call that started them
   setsid nohup bash "$0" run-seq "$@" > $E2E/seq.log 2>&1 < /dev/null &
   echo $! > $E2E/seq.pid ;;

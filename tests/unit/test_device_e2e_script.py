@@ -66,6 +66,11 @@ def test_a_failed_run_does_not_stop_the_next_and_an_unknown_name_is_refused(env)
     _script(env, "start-seq", "60", "bad:1*1", "good:256*384")
     assert _script(env, "wait", "good", str(int(time.time()) + 30)).returncode == 0
     assert (Path(env["OUT"]) / "good.json").exists()
+    # a name run again: wait follows the new run, not the finished one's pid file
+    (Path(env["OUT"]) / "good.json").unlink()
+    _script(env, "start-seq", "60", "bad:1*1", "good:256*384")
+    assert _script(env, "wait", "good", str(int(time.time()) + 30)).returncode == 0
+    assert (Path(env["OUT"]) / "good.json").exists() and (Path(env["E2E_DIR"]) / "calls.txt").read_text().count("256*384") == 2
     missing = _script(env, "wait", "never", str(int(time.time()) + 30))
     assert missing.returncode == 1 and "no run never" in missing.stdout
 
