@@ -353,15 +353,15 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     by_memory = max(0, math.floor(free / state_gb)) if free > 0 else 0
     fps = 1000.0 * FRAMES_PER_BLOCK / (block_ms * live_factor)
     by_compute = math.floor(fps / TARGET_FPS + 1e-9)
-    outside: dict[int, list] = {}  # curve -> what of this size was extrapolated along it
-    for kind, curve, what in ((state_kind, base, "memory"), (timing_kind, timed, "timing")):
-        if "extrapolated" in kind:
-            outside.setdefault(id(curve), [curve]).append(what)
-    for curve, *what in outside.values():
+    spans = [(curve, what) for kind, curve, what in ((state_kind, base, "memory"), (timing_kind, timed, "timing"))
+             if "extrapolated" in kind]
+    if len(spans) == 2 and spans[0][0] is spans[1][0]:  # both along the same curve: one note
+        spans = [(base, "memory and timing")]
+    for curve, what in spans:
         lo, hi = curve[0].frame, curve[-1].frame
         where = f" on the {gpu.name}" if curve is own else ""
         notes.append(f"{frame[0]}x{frame[1]} is outside the range measured{where} ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): "
-                     f"its {' and '.join(what)} extrapolated")
+                     f"its {what} extrapolated")
     return PreflightEstimate(
         size=request.size, aspect=request.aspect, frame=frame, tokens=tokens, mode=mode,
         gpu=gpu.name if gpu else "GPU not named (--gpu)", gpu_memory_gb=memory, gpus=request.gpus,
