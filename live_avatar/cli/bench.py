@@ -21,6 +21,7 @@ BENCHMARKS = {
     "outputs": "one session, 3 WHEP viewers + RTMP push (nginx) + recording: fps per consumer, CPU per consumer, RTMP A/V",
     "capacity": "sessions opened until refused (503), held 60 s: fps sent, repeated and dropped per session",
     "onsets": "lite motion at speech onsets: frames until the mouth is open, noise flicker, contact sheet",
+    "browser-view": "headless Chromium viewer: a frame's last packet to the screen, jitter buffer, decode",
 }
 
 DESCRIPTION = "Run a benchmark; its results go under bench/results/.\n\nBenchmarks:\n" + "\n".join(
