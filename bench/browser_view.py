@@ -173,7 +173,9 @@ def measure(url: str, workdir: Path, duration_s: float, warmup_s: float) -> dict
     s2l = server.get("speech_to_lips_latency_ms") if status == 200 else None
     return {"frames": frames, "webrtc_stats": webrtc,
             "server": {"speech_to_lips_ms": s2l, "fps": server.get("fps") if status == 200 else None,
-                       "first_frame_latency_ms": server.get("first_frame_latency_ms") if status == 200 else None},
+                       "first_frame_latency_ms": server.get("first_frame_latency_ms") if status == 200 else None,
+                       # the slot grid's moves (server/media/margin.py): a receiver reads each as jitter
+                       "playout_margin": server.get("playout_margin") if status == 200 else None},
             "console_tail": console}
 
 
