@@ -40,6 +40,10 @@ PIPELINE_HANDOFF_MS = 2.0
 # the server's playout margin at its floor (sessions.min_margin_ms): what the adaptive margin keeps under
 # the lowest 2 % of the frames' slack
 PLAYOUT_MARGIN_MS = 30.0
+# what a viewer adds after the server sends a frame, as measured: an aiortc peer on the GPU machine 46-67 ms
+# (speech-to-lips at the peer minus the server's, bench/results/e2e_liveavatar_h*.json), headless
+# Chromium 46-63 ms p50 from a frame's last packet to the screen (bench/results/browser_view.json)
+VIEWER_MS = (45.0, 70.0)
 
 
 class PreflightError(ValueError):
@@ -516,7 +520,8 @@ def format_report(r: PreflightEstimate) -> str:
          f"{BLOCK_VIDEO_MS:.0f} + lookahead {r.lookahead_ms:.0f} + "
          f"{'the block through the ranks' if r.gpus > 1 else 'the block to its first frames'} "
          f"{r.speech_to_lips_floor_ms - BLOCK_VIDEO_MS - r.lookahead_ms - PLAYOUT_MARGIN_MS:.0f}"
-         f" + margin {PLAYOUT_MARGIN_MS:.0f} ms (the viewer adds network and decode)"),
+         f" + margin {PLAYOUT_MARGIN_MS:.0f} ms (a viewer adds ~{VIEWER_MS[0]:.0f}-{VIEWER_MS[1]:.0f} ms: "
+         f"encode, network, its jitter buffer, decode)"),
     ]
     if r.ok:
         pipeline = f" --num_gpus_dit {r.gpus}" if r.gpus > 1 else ""
