@@ -174,7 +174,8 @@ def measure(url: str, workdir: Path, duration_s: float, warmup_s: float) -> dict
     return {"frames": frames, "webrtc_stats": webrtc,
             "server": {"speech_to_lips_ms": s2l, "fps": server.get("fps") if status == 200 else None,
                        "first_frame_latency_ms": server.get("first_frame_latency_ms") if status == 200 else None,
-                       # the slot grid's moves (server/media/margin.py): a receiver reads each as jitter
+                       # the slot grid's moves (server/media/margin.py), kept to tell whether they reach the
+                       # browser's jitter buffer (not as far as measured: results/browser_view_margin_ab.json)
                        "playout_margin": server.get("playout_margin") if status == 200 else None},
             "console_tail": console}
 
