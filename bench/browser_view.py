@@ -130,11 +130,14 @@ def chromium_version() -> str | None:
         return None
 
 
-def measure(url: str, workdir: Path, duration_s: float, warmup_s: float) -> dict[str, Any]:
-    """One session in a fresh Chromium profile under ``workdir``: ``duration_s`` of frames after ``warmup_s``."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def fake_mic(workdir: Path) -> Path:
+    """espeak-ng speech between pauses, at a close-mic level (peak -6 dBFS): the WAV Chromium loops as its mic."""
     speech = trim_silence(espeak_speech(SPEECH_TEXT), 16000)
-    mic = write_fake_mic(workdir / "mic_48k.wav", speech * (0.5 / float(np.max(np.abs(speech)))), MIC_PAUSE_S)
+    return write_fake_mic(workdir / "mic_48k.wav", speech * (0.5 / float(np.max(np.abs(speech)))), MIC_PAUSE_S)
+
+
+def measure(url: str, workdir: Path, mic: Path, duration_s: float, warmup_s: float) -> dict[str, Any]:
+    """One session in a fresh Chromium profile under ``workdir``: ``duration_s`` of frames after ``warmup_s``."""
     with chromium_page(workdir / "chromium-profile", mic) as page:
         page.goto(url + "/")
         page.click("#connect")
@@ -195,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
                 server = ServerProcess([], Path(tmp) / "server.log", start_timeout_s=120.0, env=env).start()
                 url = server.url
-            runs = []
+            mic, runs = fake_mic(Path(tmp)), []
             for k in range(args.runs):
-                runs.append(measure(url, Path(tmp) / f"run{k}", args.duration, args.warmup))
+                runs.append(measure(url, Path(tmp) / f"run{k}", mic, args.duration, args.warmup))
                 print(f"  run {k + 1}/{args.runs}: {_headline(runs[-1])}", flush=True)
         except (RuntimeError, NoSpeechSynthesizer) as exc:
             print(f"error: {exc}", file=sys.stderr)

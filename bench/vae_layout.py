@@ -38,11 +38,9 @@ def run_layout(vae_factory, layout: str, motion, blocks: list, warmup: int, comp
     )
 
     codec = WanVaeCodec(vae_factory())
-    if layout == "channels_last_3d":
-        codec.use_channels_last()
     if compiled:
         torch._dynamo.reset()  # each variant compiles afresh, under the engine's default limits
-        codec.compile_decoder()
+    codec.configure(channels_last=layout == "channels_last_3d", compile_decoder=compiled)  # as the engine does
     stream = codec.stream()
     stream.start(motion)
     times, outputs, graphs_before = [], [], None
