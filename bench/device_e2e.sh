@@ -5,7 +5,8 @@
 # machine, and the run, are gone.
 #   bench/device_e2e.sh start NAME SIZE DURATION [engine options...]   e.g. '320*512' 600 fp8=true compile=true
 #   bench/device_e2e.sh start-seq DURATION NAME:SIZE[:OPT,...]... [engine options...]   the runs one after another,
-#       detached; options after a run's size are for that run only (e.g. 'la0:320*512:lookahead_s=0')
+#       detached; options after a run's size are for that run only, duration=S its own length
+#       (e.g. 'la0:320*512:lookahead_s=0,duration=300')
 #       (a 10-minute run held an H100 ~12 min, start-up included: two fit one session's 30 min of device
 #       time as calls of start-seq + sleep, sleep, wait NAME1 + sleep, wait NAME2, each within 30 s of the last)
 #   bench/device_e2e.sh sleep DEADLINE       progress every minute until epoch second DEADLINE, or until no run is alive
@@ -33,11 +34,14 @@ run-seq)  # start-seq's detached runner: one run after another, in the foregroun
   for a in "$@"; do case "$a" in *:*) specs+=("$a") ;; *) opts+=(--engine-option "$a") ;; esac; done
   for spec in "${specs[@]}"; do
     name=${spec%%:*} rest=${spec#*:}
-    size=${rest%%:*} own=()
-    if [ "$rest" != "$size" ]; then IFS=, read -ra o <<< "${rest#*:}"; for x in "${o[@]}"; do own+=(--engine-option "$x"); done; fi
-    echo "$(date -u +%H:%M:%S) start $name size $size duration $dur ${opts[*]} ${own[*]}"
+    size=${rest%%:*} own=() run_dur=$dur
+    if [ "$rest" != "$size" ]; then
+      IFS=, read -ra o <<< "${rest#*:}"
+      for x in "${o[@]}"; do case "$x" in duration=*) run_dur=${x#duration=} ;; *) own+=(--engine-option "$x") ;; esac; done
+    fi
+    echo "$(date -u +%H:%M:%S) start $name size $size duration $run_dur ${opts[*]} ${own[*]}"
     python3 -m live_avatar.cli.main bench e2e --engine liveavatar --random-weights --size "$size" \
-       "${opts[@]}" "${own[@]}" --duration "$dur" --start-timeout 600 --server-log $E2E/$name.server.log \
+       "${opts[@]}" "${own[@]}" --duration "$run_dur" --start-timeout 600 --server-log $E2E/$name.server.log \
        --output $E2E/$name.json > $E2E/$name.log 2>&1 < /dev/null &
     echo $! > $E2E/$name.pid
     wait $!; rc=$?
