@@ -124,6 +124,10 @@ def test_speech_to_lips_floor_is_a_blocks_audio_lookahead_its_first_frames_and_t
     # a shorter lookahead (the engine option the server passes) comes off it one for one
     shorter = estimate(PreflightRequest(size="320*512", fp8=True, lookahead_s=0.04))
     assert shorter.speech_to_lips_floor_ms == pytest.approx(out["speech_to_lips_floor_ms"] - 40, abs=0.5)
+    # no lookahead still waits one wav2vec receptive field (25 ms), as the live window does
+    none = estimate(PreflightRequest(size="320*512", fp8=True, lookahead_s=0.0))
+    assert none.lookahead_ms == pytest.approx(25.0)
+    assert none.speech_to_lips_floor_ms == pytest.approx(out["speech_to_lips_floor_ms"] - 55, abs=0.5)
     assert main(["preflight", "--size", "320*512", "--fp8"]) == 0
     text = capsys.readouterr().out
     assert "speech to lips  >=   1.00 s" in text

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from live_avatar.core.engines.liveavatar.audio_features import AudioFeatureConfig, Wav2VecFeatures
+from live_avatar.core.engines.liveavatar.audio_features import (
+    AudioFeatureConfig,
+    Wav2VecFeatures,
+)
+from live_avatar.core.engines.liveavatar.audio_window import (
+    WAV2VEC2_HOP_SAMPLES,
+    WAV2VEC2_RECEPTIVE_FIELD_SAMPLES,
+)
 from live_avatar.core.engines.liveavatar.tiny_weights import write_tiny_wav2vec
 
 torch.set_num_threads(1)
@@ -32,6 +39,8 @@ def test_geometry(features):
     assert features.context_samples == 16000 and features.context_samples % 320 == 0
     assert features.lookahead_samples == 1600
     assert features.num_feature_frames(16000) == 49  # (16000 - 400) // 320 + 1
+    # the preflight (no torch) counts the lookahead with these constants: they must be the encoder's
+    assert (features.hop, features.receptive_field) == (WAV2VEC2_HOP_SAMPLES, WAV2VEC2_RECEPTIVE_FIELD_SAMPLES)
 
 
 def test_offline_matches_reference_definition(features):

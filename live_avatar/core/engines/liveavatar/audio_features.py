@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .audio_window import lookahead_samples, round_up
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,10 +57,6 @@ class AudioFeatureConfig:
     lookahead_s: float = 0.08
     norm_eps: float = 1e-7  # (x - mean) / sqrt(var + eps), as Wav2Vec2FeatureExtractor
     norm_min_std: float = 0.01  # live path only: floor of the per-window standard deviation
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 class Wav2VecFeatures:
@@ -112,13 +110,11 @@ class Wav2VecFeatures:
     # ------------------------------------------------------------------ live window geometry
     @property
     def context_samples(self) -> int:
-        return _round_up(int(round(self.config.context_s * self.config.sample_rate)), self.hop)
+        return round_up(int(round(self.config.context_s * self.config.sample_rate)), self.hop)
 
     @property
     def lookahead_samples(self) -> int:
-        # the last frame of a block reads wav2vec frames reaching up to receptive_field - hop past its end
-        minimum = self.receptive_field
-        return max(_round_up(int(round(self.config.lookahead_s * self.config.sample_rate)), self.hop), minimum)
+        return lookahead_samples(self.config.lookahead_s, self.config.sample_rate, self.hop, self.receptive_field)
 
     def num_feature_frames(self, num_samples: int) -> int:
         if num_samples < self.receptive_field:

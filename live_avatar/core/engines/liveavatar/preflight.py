@@ -26,6 +26,7 @@ from typing import Any
 from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
 
+from .audio_window import lookahead_samples
 from .options import LiveAvatarOptions, frame_size
 
 TABLE_PATH = config_path("preflight", "liveavatar.yaml")
@@ -40,6 +41,7 @@ PIPELINE_HANDOFF_MS = 2.0
 # the server's playout margin at its floor (sessions.min_margin_ms): what the adaptive margin keeps under
 # the lowest 2 % of the frames' slack
 PLAYOUT_MARGIN_MS = 30.0
+AUDIO_SAMPLE_RATE = 16000  # the audio features' rate (AudioFeatureConfig.sample_rate)
 # what a viewer adds after the server sends a frame, as measured: an aiortc peer on the GPU machine 46-67 ms
 # (speech-to-lips at the peer minus the server's, bench/results/e2e_liveavatar_h*.json), headless
 # Chromium 46-63 ms p50 from a frame's last packet to the screen (bench/results/browser_view.json)
@@ -349,7 +351,9 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
         trip_ms = block_ms * (1.0 - vae_share * (1.0 - 1.0 / LATENTS_PER_BLOCK)) * live_factor
     else:
         trip_ms = block_ms * live_factor + (request.gpus - 1) * PIPELINE_HANDOFF_MS
-    lookahead_ms = 1000.0 * (request.lookahead_s if request.lookahead_s is not None else default_lookahead_s())
+    # what the live window really holds: whole hops, at least the encoder's receptive field (0 -> 25 ms)
+    lookahead_s = request.lookahead_s if request.lookahead_s is not None else default_lookahead_s()
+    lookahead_ms = 1000.0 * lookahead_samples(lookahead_s, AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE
     if request.gpus > 1:  # the step pipeline: every rank holds the DiT and the KV rings of its own steps
         block_ms, state_gb, pipelines, note = _pipeline_estimate(request.gpus, block_ms, dit_share, vae_share, state_gb)
         notes.append(note)
