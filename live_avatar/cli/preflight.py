@@ -11,8 +11,9 @@ state), how many sessions fit (by memory and by compute: sessions share the GPU)
 
 The answer comes from figures measured on one H200 (live_avatar/configs/preflight/liveavatar.yaml, with
 the date and command of each), interpolated over frame sizes by latent tokens and scaled to other known
-GPUs (--gpu) by bf16 TFLOP/s and memory bandwidth: an estimate. Real time needs 25 fps (a 12-frame
-block within 480 ms, live overhead included).
+GPUs (--gpu) by bf16 TFLOP/s and memory bandwidth, or timed by a GPU's own measured points where the table
+has them (the H100 SXM): an estimate. Real time needs 25 fps (a 12-frame block within 480 ms, live overhead
+included). Speech-to-lips at best follows from the block, the lookahead (--lookahead) and the playout margin.
 
 Exit status: 0 fits and holds real time; 1 does not (the answer names the nearest size that works);
 2 a bad request (unknown GPU, bad size)."""
@@ -39,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="umT5-XXL kept in CPU memory (engine option text_encoder_device=cpu): its 11.4 GB off the GPU")
     p.add_argument("--kv-layout", choices=["contiguous", "compact"], default="contiguous",
                    help="the KV rings' layout (engine option kv_layout): compact keeps one sink copy, ~15 %% less state")
+    p.add_argument("--lookahead", type=float, default=None, metavar="S",
+                   help="audio past each block the live window waits for (engine option lookahead_s; default the "
+                        "engine's 0.08): 0 takes 55 ms off speech-to-lips (measured), the block's last frames then "
+                        "encoded without right context")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size, aspect=args.aspect, fp8=args.fp8, compiled=not args.eager, compiled_vae=not args.vae_eager, gpu=args.gpu,
         gpu_memory_gb=args.gpu_memory, gpus=args.gpus, live_factor=args.live_factor,
         text_encoder=not (args.random_weights or args.text_encoder_cpu), kv_layout=args.kv_layout,
+        lookahead_s=args.lookahead,
     )
     try:
         result = estimate(request)

@@ -146,6 +146,10 @@ def test_options_are_validated(tmp_path):
         load_engine("liveavatar")
     with pytest.raises(EngineConfigError, match="sink_refresh"):
         load_engine("liveavatar", tiny=True, sink_refresh="sometimes")
+    with pytest.raises(EngineConfigError, match="lookahead_s must be 0 to 1 s, got -0.04"):
+        load_engine("liveavatar", tiny=True, lookahead_s=-0.04)  # was taken silently as 0
+    with pytest.raises(EngineConfigError, match="context_s must be >= 0"):
+        load_engine("liveavatar", tiny=True, context_s=-1)
     with pytest.raises(EngineConfigError, match="not found"):
         load_engine("liveavatar", weights_dir=str(tmp_path / "missing"))
     with pytest.raises(EngineConfigError, match="config.json"):

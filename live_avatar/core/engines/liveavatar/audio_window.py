@@ -7,6 +7,8 @@ from __future__ import annotations
 # frame reading 400 samples; what the preflight assumes before any weights are loaded
 WAV2VEC2_HOP_SAMPLES = 320
 WAV2VEC2_RECEPTIVE_FIELD_SAMPLES = 400
+# every second of lookahead is a second of speech-to-lips; past a block (0.48 s) it buys nothing more
+MAX_LOOKAHEAD_S = 1.0
 
 
 def round_up(value: int, multiple: int) -> int:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from live_avatar.core.config_loading import ConfigError, from_mapping
 
+from .audio_window import MAX_LOOKAHEAD_S
+
 if TYPE_CHECKING:
     import torch
 
@@ -89,6 +91,10 @@ class LiveAvatarOptions:
             raise EngineConfigError(f"text_encoder_device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.text_encoder_device!r}")
         if self.num_gpus_dit < 1:
             raise EngineConfigError(f"num_gpus_dit must be >= 1, got {self.num_gpus_dit}")
+        if not 0.0 <= self.lookahead_s <= MAX_LOOKAHEAD_S:
+            raise EngineConfigError(f"lookahead_s must be 0 to {MAX_LOOKAHEAD_S:g} s, got {self.lookahead_s:g}")
+        if not self.context_s >= 0.0:
+            raise EngineConfigError(f"context_s must be >= 0 s, got {self.context_s:g}")
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "LiveAvatarOptions":

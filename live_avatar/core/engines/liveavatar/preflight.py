@@ -26,7 +26,7 @@ from typing import Any
 from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
 from live_avatar.resources import config_path
 
-from .audio_window import lookahead_samples
+from .audio_window import MAX_LOOKAHEAD_S, lookahead_samples
 from .options import LiveAvatarOptions, frame_size
 
 TABLE_PATH = config_path("preflight", "liveavatar.yaml")
@@ -46,6 +46,9 @@ AUDIO_SAMPLE_RATE = 16000  # the audio features' rate (AudioFeatureConfig.sample
 # (speech-to-lips at the peer minus the server's, bench/results/e2e_liveavatar_h*.json), headless
 # Chromium 46-63 ms p50 from a frame's last packet to the screen (bench/results/browser_view.json)
 VIEWER_MS = (45.0, 70.0)
+# speech-to-lips a viewer should not exceed in conversation (issue 8's target at the peer): over it, the
+# preflight says what the lookahead costs
+CONVERSATIONAL_MS = 1000.0
 
 
 class PreflightError(ValueError):
@@ -241,6 +244,7 @@ class PreflightEstimate:
     # to its first frames)
     speech_to_lips_floor_ms: float
     lookahead_ms: float
+    lookahead_s: float  # the engine option as asked (lookahead_ms is what the live window then holds)
     basis: dict[str, str]
     notes: list[str]
     suggestion: dict[str, Any] | None = None
@@ -255,6 +259,7 @@ class PreflightEstimate:
             "sessions_by_memory_per_gpu": self.sessions_by_memory, "sessions_by_compute_per_gpu": self.sessions_by_compute,
             "expected_fps": round(self.expected_fps, 1), "target_fps": TARGET_FPS,
             "speech_to_lips_floor_ms": round(self.speech_to_lips_floor_ms), "lookahead_ms": self.lookahead_ms,
+            "lookahead_s": self.lookahead_s,
             "weights_gb": round(self.weights_gb, 2), "per_session_gb": round(self.per_session_gb, 2),
             "headroom_gb": self.headroom_gb, "gpu_memory_gb": round(self.gpu_memory_gb, 1),
             "block_ms": round(self.block_ms, 1), "live_block_ms": round(self.block_ms * self.live_factor, 1),
@@ -275,6 +280,8 @@ def estimate(request: PreflightRequest, table: PreflightTable | None = None, *, 
     live_factor = table.live_factor if request.live_factor is None else request.live_factor
     if live_factor < 1.0:
         raise PreflightError(f"--live-factor must be >= 1, got {live_factor}")
+    if request.lookahead_s is not None and not 0.0 <= request.lookahead_s <= MAX_LOOKAHEAD_S:
+        raise PreflightError(f"--lookahead (engine option lookahead_s) must be 0 to {MAX_LOOKAHEAD_S:g} s, got {request.lookahead_s:g}")
     try:
         frame = frame_size(request.size, request.aspect)
     except ValueError as exc:
@@ -357,6 +364,12 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     if request.gpus > 1:  # the step pipeline: every rank holds the DiT and the KV rings of its own steps
         block_ms, state_gb, pipelines, note = _pipeline_estimate(request.gpus, block_ms, dit_share, vae_share, state_gb)
         notes.append(note)
+    floor_ms = BLOCK_VIDEO_MS + lookahead_ms + trip_ms + PLAYOUT_MARGIN_MS
+    shortest_ms = 1000.0 * lookahead_samples(0.0, AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE
+    if floor_ms + VIEWER_MS[0] > CONVERSATIONAL_MS and lookahead_ms > shortest_ms:
+        notes.append(f"a viewer sees speech-to-lips over {CONVERSATIONAL_MS / 1000:g} s here; --lookahead 0 (engine option "
+                     f"lookahead_s=0) takes {lookahead_ms - shortest_ms:.0f} ms off (measured: 55-56 ms at 256x384 and "
+                     "320x512 on an H100, 2026-12-06), the block's last frames then encoded without right context")
     free = memory - table.headroom_gb - weights_gb
     by_memory = max(0, math.floor(free / state_gb)) if free > 0 else 0
     fps = 1000.0 * FRAMES_PER_BLOCK / (block_ms * live_factor)
@@ -378,7 +391,8 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
         sessions_by_compute=by_compute,
         sessions=min(by_memory, by_compute) if request.gpus == 1 else min(by_memory, by_compute, 1) * pipelines,
         fits=by_memory >= 1, realtime=fps >= TARGET_FPS,
-        speech_to_lips_floor_ms=BLOCK_VIDEO_MS + lookahead_ms + trip_ms + PLAYOUT_MARGIN_MS, lookahead_ms=lookahead_ms,
+        speech_to_lips_floor_ms=floor_ms, lookahead_ms=lookahead_ms,
+        lookahead_s=lookahead_s,
         basis={"memory": f"per-session state {state_kind}; weights measured (text encoder from its checkpoint size)",
                "timing": timing_kind, "gpu": scaling,
                "measurements": f"one {gpu.name if own else reference.name}, 14B random weights, avatar bench liveavatar, "
@@ -500,9 +514,11 @@ def _suggestion(r: PreflightEstimate, request: PreflightRequest, fp8: bool, comp
             "sessions": r.sessions, "weights_gb": round(r.weights_gb, 2), "per_session_gb": round(r.per_session_gb, 2), "text": text}
 
 
-def engine_options_for(fp8: bool, compiled: bool) -> str:
-    """The serve flags that select a mode."""
+def engine_options_for(fp8: bool, compiled: bool, lookahead_s: float | None = None) -> str:
+    """The serve flags that select a mode (and a lookahead other than the engine's default)."""
     opts = (["fp8=true"] if fp8 else []) + (["compile=true"] if compiled else [])  # compile_vae follows compile on CUDA
+    if lookahead_s is not None and lookahead_s != default_lookahead_s():
+        opts.append(f"lookahead_s={lookahead_s:g}")
     return " ".join(f"--engine-option {o}" for o in opts) or "(no engine options: the defaults are bf16 eager)"
 
 
@@ -530,7 +546,8 @@ def format_report(r: PreflightEstimate) -> str:
     if r.ok:
         pipeline = f" --num_gpus_dit {r.gpus}" if r.gpus > 1 else ""
         lines.append(f"Answer: fits, {r.sessions} real-time session{'s' if r.sessions != 1 else ''} "
-                     f"(serve with {engine_options_for(r.mode.startswith('fp8'), r.mode.endswith('compiled'))}{pipeline}).")
+                     f"(serve with {engine_options_for(r.mode.startswith('fp8'), r.mode.endswith('compiled'), r.lookahead_s)}"
+                     f"{pipeline}).")
     elif not r.fits:
         need = r.weights_gb + r.per_session_gb + r.headroom_gb
         lines.append(f"Answer: does not fit: weights + one session need {need:.1f} GB, the GPU has {r.gpu_memory_gb:g} GB"
