@@ -117,7 +117,8 @@ async def run_cycles(url: str, pid: int, cycles: int, warmup: int, stream_s: flo
     return samples
 
 
-def summarize(samples: list[CycleSample], warmup: int, targets: CycleTargets = CycleTargets()) -> dict[str, Any]:
+def summarize(samples: list[CycleSample], warmup: int, targets: CycleTargets | None = None) -> dict[str, Any]:
+    targets = targets if targets is not None else CycleTargets()
     base = samples[min(warmup, len(samples)) - 1]
     end = samples[-1]
     after = samples[warmup - 1:]

@@ -275,8 +275,9 @@ class BenchServer(ServerProcess):
 def make_peer(samples_48k: np.ndarray, duration_s: float):
     """A ``LoopbackPeer`` (server/loopback_peer.py) that keeps, per video frame, only its arrival,
     pts and a 48x48 grey thumbnail: ten minutes of full RGB frames would not fit in memory."""
-    from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
     from aiortc.mediastreams import MediaStreamError
+
+    from tests.support.loopback_peer import LoopbackPeer, ReceivedVideoFrame
 
     class MotionRecordingPeer(LoopbackPeer):
         THUMB = 48  # grey thumbnail side: the mouth spans a few pixels, enough to see it open
@@ -410,8 +411,8 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig, *, content: bool 
     env_parts = [envelope_db(a.samples, rate, hop) for a in frames]
     counts = [e.size for e in env_parts]
     env_ret = np.concatenate(env_parts)
-    hop_arrival = np.concatenate([a.arrival + np.arange(n) * hop for a, n in zip(frames, counts)])
-    hop_pts_s = np.concatenate([a.pts / rate + np.arange(n) * hop for a, n in zip(frames, counts)])
+    hop_arrival = np.concatenate([a.arrival + np.arange(n) * hop for a, n in zip(frames, counts, strict=True)])
+    hop_pts_s = np.concatenate([a.pts / rate + np.arange(n) * hop for a, n in zip(frames, counts, strict=True)])
 
     # --- sent speech: 10 ms envelope on the send clock
     env_sent = envelope_db(program.samples, program.rate, hop)
@@ -420,7 +421,7 @@ def analyse_peer(peer, program: SpeechProgram, cfg: E2EConfig, *, content: bool 
     # --- speech to lips at the peer
     sent_on = detect_onsets(env_sent, hop, cfg.onset_threshold_db, cfg.min_silence_s)
     ret_on = detect_onsets(env_ret, hop, cfg.onset_threshold_db, cfg.min_silence_s)
-    video_arrival_by_slot = {int(p) // VIDEO_TICKS_PER_FRAME: float(t) for p, t in zip(video_pts, arrivals)}
+    video_arrival_by_slot = {int(p) // VIDEO_TICKS_PER_FRAME: float(t) for p, t in zip(video_pts, arrivals, strict=True)}
     audio_samples_per_slot = rate // FPS
     s2l, s2l_wire, to_sound, unmatched = [], [], [], 0
     onset_slots, onset_sent = [], []  # for the mouth-visibly-open latency (bench/lips.py)
@@ -814,7 +815,7 @@ def _visible(mouth, pts, t_video, audio_frames, env_parts, cfg: E2EConfig, onset
     slots = np.asarray(pts, np.int64) // VIDEO_TICKS_PER_FRAME
     loud_slots = set()
     per_slot = 48000 // FPS
-    for a, env in zip(audio_frames, env_parts):
+    for a, env in zip(audio_frames, env_parts, strict=True):
         for j in np.flatnonzero(env > cfg.onset_threshold_db):
             loud_slots.add(int(a.pts + j * 480) // per_slot)
     speech = np.asarray([int(s) in loud_slots for s in slots])

@@ -33,7 +33,7 @@ def visible_onsets(mouth: np.ndarray, slots: np.ndarray, wire_times: np.ndarray,
     span = opened - rest
     latencies, frames_after = [], []
     index = {int(s): i for i, s in enumerate(slots)}
-    for slot, sent in zip(onset_slots, sent_times):
+    for slot, sent in zip(onset_slots, sent_times, strict=True):
         start = index.get(slot - SEARCH_BEFORE)
         if start is None or start < 10:
             continue

@@ -237,7 +237,7 @@ def _bench_size(engine, size: str, aspect: str, mode: str, args, profile: bool) 
         warm_t0 = previous = time.perf_counter()
         # a block's time is the interval between two blocks coming out: for a generator that pipelines
         # (overlap_vae) that is its throughput, for the others the block's own time
-        for k, frames, finished in _blocks_out(gen, range(1, total_blocks), context, lookahead, sync):
+        for k, frames, finished in _blocks_out(gen, range(1, total_blocks), context, lookahead, sync):  # noqa: B007 (frame_shape)
             records.append((k, finished - previous, gen.timings))
             previous = finished
             if k == args.warmup - 1:

@@ -122,7 +122,7 @@ def _convert(value: Any, annotation: Any, source: str, key: str) -> Any:
             return tuple(_convert(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise ConfigError(f"expected {len(args)} values, got {len(value)}", source, key)
-        return tuple(_convert(v, a, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))) if args else tuple(value)
+        return tuple(_convert(v, a, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))) if args else tuple(value)
     if origin is list or annotation is list:
         _expect(value, isinstance(value, (list, tuple)), "a list", source, key)
         return [_convert(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)

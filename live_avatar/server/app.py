@@ -11,8 +11,8 @@ identity (server/auth.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -20,13 +20,13 @@ from aiohttp import web
 from live_avatar.core.portraits import PortraitLimits
 from live_avatar.server.auth import AccessGuard
 from live_avatar.server.avatars import AvatarStore
+from live_avatar.server.capacity import CapacityMonitor, cached_session_cost
 from live_avatar.server.config import ServerConfig
 from live_avatar.server.http_errors import install_json_http_errors, json_errors
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.origins import OriginPolicy
 from live_avatar.server.pause_watch import PauseWatch
 from live_avatar.server.routes import Api
-from live_avatar.server.capacity import CapacityMonitor, cached_session_cost
 from live_avatar.server.sessions import SessionManager
 from live_avatar.server.webrtc.signaling import PeerConnector
 

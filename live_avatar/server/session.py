@@ -21,15 +21,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from live_avatar.core.audio import OutputAudioResampler
 from live_avatar.core.audio.full_band import FullBandIngest
-
 from live_avatar.server.config import SessionConfig
+from live_avatar.server.latency_budget import LatencyBudget, first_frame_stages
+from live_avatar.server.media.clock import MediaClock
 from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.margin import MarginControl
-from live_avatar.server.media.clock import MediaClock
-from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.media.playout import OutputSlot, Playout
 from live_avatar.server.media.tracks import AvatarVideoTrack, SyncedAudioTrack
-from live_avatar.server.latency_budget import LatencyBudget, first_frame_stages
+from live_avatar.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

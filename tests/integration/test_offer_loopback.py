@@ -7,10 +7,10 @@ e2e benchmark's job.
 
 from __future__ import annotations
 
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
-import aiohttp
 
 from live_avatar.server.config import ServerConfig
 from tests.support.inprocess import serve_in_process

@@ -68,7 +68,7 @@ async def test_live_session_keeps_its_frame_rate_while_eight_large_uploads_run(s
         window = max(ended - started, 2.0)  # at least 2 s, so that the rate is a rate
         await asyncio.sleep(max(0.5, started + window + 0.5 - time.monotonic()))  # frames of the window still on their way
 
-        for (name, _, _, expected), (answer, seconds) in zip(large_uploads, answers):
+        for (name, _, _, expected), (answer, seconds) in zip(large_uploads, answers, strict=True):
             assert answer.status == expected, (name, answer.status, answer.body)
             assert seconds < ANSWER_WITHIN_S, (name, seconds)
             if expected == 422:

@@ -46,7 +46,7 @@ def test_lite_cross_fades_to_the_new_portrait(engine, avatars):
     shown = []
     for first in range(2, 2 + fade + 4, gen.block_frames):
         frames = gen.generate(silent_block(gen, first))
-        shown += [(frame, pose) for frame, pose in zip(frames, gen.last_poses)]
+        shown += [(frame, pose) for frame, pose in zip(frames, gen.last_poses, strict=True)]
     for i, (frame, pose) in enumerate(shown):
         a, b = old_renderer.render(pose).astype(np.float32), new_renderer.render(pose).astype(np.float32)
         weight = min(1.0, (i + 1) / (fade + 1))

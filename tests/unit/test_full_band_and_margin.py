@@ -151,7 +151,7 @@ def test_full_band_ingest_takes_pcm_at_other_rates_too():
     ingest = FullBandIngest(16000, 48000)
     t = np.arange(24000) / 24000
     pcm = (0.3 * np.sin(2 * np.pi * 9000 * t) * 32767).astype("<i2")
-    lows, fulls = zip(*(ingest.push_pcm(pcm[i : i + 480].tobytes(), 24000) for i in range(0, pcm.size, 480)))
+    lows, fulls = zip(*(ingest.push_pcm(pcm[i : i + 480].tobytes(), 24000) for i in range(0, pcm.size, 480)), strict=True)
     low, full = np.concatenate(lows), np.concatenate(fulls)
     assert full.size == 3 * low.size and full.size > 47000
     spectrum = np.abs(np.fft.rfft(full[4800:4800 + 38400]))

@@ -174,7 +174,7 @@ def test_interrupt_closes_the_mouth_smoothly(engine, avatar, speech_audio):
     opening = [p.mouth_open for p in after]
     assert opening[0] <= poses[-1].mouth_open + 1e-6  # closes from where it was, no jump open
     assert opening[-1] < 0.01
-    assert all(b <= a + 1e-9 for a, b in zip(opening, opening[1:]))
+    assert all(b <= a + 1e-9 for a, b in zip(opening, opening[1:], strict=False))
 
 
 def test_bad_blocks_are_refused(engine, avatar):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from live_avatar.core.contract import BlockTimings, Chunk
-from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.playout import TRIM_WINDOW_SLOTS, OutputSlot, Playout
 
 S = 640  # 16 kHz samples per frame

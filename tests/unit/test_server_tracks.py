@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.playout import OutputSlot
 from live_avatar.server.media.tracks import AvatarVideoTrack, SyncedAudioTrack
 

@@ -102,7 +102,7 @@ async def test_buffered_chunks_are_in_order_with_exact_windows_and_audio():
     chunks = await take(it, 9)  # 27 frames: past the end of the 25 frames of audio
     assert [c.first_frame for c in chunks] == list(range(0, 27, 3))
     padded = np.concatenate([signal, np.zeros(27 * S - signal.shape[0], np.float32)])
-    for c, block in zip(chunks, gen.blocks):
+    for c, block in zip(chunks, gen.blocks, strict=True):
         assert c.num_frames == 3 and c.frames.dtype == np.uint8
         assert list(c.frames[:, 0, 0, 0]) == [c.first_frame, c.first_frame + 1, c.first_frame + 2]
         np.testing.assert_array_equal(c.audio, padded[c.first_frame * S : (c.first_frame + 3) * S])
@@ -264,7 +264,7 @@ async def test_buffered_generation_stays_a_bounded_lead_ahead_of_playout():
     while time.monotonic() < t_end:
         (c,) = await take(it, 1)
         received.append((time.monotonic(), c))
-    for t, c in received:
+    for _t, c in received:
         due = first_ready + 0.04 + c.first_frame / FPS
         assert c.timings.started_at >= due - 0.2 - 1e-3, "started more than the lead before its playout"
     frames = 2 + sum(c.num_frames for _, c in received)
@@ -281,7 +281,7 @@ async def test_catch_up_when_the_generator_is_slower_than_real_time():
     it = session.chunks().__aiter__()
     chunks = await take(it, 7, timeout=2.0)
     starts = [c.first_frame for c in chunks]
-    assert all(b > a for a, b in zip(starts, starts[1:])) and all(f % 2 == 0 for f in starts)
+    assert all(b > a for a, b in zip(starts, starts[1:], strict=False)) and all(f % 2 == 0 for f in starts)
     first = chunks[0]
     lateness = [
         c.timings.finished_at - (first.timings.finished_at + margin + (c.first_frame - first.first_frame) / FPS)

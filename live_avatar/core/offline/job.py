@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -65,6 +65,7 @@ from live_avatar.core.offline.video_writer import (
     save_last_frame,
 )
 from live_avatar.core.presets import DEFAULT_PRESET, Preset, PresetError, load_preset
+
 
 def available_memory_bytes() -> int | None:
     """Memory the system can give without swapping (Linux MemAvailable; elsewhere free pages), or None."""

@@ -34,8 +34,8 @@ from typing import Callable
 import numpy as np
 
 from live_avatar.core.contract import BlockTimings, Chunk
-from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.fanout import Fanout
 from live_avatar.server.media.margin import MarginControl
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from live_avatar.server.media.fanout import Subscription
 from live_avatar.server.media.clock import MediaClock
+from live_avatar.server.media.fanout import Subscription
 from live_avatar.server.media.playout import OutputSlot
 
 log = logging.getLogger(__name__)

@@ -154,7 +154,7 @@ def check_offer(sdp: Any, max_bytes: int, needs_microphone: bool = True) -> Chec
         raise OfferError(f"{MALFORMED}: line {bad + 1} ({_shown(line)}) is not valid: expected {expected}") from None
 
     m_lines = [n for n, line in enumerate(lines, 1) if line.startswith("m=")]
-    sections = list(zip(m_lines, parsed.media))
+    sections = list(zip(m_lines, parsed.media, strict=False))  # aiortc parses one media per m= line
     if not sections:
         raise OfferError("the SDP offer has no m= sections: send your microphone as an audio track (sendrecv or sendonly)")
     audio = [(n, m) for n, m in sections if m.kind == "audio"]

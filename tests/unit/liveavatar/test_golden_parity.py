@@ -238,7 +238,7 @@ def test_scenario_outputs(model, streaming, meta, tensors, scenario, variant):
     assert offsets == tensors["rope_relative_dist"].flatten().tolist()
     names = meta["outputs"][f"clip_latents_{scenario}"]
     assert len(names) == meta["num_clips"]
-    for name, clip in zip(names, clips):
+    for name, clip in zip(names, clips, strict=True):
         assert_close(variant + name, clip, tensors[variant + name], strict)
     first = meta["outputs"]["velocity_clip0_block0_step1"][0]
     assert_close(variant + first, velocities["dbg_velocity_c0_b0_s0"], tensors[variant + first], strict)

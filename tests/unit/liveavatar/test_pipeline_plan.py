@@ -29,7 +29,7 @@ def test_one_to_four_gpus_split_the_four_steps():
 def test_three_gpus_keep_the_vae_off_the_two_step_rank():
     plan = plan_pipeline(3)
     pipe = plan.pipelines[0]
-    two_step_rank = next(r for r, s in zip(pipe.ranks, pipe.steps) if len(s) == 2)
+    two_step_rank = next(r for r, s in zip(pipe.ranks, pipe.steps, strict=True) if len(s) == 2)
     assert pipe.vae_rank != two_step_rank and pipe.vae_rank != 0  # rank 0 also runs the front end
     costs = StageCosts(step=1.0, vae=0.7, front=0.1)
     assert max(plan_pipeline(3, costs=costs).loads(costs)) == pytest.approx(2.0)

@@ -52,14 +52,14 @@ def baseline(model):
 
 def test_same_seed_same_output(model, baseline):
     again = _run(model, _inputs(0)[3])
-    for b, (x, y) in enumerate(zip(baseline, again)):
+    for b, (x, y) in enumerate(zip(baseline, again, strict=True)):
         assert torch.equal(x, y), f"block {b} differs between identical runs"
 
 
 def test_rope_seed_changes_output(model, baseline):
     other = _run(model, _inputs(0)[3], rope_seed=6)
     # The rolling reference position only rolls once F + Delta > 30, i.e. in later blocks.
-    assert any(not torch.equal(x, y) for x, y in zip(baseline, other))
+    assert any(not torch.equal(x, y) for x, y in zip(baseline, other, strict=True))
 
 
 @pytest.mark.parametrize("k", [0, 3, 4])
@@ -123,7 +123,7 @@ def test_compiled_block_halves_trace_and_match():
     audio = _inputs(0)[3]
     expected = _run(reference, audio)
     actual = _run(compiled, audio)
-    for b, (x, y) in enumerate(zip(expected, actual)):
+    for b, (x, y) in enumerate(zip(expected, actual, strict=True)):
         assert torch.equal(x, y), f"block {b}: compiled output differs"
     torch._dynamo.reset()
 

@@ -121,8 +121,9 @@ def _mesh_on_crop(image: np.ndarray, box: FaceBox, cfg: DetectionConfig) -> np.n
     return (points / scale + np.array([x0, y0])).astype(np.float32)
 
 
-def find_face(image: np.ndarray, cfg: DetectionConfig = DetectionConfig()) -> FaceLandmarks:
+def find_face(image: np.ndarray, cfg: DetectionConfig | None = None) -> FaceLandmarks:
     """The most prominent face of an RGB uint8 image with its landmarks; AvatarError if there is none."""
+    cfg = cfg if cfg is not None else DetectionConfig()
     with _MEDIAPIPE_LOCK, quiet_native_logs():
         boxes = _detect_mediapipe(image, cfg) or _detect_haar(image, cfg)
         boxes = [b for b in boxes if min(b.width, b.height) >= cfg.min_face_pixels]

@@ -236,7 +236,7 @@ class MotionModel:
             else:
                 s.gaze_target = [float(np.clip(x, -1, 1)) for x in self._rng.normal(0.0, 0.6, 2)]
         follow = 1 - np.exp(-dt / cfg.saccade_s)
-        s.gaze = [g + (target - g) * follow for g, target in zip(s.gaze, s.gaze_target)]
+        s.gaze = [g + (target - g) * follow for g, target in zip(s.gaze, s.gaze_target, strict=True)]
         return s.gaze[0], s.gaze[1]
 
     def _head(self, dt: float) -> tuple[float, float, float]:

@@ -11,11 +11,11 @@ from live_avatar.core.engines.lite.rig import FACE_CONTROLS, FaceRig, Pose
 class Renderer:
     """Stateless per frame: ``render(pose)`` depends on the pose only (so resuming is exact)."""
 
-    def __init__(self, rig: FaceRig, cfg: RenderConfig = RenderConfig()):
+    def __init__(self, rig: FaceRig, cfg: RenderConfig | None = None):
         import cv2
 
         self.rig = rig
-        self.cfg = cfg
+        self.cfg = cfg if cfg is not None else RenderConfig()  # one per renderer, never a shared default
         self._cv2 = cv2
         boxes = np.array([rig.face.box, rig.head.box])
         self.box = (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
@@ -39,7 +39,7 @@ class Renderer:
         for group in (self.rig.head, self.rig.face):
             gy0, gy1, gx0, gx1 = group.box
             view = total[gy0 - y0 : gy1 - y0, gx0 - x0 : gx1 - x0]
-            for name, field in zip(group.names, group.fields):
+            for name, field in zip(group.names, group.fields, strict=True):
                 weight = float(getattr(pose, name))
                 if weight != 0.0:
                     view += weight * field
@@ -116,7 +116,7 @@ class Renderer:
         group = self.rig.head
         y0, _, x0, _ = group.box
         out = np.zeros_like(points)
-        for name, field in zip(group.names, group.fields):
+        for name, field in zip(group.names, group.fields, strict=True):
             weight = float(getattr(pose, name))
             if weight != 0.0:
                 xs = np.clip(np.round(points[:, 0] - x0).astype(int), 0, field.shape[1] - 1)

@@ -288,8 +288,9 @@ def _head_fields(ff: _FaceFrame, size: tuple[int, int], cfg: RigConfig) -> Field
     return FieldGroup(("head_x", "head_y", "head_roll", "head_scale", "chest_y"), (0, h, 0, w), fields_)
 
 
-def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig = RigConfig()) -> FaceRig:
+def build_rig(frame: np.ndarray, landmarks: np.ndarray, cfg: RigConfig | None = None) -> FaceRig:
     """Precompute everything per avatar; rendering a pose is then a few array ops and one remap."""
+    cfg = cfg if cfg is not None else RigConfig()
     size = (frame.shape[1], frame.shape[0])
     ff = _FaceFrame(landmarks.astype(np.float64))
     up, lo = _control_displacements(ff, cfg)

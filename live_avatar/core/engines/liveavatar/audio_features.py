@@ -72,7 +72,7 @@ class Wav2VecFeatures:
         self.hop = int(np.prod(mcfg.conv_stride))  # 320 samples = 50 Hz
         # receptive field of one frame: 400 samples for the standard conv stack
         rf = 1
-        for k, s in zip(reversed(mcfg.conv_kernel), reversed(mcfg.conv_stride)):
+        for k, s in zip(reversed(mcfg.conv_kernel), reversed(mcfg.conv_stride), strict=True):
             rf = (rf - 1) * s + k
         self.receptive_field = rf
         self.num_layers = int(mcfg.num_hidden_layers) + 1

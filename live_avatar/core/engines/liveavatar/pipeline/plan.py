@@ -37,7 +37,7 @@ class Pipeline:
     vae_rank: int
 
     def owner(self, step: int) -> int:
-        for rank, owned in zip(self.ranks, self.steps):
+        for rank, owned in zip(self.ranks, self.steps, strict=True):
             if step in owned:
                 return rank
         raise KeyError(step)
@@ -66,7 +66,7 @@ class PipelinePlan:
         load = [0.0] * self.world_size
         load[0] += costs.front * len(self.pipelines)
         for pipe in self.pipelines:
-            for rank, owned in zip(pipe.ranks, pipe.steps):
+            for rank, owned in zip(pipe.ranks, pipe.steps, strict=True):
                 load[rank] += costs.step * len(owned)
             load[pipe.vae_rank] += costs.vae
         return load
@@ -74,7 +74,7 @@ class PipelinePlan:
     def describe(self) -> str:
         parts = []
         for index, pipe in enumerate(self.pipelines):
-            stages = ", ".join(f"rank {r}: steps {list(s)}" for r, s in zip(pipe.ranks, pipe.steps))
+            stages = ", ".join(f"rank {r}: steps {list(s)}" for r, s in zip(pipe.ranks, pipe.steps, strict=True))
             parts.append(f"pipeline {index}: {stages}; VAE on rank {pipe.vae_rank}")
         return "; ".join(parts)
 
@@ -90,7 +90,7 @@ def _best_pipeline(ranks: tuple[int, ...], num_steps: int, costs: StageCosts, va
     best, best_key = None, None
     for steps in _splits(num_steps, len(ranks)):
         for vae in ((vae_rank,) if vae_rank is not None else ranks):
-            load = {r: costs.step * len(s) + (costs.front if r == 0 else 0.0) for r, s in zip(ranks, steps)}
+            load = {r: costs.step * len(s) + (costs.front if r == 0 else 0.0) for r, s in zip(ranks, steps, strict=True)}
             load[vae] = load.get(vae, 0.0) + costs.vae
             # slowest rank first, then the spread, then the VAE late in the pipe (its input comes out last)
             key = (round(max(load.values()), 9), round(sum(v * v for v in load.values()), 9), -ranks.index(vae) if vae in ranks else 0)
