@@ -47,7 +47,8 @@ Measurements (all times are time.monotonic() of this process; server and peer sh
   GPU: what differs when the same code runs slower on another machine (bench/gpu_state.py).
 * while it runs, <output>.partial.json holds the server's stats so far (every 30 s,
   ``--progress-every``) and, every other time, the peer's (fps, speech-to-lips, first frame, A/V
-  offset; not the mouth-based figures); removed at the end. A run cut short still leaves figures.
+  offset; not the mouth-based figures) with the summary's keys so far (``summary_so_far``); removed at
+  the end. A run cut short still leaves figures.
 
 The GPU engine: ``avatar bench e2e --engine liveavatar --random-weights --size 320*512
 --engine-option fp8=true --engine-option compile=true`` (engine options go to ``avatar serve
@@ -680,21 +681,41 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     return result
 
 
+# the summary's figures measured at the peer (peer_headline)
+PEER_HEADLINE_KEYS = ("fps_received", "speech_to_lips_peer_p50_ms", "speech_to_lips_peer_p95_ms", "first_frame_peer_ms",
+                      "av_offset_p95_abs_ms")
+
+
 def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int] | None) -> dict[str, Any]:
     """The headline figures under fixed keys (see the module docstring)."""
-    peer, server = result["peer"], result["server"]
-    stream = server.get("stream") or {}
-    headline = peer_headline(peer)
+    return _summary(result.get("gpu"), video_size, cfg.duration_s, peer_headline(result["peer"]), result["server"],
+                    result["memory"]["gpu_growth_mb_from_60s"])
+
+
+def _summary(gpu_name: str | None, video_size: tuple[int, int] | None, duration_s: float, headline: dict[str, Any],
+             server: dict[str, Any], gpu_growth_mb: float | None) -> dict[str, Any]:
+    """The summary's keys, in order, from the peer's headline figures and the server's session stats."""
     return {
-        "gpu": result.get("gpu"),
+        "gpu": gpu_name,
         "size": f"{video_size[0]}x{video_size[1]}" if video_size else None,
-        "duration_s": cfg.duration_s,
+        "duration_s": duration_s,
         "fps_received": headline["fps_received"],
-        "frames_skipped": stream.get("frames_skipped"),
+        "frames_skipped": (server.get("stream") or {}).get("frames_skipped"),
         "frames_repeated": server.get("frames_repeated"),
         **{k: v for k, v in headline.items() if k != "fps_received"},
-        "gpu_memory_growth_mb": result["memory"]["gpu_growth_mb_from_60s"],
+        "gpu_memory_growth_mb": gpu_growth_mb,
     }
+
+
+def summary_so_far(peer_figures: dict[str, Any] | None, server_stats: dict[str, Any] | None, gpu_name: str | None,
+                   video_size: tuple[int, int] | None, gpu_growth_mb: float | None) -> dict[str, Any] | None:
+    """The summary's keys over a run so far, for the partial JSON: a run cut short (a GPU machine taken
+    back) still leaves them. ``duration_s`` is when the peer's figures were taken; the server's counts
+    (frames skipped, repeated) are from its latest stats, a little later. None until the peer has figures."""
+    if not peer_figures or "error" in peer_figures or not server_stats:
+        return None
+    headline = {k: peer_figures.get(k) for k in PEER_HEADLINE_KEYS}
+    return _summary(gpu_name, video_size, round(peer_figures["t_s"], 1), headline, server_stats, gpu_growth_mb)
 
 
 def _pauses_from(summary: dict[str, Any], t0: float) -> dict[str, Any]:
@@ -768,19 +789,20 @@ async def _progress(cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: Rs
             if tick % 2 == 0 and analysis is None:
                 # in a forked child: in a thread it held the GIL long enough to stall the peer's loop
                 analysis = asyncio.create_task(_peer_so_far_forked(peer, program, cfg, time.monotonic() - t_start))
-            _write_partial(partial, cfg, t_start, poller, rss, gpu, peer_figures)
+            _write_partial(partial, cfg, t_start, poller, rss, gpu, peer_figures, peer.video_size)
     finally:
         if analysis is not None:
             analysis.cancel()
 
 
 def _write_partial(partial: Path, cfg: E2EConfig, t_start: float, poller: StatsPoller, rss: RssSampler,
-                   gpu: GpuSampler, peer_figures: dict[str, Any] | None) -> None:
+                   gpu: GpuSampler, peer_figures: dict[str, Any] | None, video_size: tuple[int, int] | None) -> None:
     """<output>.partial.json (replaced atomically) and a progress line."""
     t_s = time.monotonic() - t_start
     snapshot = {"benchmark": "e2e (in progress)", "t_s": t_s, "duration_s": cfg.duration_s,
                 "server_speech_to_lips_ms": poller.s2l_ms, "server_stats": poller.last,
-                "peer_so_far": peer_figures, "gpu_state": gpu.summary()}
+                "peer_so_far": peer_figures, "gpu_state": gpu.summary(),
+                "summary_so_far": summary_so_far(peer_figures, poller.last, gpu.gpu_name, video_size, gpu.growth_mb(60.0))}
     tmp = partial.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot, indent=1, default=_json_default) + "\n")
     tmp.replace(partial)

@@ -25,7 +25,7 @@ def test_a_short_run_writes_partial_figures_while_it_runs_and_the_summary_at_the
            "--rss-baseline", "5", "--progress-every", "4", "--output", str(out),
            "--server-log", str(tmp_path / "server.log")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen_peer, seen_server = None, False
+    seen_peer, seen_server, seen_summary = None, False, None
     try:
         deadline = time.monotonic() + 150
         while proc.poll() is None and time.monotonic() < deadline:
@@ -39,6 +39,8 @@ def test_a_short_run_writes_partial_figures_while_it_runs_and_the_summary_at_the
                 peer = snapshot.get("peer_so_far") or {}
                 if peer.get("fps_received"):
                     seen_peer = peer
+                if snapshot.get("summary_so_far"):
+                    seen_summary = snapshot["summary_so_far"]
             time.sleep(0.5)
         output, _ = proc.communicate(timeout=30)
     finally:
@@ -49,6 +51,9 @@ def test_a_short_run_writes_partial_figures_while_it_runs_and_the_summary_at_the
     assert seen_peer is not None, f"no peer figures in the partial JSON while the run went on:\n{output[-3000:]}"
     assert 10 < seen_peer["fps_received"] < 40 and seen_peer["t_s"] < 24  # figures, not a speed check
     assert seen_peer["speech_to_lips_peer_ms"]["onsets_sent"] >= 1
+    # the summary's keys so far: a run cut short keeps them
+    assert seen_summary is not None and set(seen_summary) == SUMMARY_KEYS
+    assert seen_summary["duration_s"] < 24 and 10 < seen_summary["fps_received"] < 40 and seen_summary["frames_skipped"] >= 0
     assert "peer p50" in output  # the progress line
     result = json.loads(out.read_text())
     assert set(result["summary"]) == SUMMARY_KEYS
