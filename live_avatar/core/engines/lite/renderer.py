@@ -15,7 +15,8 @@ class Renderer:
         import cv2
 
         self.rig = rig
-        self.cfg = cfg if cfg is not None else RenderConfig()  # one per renderer, never a shared default
+        cfg = cfg if cfg is not None else RenderConfig()  # one per renderer, never a shared default
+        self.cfg = cfg
         self._cv2 = cv2
         boxes = np.array([rig.face.box, rig.head.box])
         self.box = (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
