@@ -66,6 +66,27 @@ def test_a_compiled_channels_last_decoder_warms_up_and_later_sessions_compile_no
     assert stats["compiles_since_ready"] == 0
 
 
+def test_an_engine_that_ran_no_warm_up_notes_its_compiles_without_the_warm_up_warning(caplog):
+    """A benchmark (or warmup=false) compiles in its first sessions by design: an info line, not the
+    warning that a warmed-up server's session stalled. (The compile counter is set by hand: dynamo's caches
+    are shared by every test in the process, so whether a real session compiles depends on the order.)"""
+    engine = load_engine("liveavatar", tiny=True, device="cpu")
+    generator = engine.new_generator(engine.prepare_avatar(default_portrait()), None)
+    compiled = iter([3, 5])
+    engine.compiles_since_ready = lambda: next(compiled)
+    try:
+        with caplog.at_level(logging.INFO, logger="live_avatar.core.engines.liveavatar.generator"):
+            generator._note_compiles()  # no warm-up ran
+            engine.warmup_report = object()  # as after warm_up()
+            generator._note_compiles()
+    finally:
+        generator.close()
+    (note,) = [r for r in caplog.records if "ran no warm-up" in r.getMessage()]
+    assert note.levelno == logging.INFO and "3 graph(s)" in note.getMessage()
+    (warning,) = [r for r in caplog.records if "compiled after the warm-up" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "2 graph(s)" in warning.getMessage()
+
+
 @pytest.mark.parametrize("compiles_per_session, sessions, left",
                          [([30, 15, 0], 3, 0), ([30, 15, 4], 3, 4), ([30, 0], 2, 0), ([0], 1, 0)])
 def test_the_warm_up_repeats_sessions_until_one_compiles_nothing(monkeypatch, caplog, compiles_per_session, sessions, left):
