@@ -11,6 +11,7 @@
 #       time as calls of start-seq + sleep, sleep, wait NAME1 + sleep, wait NAME2, each within 30 s of the last)
 #   bench/device_e2e.sh sleep DEADLINE       progress every minute until epoch second DEADLINE, or until no run is alive
 #   bench/device_e2e.sh wait NAME DEADLINE   wait for NAME until DEADLINE, copy its files to $OUT
+#   bench/device_e2e.sh collect              every run's files as one $OUT/e2e-runs.tar.gz (a call brings back 8 files at most)
 # Files: /tmp/e2e/NAME.{json,log,server.log,pid}, /tmp/e2e/seq.{log,pid} (the runner).
 # Carry .whl (bash ../shared/tools/device-wheels.sh .whl ftfy==6.3.1 wcwidth: the liveavatar extra's ftfy is
 # not on the GPU machine) and .speech-cache (AVATAR_SPEECH_CACHE, filled by a run where espeak-ng is).
@@ -56,7 +57,13 @@ wait)
   while kill -0 "$(cat $E2E/$name.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$limit" ]; do sleep 5; done
   echo "$(date -u +%H:%M:%S) $name running: $(kill -0 "$(cat $E2E/$name.pid)" 2>/dev/null && echo yes || echo no)"
   tail -25 $E2E/$name.log
-  cp $E2E/$name.* "$OUT"/ 2>/dev/null ;;
+  # the run's JSON (or its partial), log and server log: a call brings back 8 files at most
+  for f in $E2E/$name.json $E2E/$name.partial.json $E2E/$name.log $E2E/$name.server.log; do
+    [ -e "$f" ] && cp "$f" "$OUT"/
+  done; true ;;
+collect)
+  # one file, however many runs: their JSONs, partial JSONs and logs (tar -xzf it where it lands)
+  (cd $E2E && tar -czf "$OUT/e2e-runs.tar.gz" $(ls *.json *.log 2>/dev/null)) && ls -l "$OUT/e2e-runs.tar.gz" ;;
 sleep)
   poll=${E2E_POLL_S:-60}
   while [ "$(( $(date +%s) + poll ))" -lt "$2" ]; do

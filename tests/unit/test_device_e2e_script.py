@@ -50,7 +50,7 @@ def test_runs_start_one_after_another_detached_and_are_collected_by_name(env) ->
     first = _script(env, "wait", "big", deadline)
     assert first.returncode == 0 and "big running: no" in first.stdout
     out, e2e = Path(env["OUT"]), Path(env["E2E_DIR"])
-    assert {p.name for p in out.iterdir()} >= {"big.json", "big.log", "big.pid", "small.json", "small.log", "small.pid"}
+    assert {p.name for p in out.iterdir()} == {"big.json", "big.log", "small.json", "small.log"}  # no pid files
     calls = (e2e / "calls.txt").read_text().splitlines()
     assert [c.split("--size ")[1].split()[0] for c in calls] == ["320*512", "256*384"]  # in the order given
     assert "--engine-option fp8=true --engine-option compile=true --duration 600" in calls[0]
@@ -58,6 +58,13 @@ def test_runs_start_one_after_another_detached_and_are_collected_by_name(env) ->
     assert ("--engine-option fp8=true --engine-option compile=true --engine-option lookahead_s=0"
             " --engine-option sink_refresh=false --duration 300") in calls[1]  # duration=: its own length
     assert all(f"--output {e2e}/{n}.json" in c for c, n in zip(calls, ("big", "small"), strict=True))
+    # every run's files in one archive: a device call brings back 8 files at most
+    for f in out.iterdir():
+        f.unlink()
+    collected = _script(env, "collect")
+    assert collected.returncode == 0 and [p.name for p in out.iterdir()] == ["e2e-runs.tar.gz"]
+    listed = subprocess.run(["tar", "-tzf", str(out / "e2e-runs.tar.gz")], capture_output=True, text=True, check=True)
+    assert {"big.json", "big.log", "small.json", "small.log", "seq.log"} <= set(listed.stdout.split())
     log = (e2e / "seq.log").read_text()
     assert "big exited 0" in log and "small exited 0" in log and log.index("big exited") < log.index("start small")
 
