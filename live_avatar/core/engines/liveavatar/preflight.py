@@ -367,9 +367,12 @@ def _evaluate(table: PreflightTable, request: PreflightRequest, frame: tuple[int
     floor_ms = BLOCK_VIDEO_MS + lookahead_ms + trip_ms + PLAYOUT_MARGIN_MS
     shortest_ms = 1000.0 * lookahead_samples(0.0, AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE
     if floor_ms + VIEWER_MS[0] > CONVERSATIONAL_MS and lookahead_ms > shortest_ms:
+        # the A/B of the default against 0: bench/results/e2e_liveavatar_h100_lookahead_ab_dec06.json
+        measured = (" (measured: 55-56 ms at 256x384 and 320x512 on an H100, 2026-12-06)"
+                    if lookahead_s == default_lookahead_s() else "")
         notes.append(f"a viewer sees speech-to-lips over {CONVERSATIONAL_MS / 1000:g} s here; --lookahead 0 (engine option "
-                     f"lookahead_s=0) takes {lookahead_ms - shortest_ms:.0f} ms off (measured: 55-56 ms at 256x384 and "
-                     "320x512 on an H100, 2026-12-06), the block's last frames then encoded without right context")
+                     f"lookahead_s=0) takes {lookahead_ms - shortest_ms:.0f} ms off{measured}, the block's last frames "
+                     "then encoded without right context")
     free = memory - table.headroom_gb - weights_gb
     by_memory = max(0, math.floor(free / state_gb)) if free > 0 else 0
     fps = 1000.0 * FRAMES_PER_BLOCK / (block_ms * live_factor)
