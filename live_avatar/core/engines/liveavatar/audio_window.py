@@ -7,7 +7,7 @@ from __future__ import annotations
 # frame reading 400 samples; what the preflight assumes before any weights are loaded
 WAV2VEC2_HOP_SAMPLES = 320
 WAV2VEC2_RECEPTIVE_FIELD_SAMPLES = 400
-# every second of lookahead is a second of speech-to-lips; past a block (0.48 s) it buys nothing more
+# a cap on lookahead_s: every second of it is a second more of speech-to-lips (1 s is two blocks)
 MAX_LOOKAHEAD_S = 1.0
 
 
