@@ -7,7 +7,7 @@ from __future__ import annotations
 # frame reading 400 samples; what the preflight assumes before any weights are loaded
 WAV2VEC2_HOP_SAMPLES = 320
 WAV2VEC2_RECEPTIVE_FIELD_SAMPLES = 400
-# a cap on lookahead_s: every second of it is a second more of speech-to-lips (1 s is two blocks)
+# a cap on lookahead_s: every second of it is a second more of speech-to-lips (1 s: about two blocks)
 MAX_LOOKAHEAD_S = 1.0
 
 
