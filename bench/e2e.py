@@ -681,11 +681,6 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
     return result
 
 
-# the summary's figures measured at the peer (peer_headline)
-PEER_HEADLINE_KEYS = ("fps_received", "speech_to_lips_peer_p50_ms", "speech_to_lips_peer_p95_ms", "first_frame_peer_ms",
-                      "av_offset_p95_abs_ms")
-
-
 def summarize(result: dict[str, Any], cfg: E2EConfig, video_size: tuple[int, int] | None) -> dict[str, Any]:
     """The headline figures under fixed keys (see the module docstring)."""
     return _summary(result.get("gpu"), video_size, cfg.duration_s, peer_headline(result["peer"]), result["server"],
@@ -727,15 +722,17 @@ def _pauses_from(summary: dict[str, Any], t0: float) -> dict[str, Any]:
     return out
 
 
+# the summary's figures measured at the peer: peer_headline's keys, and what summary_so_far takes from the
+# partial JSON's peer figures
+PEER_HEADLINE_KEYS = ("fps_received", "speech_to_lips_peer_p50_ms", "speech_to_lips_peer_p95_ms", "first_frame_peer_ms",
+                      "av_offset_p95_abs_ms")
+
+
 def peer_headline(peer: dict[str, Any]) -> dict[str, Any]:
     """The summary's figures measured at the peer (from :func:`analyse_peer`'s result)."""
-    return {
-        "fps_received": peer["video"]["fps"],
-        "speech_to_lips_peer_p50_ms": peer["speech_to_lips_peer_ms"]["p50"],
-        "speech_to_lips_peer_p95_ms": peer["speech_to_lips_peer_ms"]["p95"],
-        "first_frame_peer_ms": peer["first_frame_latency_peer_ms"],
-        "av_offset_p95_abs_ms": peer["av_offset_ms"]["wire_p95_abs"],
-    }
+    s2l = peer["speech_to_lips_peer_ms"]
+    values = (peer["video"]["fps"], s2l["p50"], s2l["p95"], peer["first_frame_latency_peer_ms"], peer["av_offset_ms"]["wire_p95_abs"])
+    return dict(zip(PEER_HEADLINE_KEYS, values, strict=True))
 
 
 def peer_snapshot(peer) -> SimpleNamespace:
