@@ -286,7 +286,7 @@ class AvatarSession:
             self.report_counters()
         try:
             if not slot.repeated:
-                self.stream.note_played(slot.frame_index)
+                self.stream.note_played(slot.frame_index, slot.due)
         except Exception:
             log.exception("session %s: note_played failed", self.id)
         for listener in self._slot_listeners:

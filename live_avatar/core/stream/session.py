@@ -287,10 +287,13 @@ class StreamSession:
             self._schedule.shift(delta_s)
             self._cond.notify_all()
 
-    def note_played(self, frame_index: int) -> None:
-        """The consumer showed frame ``frame_index`` (feeds interrupt()'s playback position)."""
+    def note_played(self, frame_index: int, due: float | None = None) -> None:
+        """The consumer showed frame ``frame_index`` (feeds interrupt()'s playback position), in a slot
+        due at ``due`` (time.monotonic()) if it says: the schedule's due times follow its slots."""
         with self._cond:
             self._played_frame = max(self._played_frame, int(frame_index))
+            if due is not None:
+                self._schedule.note_shown(int(frame_index), float(due))
 
     # ------------------------------------------------------------------ consumer side
     async def chunks(self) -> AsyncIterator[Chunk]:
@@ -461,7 +464,7 @@ class StreamSession:
                 if len(self._out) >= cfg.output_queue_chunks:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
-                target = schedule.catch_up_target(f, now)
+                target = schedule.catch_up_target(f, now, None if cfg.buffered else self._input_lateness_s(need, now))
                 if target is not None and cfg.buffered and self._pushed_until > f * self.samples_per_frame:
                     target = None  # buffered: pushed speech is played late rather than skipped
                 if target is not None:  # behind the playout by more than a block: skip
@@ -681,15 +684,24 @@ class StreamSession:
         self._speech.forget_before(keep_from // S)
 
     def _late_and_silent(self, f: int, need: int, now: float) -> bool:
-        """Live: block ``f`` would reach its slot over ``silence_skip_late_s`` late, its audio
-        (lookahead included) is all there and none of it is speech."""
+        """Live: block ``f`` would reach its slot, or is behind the input, by over ``silence_skip_late_s``,
+        its audio (lookahead included) is all there and none of it is speech."""
         after = self.config.silence_skip_late_s
         if after is None or self._timeline.write_cursor < need:
             return False
         late = self._schedule.lateness(f, now)
-        if late is None or late <= after:
+        if late is None or max(late, self._input_lateness_s(need, now)) <= after:
             return False
         return self._speech.silent(f, need // self.samples_per_frame)
+
+    def _input_lateness_s(self, need: int, now: float) -> float:
+        """Live: how late a block started now would reach its slot against the input, the schedule's
+        ``lateness`` with the slots planned just in time: the time since the audio it needs (up to
+        sample ``need``) was all there, less the playout margin (such a block is due that margin after
+        its compute)."""
+        if self._timeline.write_cursor < need:
+            return -self.config.playout_margin_s
+        return now - self._timeline.arrival_time(need - 1) - self.config.playout_margin_s
 
     def _analyze_vad(self, upto_sample: int) -> None:
         self._counters.onsets += self._speech.analyze(upto_sample)
