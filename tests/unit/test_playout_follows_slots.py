@@ -82,9 +82,10 @@ async def test_a_slow_generator_still_loses_pauses_while_the_schedule_follows_th
     config = StreamConfig(playout_margin_s=0.04, input_jitter_s=0.02, silence_skip_late_s=0.04)
     t0 = time.monotonic()
     session, stats = await live_run(gen, program, config)
-    # how long after its audio was all there each block began (the input is fed in real time from t0)
+    # how long after its audio was all there each block began (the input is fed in real time from
+    # just after t0; a block still in generate() at the close has a start and no entry in blocks)
     lag = [start - t0 - (b.first_frame + b.num_frames) * S / SR - gen.lookahead_samples / SR
-           for start, b in zip(gen.started, gen.blocks, strict=True)]
+           for start, b in zip(gen.started, gen.blocks, strict=False)]
     frames = program.size // S
     loud = np.sqrt(np.mean(program[: frames * S].reshape(frames, S) ** 2, axis=1)) > 0.01
     generated = np.zeros(frames, bool)
