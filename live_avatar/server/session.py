@@ -85,7 +85,6 @@ class AvatarSession:
             on_slot=self._on_slot,
             keep_every_frame=bool(getattr(getattr(stream, "config", None), "buffered", False)),
             margin=MarginControl(min_margin_s=config.min_margin_ms / 1000.0) if config.adaptive_margin else None,
-            on_shift=self._on_playout_shift,
             block_frames=stream.block_frames,
         )
         self.first_audio_at: float | None = None
@@ -294,11 +293,6 @@ class AvatarSession:
                 listener(slot)
             except Exception:
                 log.exception("session %s: slot listener failed", self.id)
-
-    def _on_playout_shift(self, delta_s: float) -> None:
-        shift = getattr(self.stream, "shift_playout", None)
-        if shift is not None:
-            shift(delta_s)
 
     def _on_video_sent(self, slot: OutputSlot) -> None:
         self.latency_budget.slot_sent(slot.slot, time.monotonic())

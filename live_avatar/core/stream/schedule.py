@@ -61,18 +61,14 @@ class BlockSchedule:
         """When frame ``f`` is due on screen: the first chunk's ready time + margin + frames/fps."""
         return self.first_ready + self.config.playout_margin_s + (f - self.first_ready_frame) / self.fps
 
-    def shift(self, delta_s: float) -> None:
-        """The consumer's playout moved by ``delta_s`` (later if positive)."""
-        if self.first_ready is not None:
-            self.first_ready += delta_s
-
     def note_shown(self, f: int, due: float) -> None:
         """The consumer showed frame ``f`` in a slot due at ``due``: later frames are due from there.
 
-        Its slot grid is not all that moves a frame's slot: a frame late for its slot is shown in the
-        next one (the playout slips), trims and drops win slots back. A schedule that heard only of
-        the grid's moves drifted from the real slots by every slip the grid then took back (-232 ms
-        after 10 minutes at 256x384 on an H100) and skipped silent blocks that were on time.
+        Its slot grid moves (the margin control), a frame late for its slot is shown in the next one
+        (the playout slips), trims and drops win slots back: the slot a frame was shown in carries them
+        all. A schedule that heard only of the grid's moves drifted from the real slots by every slip
+        the grid then took back (the grid 232 ms earlier after 6 slips in 10 minutes at 256x384 on an
+        H100) and skipped silent blocks that were on time.
         """
         if self.first_ready is None:
             return
@@ -96,8 +92,8 @@ class BlockSchedule:
 
     def catch_up_target(self, f: int, now: float, input_lateness_s: float | None = None) -> int | None:
         """Behind the playout by more than a block: the frame to skip to (whole blocks, past the
-        expected compute of the next one); None when on time. ``input_lateness_s``: how late the block
-        would be against the live input (as ``lateness``, its compute included), if that says more."""
+        expected compute of the next one); None when on time. ``input_lateness_s``: the block's
+        ``input_lateness`` (live, its audio all there), if that says more."""
         if self.first_ready is None:
             return None
         B = self.block_frames
@@ -115,6 +111,12 @@ class BlockSchedule:
         if self.first_ready is None:
             return None
         return now + self.expected_compute() - self.playout_due(f)
+
+    def input_lateness(self, ready_at: float, now: float) -> float:
+        """How late a block whose audio was all there at ``ready_at`` would reach its slot if started
+        now, with the slots planned just in time for the input (such a block is due the playout margin
+        after its compute): ``lateness`` measured against the input instead of the slots."""
+        return now - ready_at - self.config.playout_margin_s
 
     def buffered_start_at(self, f: int) -> float | None:
         """Buffered: the earliest time block ``f`` may start (a bounded lead on its playout, never less

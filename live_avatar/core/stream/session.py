@@ -280,13 +280,6 @@ class StreamSession:
             restart = min(-(-held_from // self.samples_per_frame), self._next_frame)
         return restart
 
-    def shift_playout(self, delta_s: float) -> None:
-        """The consumer moved its playout slots by ``delta_s`` (its margin follows the measured
-        jitter): the schedule's due times move with them."""
-        with self._cond:
-            self._schedule.shift(delta_s)
-            self._cond.notify_all()
-
     def note_played(self, frame_index: int, due: float | None = None) -> None:
         """The consumer showed frame ``frame_index`` (feeds interrupt()'s playback position), in a slot
         due at ``due`` (time.monotonic()) if it says: the schedule's due times follow its slots."""
@@ -464,7 +457,8 @@ class StreamSession:
                 if len(self._out) >= cfg.output_queue_chunks:
                     self._cond.wait(0.5)  # the consumer's pop notifies
                     continue
-                target = schedule.catch_up_target(f, now, None if cfg.buffered else self._input_lateness_s(need, now))
+                input_late = None if cfg.buffered else self._input_lateness_s(need, now)
+                target = schedule.catch_up_target(f, now, input_late)
                 if target is not None and cfg.buffered and self._pushed_until > f * self.samples_per_frame:
                     target = None  # buffered: pushed speech is played late rather than skipped
                 if target is not None:  # behind the playout by more than a block: skip
@@ -687,21 +681,20 @@ class StreamSession:
         """Live: block ``f`` would reach its slot, or is behind the input, by over ``silence_skip_late_s``,
         its audio (lookahead included) is all there and none of it is speech."""
         after = self.config.silence_skip_late_s
-        if after is None or self._timeline.write_cursor < need:
+        input_late = self._input_lateness_s(need, now)
+        if after is None or input_late is None:  # None: its audio is not all there
             return False
         late = self._schedule.lateness(f, now)
-        if late is None or max(late, self._input_lateness_s(need, now)) <= after:
+        if late is None or max(late, input_late) <= after:
             return False
         return self._speech.silent(f, need // self.samples_per_frame)
 
-    def _input_lateness_s(self, need: int, now: float) -> float:
-        """Live: how late a block started now would reach its slot against the input, the schedule's
-        ``lateness`` with the slots planned just in time: the time since the audio it needs (up to
-        sample ``need``) was all there, less the playout margin (such a block is due that margin after
-        its compute)."""
+    def _input_lateness_s(self, need: int, now: float) -> float | None:
+        """Live: the schedule's input lateness of a block needing samples up to ``need``; None while
+        its audio is not all there (waiting for it is not being late)."""
         if self._timeline.write_cursor < need:
-            return -self.config.playout_margin_s
-        return now - self._timeline.arrival_time(need - 1) - self.config.playout_margin_s
+            return None
+        return self._schedule.input_lateness(self._timeline.arrival_time(need - 1), now)
 
     def _analyze_vad(self, upto_sample: int) -> None:
         self._counters.onsets += self._speech.analyze(upto_sample)

@@ -88,7 +88,6 @@ class Playout:
         on_slot: Callable[[OutputSlot, list[float]], None] | None = None,
         keep_every_frame: bool = False,
         margin: MarginControl | None = None,
-        on_shift: Callable[[float], None] | None = None,
         block_frames: int | None = None,
     ) -> None:
         self.clock = clock
@@ -104,7 +103,6 @@ class Playout:
         self._silence.flags.writeable = False
         self._on_slot = on_slot
         self.margin = margin  # None: the slots stay where the first chunk put them
-        self._on_shift = on_shift
         self._buffer: OrderedDict[int, _Buffered] = OrderedDict()
         self._audio_carry = np.zeros(0, np.int16)
         # what the generator makes at once bounds the frames that may wait for their slots: its block (the
@@ -326,9 +324,7 @@ class Playout:
         quiet = float(np.sqrt(np.mean(audio * audio))) < QUIET_SLOT_RMS if audio.size else True
         move = self.margin.observe(slack, quiet)
         if move:
-            self.clock.shift(move)
-            if self._on_shift is not None:
-                self._on_shift(move)
+            self.clock.shift(move)  # the stream hears of it with the next frame shown (on_slot's due)
 
     def close(self) -> None:
         self._closed = True
