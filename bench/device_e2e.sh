@@ -13,8 +13,10 @@
 #   bench/device_e2e.sh wait NAME DEADLINE   wait for NAME until DEADLINE, copy its files to $OUT
 #   bench/device_e2e.sh collect              every run's files as one $OUT/e2e-runs.tar.gz (a call brings back 8 files at most)
 # Files: /tmp/e2e/NAME.{json,log,server.log,pid}, /tmp/e2e/seq.{log,pid} (the runner).
-# Carry .whl (bash ../shared/tools/device-wheels.sh .whl ftfy==6.3.1 wcwidth: the liveavatar extra's ftfy is
-# not on the GPU machine) and .speech-cache (AVATAR_SPEECH_CACHE, filled by a run where espeak-ng is).
+# Carry .whl (bash ../shared/tools/device-wheels.sh .whl ftfy==6.3.1 wcwidth 'cryptography<51': the liveavatar
+# extra's ftfy is not on the GPU machine; the script takes the newest cryptography, which pyOpenSSL 26.4 refuses,
+# and aiortc's DTLS then fails silently) and .speech-cache (AVATAR_SPEECH_CACHE, filled by a run where espeak-ng is).
+# start-seq checks that the media stack's requirements hold (bench/wheel_check.py) before it starts anything.
 set -u
 E2E=${E2E_DIR:-/tmp/e2e}  # the runs' files (tests point it elsewhere)
 mkdir -p $E2E "$OUT"
@@ -24,6 +26,8 @@ start)  # one run: start-seq with one name
   exec bash "$0" start-seq "$dur" "$name:$size" "$@" ;;
 start-seq)
   shift
+  # a wheel set whose versions do not fit fails minutes later, or silently (DTLS): refuse it now
+  python3 "$(dirname "$0")/wheel_check.py" aiortc aioice pyOpenSSL av || exit 1
   echo "$(date -u +%H:%M:%S) start-seq $*"
   for a in "$@"; do case "$a" in *:*) rm -f "$E2E/${a%%:*}.pid" ;; esac; done  # no stale pid for wait to find
   # its own session, as start's runs: the runs outlive the device call that started them

@@ -145,6 +145,7 @@ class E2EConfig:
     lead_silence_s: float = 1.0
     words_per_minute: int = 160
     server_start_timeout_s: float = 120.0
+    first_frame_timeout_s: float = 30.0  # from the answer: a connection that never comes ends the run
     stats_interval_s: float = 5.0
     progress_interval_s: float = 30.0  # a progress line and <output>.partial.json; the peer's figures every other one
     # peer-side onset detector (10 ms RMS envelope)
@@ -585,6 +586,7 @@ async def _run(cfg: E2EConfig, workdir: Path) -> dict[str, Any]:
         load_at_start = list(os.getloadavg())
         cpu_at_start = server.cpu_seconds()
         session_id = await peer.connect_offer(server.url)
+        await wait_for_first_frame(peer, cfg.first_frame_timeout_s)
         print(f"session {session_id}: sending {cfg.duration_s:.0f} s of speech "
               f"({len(program.utterance_starts_s)} utterances)", flush=True)
         poller = StatsPoller(f"{server.url}/sessions/{session_id}/stats")
@@ -973,6 +975,18 @@ def run(args: argparse.Namespace) -> int:
         value = c["value"] if not isinstance(c["value"], float) else round(c["value"], 1)
         print(f"  {name:24s} {value!s:>10}  target {c['target']}: {verdict}")
     return 0
+
+
+async def wait_for_first_frame(peer, timeout_s: float) -> None:
+    """Fail the run at once, not after its whole duration, when the connection or its video never
+    comes (a DTLS handshake that fails is silent on the peer's side)."""
+    deadline = time.monotonic() + timeout_s
+    while not peer.video_frames:
+        if time.monotonic() > deadline or peer.pc.connectionState in ("failed", "closed"):
+            raise RuntimeError(
+                f"no video {timeout_s:g} s after the answer: the peer connection is {peer.pc.connectionState} "
+                f"(ICE {peer.pc.iceConnectionState}); the server log below says why")
+        await asyncio.sleep(0.05)
 
 
 def keep_server_log(log: Path, destination: Path | None) -> None:

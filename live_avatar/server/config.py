@@ -22,7 +22,7 @@ class SessionConfig:
     max_buffered_frames: int = 50
     consumer_queue_slots: int = 4
     idle_timeout_s: float = 15.0
-    connect_timeout_s: float = 5.0  # ICE must connect within this, else the session ends
+    connect_timeout_s: float = 5.0  # ICE and DTLS must connect within this, else the session ends
 
     def __post_init__(self) -> None:
         if not self.connect_timeout_s > 0:

@@ -24,6 +24,7 @@ from tests.support.live_checks import (
     start_streaming,
     upload_form,
 )
+from tests.support.loopback_peer import LoopbackPeer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -154,6 +155,41 @@ async def test_a_session_whose_ice_never_connects_is_closed_and_frees_its_place(
     assert session.stream.state == "closed"  # the engine session was released too
     assert len(sessions) == 1 and sessions.get(live_peer.session_id).state == "live"
 
+
+
+async def test_a_session_whose_dtls_never_completes_is_closed_with_that_reason(
+    server, live_peer, speech_with_silence_wav
+) -> None:
+    """ICE connects, the DTLS handshake never does (as with a cryptography release that pyOpenSSL
+    refuses, which aiortc reports at debug level only): the reason names DTLS, not silence."""
+    sessions = server.state["sessions"]
+    peer = LoopbackPeer.from_wav(speech_with_silence_wav, frame_format=None)
+    apply_answer = peer._apply_answer
+
+    async def apply_answer_without_dtls(sdp: str) -> None:
+        async def never(*_args) -> None:
+            await asyncio.Event().wait()
+
+        for transceiver in peer.pc.getTransceivers():  # this peer's transports only, not the server's
+            transceiver.receiver.transport.start = never
+        await apply_answer(sdp)
+
+    peer._apply_answer = apply_answer_without_dtls
+    try:
+        started = time.monotonic()
+        session_id = await peer.connect_offer(server.url)
+        session = sessions.get(session_id)
+        assert session is not None
+        while sessions.get(session_id) is not None and time.monotonic() - started < CONNECT_TIMEOUT_S + 5:
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        assert session.closed and "DTLS handshake did not complete" in session.close_reason, session.close_reason
+        assert "ICE connected" in session.close_reason
+        assert CONNECT_TIMEOUT_S - 0.2 <= elapsed <= CONNECT_TIMEOUT_S + 3, elapsed
+        assert not peer.video_frames
+        assert len(sessions) == 1 and sessions.get(live_peer.session_id).state == "live"
+    finally:
+        await peer.close()
 
 # -- per-client limits -------------------------------------------------------------------------
 async def test_sessions_per_client_are_limited(server, live_peer, speech_with_silence_wav) -> None:

@@ -14,7 +14,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "device_e2e.sh"
 
 FAKE_BENCH = """#!/bin/bash
-# the bench's stand-in: record the arguments, take a moment, write --output (and fail for size 1*1)
+# the bench's stand-in: record the arguments, take a moment, write --output (and fail for size 1*1);
+# the wheel check passes unless FAKE_UNMET says what is unmet
+case "$1" in *wheel_check.py) [ -z "${FAKE_UNMET:-}" ] && exit 0; echo "$FAKE_UNMET" >&2; exit 1 ;; esac
 out=""; prev=""
 for a in "$@"; do [ "$prev" = "--output" ] && out=$a; prev=$a; done
 echo "$@" >> "$E2E_DIR/calls.txt"
@@ -92,3 +94,38 @@ def test_sleep_ends_when_no_run_is_alive(env) -> None:
     slept = _script(env, "sleep", str(int(time.time()) + 600), timeout=120)
     assert slept.returncode == 0 and "no run alive" in slept.stdout
     assert time.monotonic() - t0 < 30  # not the 600 s asked: the runs had ended
+
+
+def test_start_seq_starts_nothing_when_the_wheels_do_not_fit(env) -> None:
+    refused = _script({**env, "FAKE_UNMET": "pyOpenSSL needs cryptography<51,>=49.0.0, found 51.0.1"},
+                      "start-seq", "600", "big:320*512", "fp8=true")
+    assert refused.returncode == 1 and "cryptography<51" in refused.stderr
+    e2e = Path(env["E2E_DIR"])
+    assert not (e2e / "seq.pid").exists() and not (e2e / "calls.txt").exists()
+
+
+def test_the_wheel_check_names_each_unmet_requirement() -> None:
+    from importlib.metadata import PackageNotFoundError
+
+    from bench.wheel_check import unmet
+
+    requirements = {"pyOpenSSL": ["cryptography<51,>=49.0.0", "typing-extensions>=4.9; python_version < '3.8'"],
+                    "aiortc": ["av<17,>=14", "pyee>=13", "crc32c; extra == 'crc'"]}
+    installed = {"cryptography": "51.0.1", "av": "16.0.1"}
+
+    def version_of(name: str) -> str:
+        if name not in installed:
+            raise PackageNotFoundError(name)
+        return installed[name]
+
+    def requires_of(dist: str) -> list[str]:
+        if dist not in requirements:
+            raise PackageNotFoundError(dist)
+        return requirements[dist]
+
+    found = unmet(["pyOpenSSL", "aiortc", "aioice"], requires_of=requires_of, version_of=version_of)
+    # markers that do not apply (an old Python, an extra) are left out
+    assert found == ["pyOpenSSL needs cryptography<51,>=49.0.0, found 51.0.1", "aiortc needs pyee>=13: not installed",
+                     "aioice: not installed"]
+    installed.update(cryptography="50.0.2", pyee="13.0.1")
+    assert unmet(["pyOpenSSL", "aiortc"], requires_of=requires_of, version_of=version_of) == []

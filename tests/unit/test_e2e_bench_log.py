@@ -4,6 +4,7 @@ server fails to start (the case where it is needed most)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import pytest
 
@@ -43,3 +44,22 @@ def test_the_mouth_based_targets_are_judged_only_where_a_mouth_was_found():
     checks = e2e.check_targets(_result(0.75, 60.0), e2e.GPU_TARGETS)
     assert checks["abs_av_offset_ms"]["value"] == 60.0 and checks["abs_av_offset_ms"]["met"] is False
     assert checks["peer_visible_s2l_p95_ms"]["met"] is False
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_connection_never_comes_fails_at_once_not_after_its_duration():
+    from types import SimpleNamespace
+
+    failed = SimpleNamespace(pc=SimpleNamespace(connectionState="failed", iceConnectionState="completed"),
+                             video_frames=[])
+    with pytest.raises(RuntimeError, match=r"connection is failed \(ICE completed\)"):
+        await asyncio.wait_for(e2e.wait_for_first_frame(failed, timeout_s=60.0), 5.0)
+
+    stuck = SimpleNamespace(pc=SimpleNamespace(connectionState="connecting", iceConnectionState="completed"),
+                            video_frames=[])
+    with pytest.raises(RuntimeError, match="no video 0.2 s after the answer"):
+        await e2e.wait_for_first_frame(stuck, timeout_s=0.2)
+
+    streaming = SimpleNamespace(pc=SimpleNamespace(connectionState="connected", iceConnectionState="completed"),
+                                video_frames=[object()])
+    await asyncio.wait_for(e2e.wait_for_first_frame(streaming, timeout_s=0.2), 1.0)

@@ -231,9 +231,10 @@ class PeerConnector:
     ) -> tuple[AvatarSession, RTCSessionDescription]:
         """Open a session for ``offer`` on behalf of ``client``; returns it with the local answer.
         Raises OfferError, CapacityError, ClientLimitError; frees everything it allocated when it
-        fails. A session whose ICE has not connected within ``sessions.connect_timeout_s`` is
-        closed (an offer that never connects must not hold a place). ``buffered_speech_s``: the
-        session's speech comes from the audio WebSocket (see SessionManager.create), not the peer."""
+        fails. A session whose connection (ICE, then DTLS) is not up within
+        ``sessions.connect_timeout_s`` is closed (an offer that never connects must not hold a
+        place). ``buffered_speech_s``: the session's speech comes from the audio WebSocket (see
+        SessionManager.create), not the peer."""
         self._sessions.check_capacity(client)  # cheap early refusal, before any allocation
         pc = RTCPeerConnection(rtc_configuration(self._config.webrtc.ice_servers))
         self._peers.add(pc)
@@ -300,14 +301,22 @@ class PeerConnector:
         timeout = self._config.sessions.connect_timeout_s
 
         def expire() -> None:
-            if not session.closed and pc.iceConnectionState != "completed":  # aiortc's "connected"
+            if session.closed or pc.connectionState == "connected":
+                return
+            if pc.iceConnectionState != "completed":  # aiortc's "connected"
                 session.close_soon(f"ICE did not connect within {timeout:g} s (sessions.connect_timeout_s)")
+            else:  # aiortc logs a failed handshake at debug level only: say it here
+                session.close_soon(
+                    f"the DTLS handshake did not complete within {timeout:g} s (sessions.connect_timeout_s) "
+                    "though ICE connected; a cryptography release that pyOpenSSL does not accept does this "
+                    "silently (pip check)"
+                )
 
         timer = asyncio.get_running_loop().call_later(timeout, expire)
 
-        @pc.on("iceconnectionstatechange")
-        def on_ice_state() -> None:
-            if pc.iceConnectionState == "completed":
+        @pc.on("connectionstatechange")
+        def on_connection_state() -> None:
+            if pc.connectionState == "connected":  # ICE and DTLS
                 timer.cancel()
 
         session.add_close_callback(timer.cancel)
