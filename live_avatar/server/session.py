@@ -84,8 +84,7 @@ class AvatarSession:
             max_buffered_frames=config.max_buffered_frames,
             on_slot=self._on_slot,
             keep_every_frame=bool(getattr(getattr(stream, "config", None), "buffered", False)),
-            margin=MarginControl(min_margin_s=config.min_margin_ms / 1000.0, keeping_up=getattr(stream, "keeping_up", None))
-            if config.adaptive_margin else None,
+            margin=MarginControl(min_margin_s=config.min_margin_ms / 1000.0) if config.adaptive_margin else None,
             block_frames=stream.block_frames,
         )
         self.first_audio_at: float | None = None

@@ -318,13 +318,6 @@ class StreamSession:
             with self._cond:
                 self._consuming = False
 
-    def keeping_up(self) -> bool:
-        """Does the generator make its blocks within their real-time budget (recent median)? When it
-        does not, late frames are a throughput deficit that no playout margin cures."""
-        with self._cond:
-            margin = self._budget.margin()
-        return margin is None or margin >= 0.0
-
     def stats(self) -> dict:
         with self._cond:
             stats = session_stats(

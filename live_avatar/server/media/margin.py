@@ -8,11 +8,6 @@ on a loaded one the margin must grow. So every ``window`` slots the slot grid is
 difference (at most ``max_step_s`` a step), earlier or later, only while the outgoing audio is
 quiet (``quiet_slots`` slots in a row), so a listener's jitter buffer absorbs the step in silence.
 
-A generator slower than real time misses slots however late the grid is: moving it later would
-only add latency, step by step, for as long as the deficit lasts (+780 ms over 10 minutes in a
-320x512 run on an H100 at 102 % of its budget). So with ``keeping_up`` given, a later move waits
-while it answers False; the stream's catch-up (skipping silent frames) is what handles a deficit.
-
 Moving the grid keeps both tracks on one clock (MediaClock.shift): sound and lips stay together.
 The input side cannot do this finely: a frame is ready when the packet holding its last sample
 arrives, so readiness comes in 20 ms steps; the slots can be placed to the millisecond.
@@ -21,14 +16,13 @@ arrives, so readiness comes in 20 ms steps; the slots can be placed to the milli
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 
 import numpy as np
 
 
 class MarginControl:
     def __init__(self, *, min_margin_s: float, quantile: float = 0.02, window: int = 50, quiet_slots: int = 8,
-                 max_step_s: float = 0.01, deadband_s: float = 0.002, keeping_up: Callable[[], bool] | None = None):
+                 max_step_s: float = 0.01, deadband_s: float = 0.002):
         if min_margin_s < 0 or not 0 < quantile < 0.5 or window < 5 or quiet_slots < 1 or max_step_s <= 0:
             raise ValueError("need min_margin_s >= 0, 0 < quantile < 0.5, window >= 5, quiet_slots >= 1, max_step_s > 0")
         self.min_margin_s = min_margin_s
@@ -37,14 +31,12 @@ class MarginControl:
         self.quiet_slots = quiet_slots
         self.max_step_s = max_step_s
         self.deadband_s = deadband_s
-        self.keeping_up = keeping_up
         self._slack: deque[float] = deque(maxlen=window)  # since the last move
         self._recent: deque[float] = deque(maxlen=window)  # for the stats (not cleared by a move)
         self._quiet = 0
         self.shifted_s = 0.0  # net move of the slot grid so far (negative: earlier, less latency)
         self.adjustments = 0
         self.last_low_s: float | None = None  # the slack's low quantile at the last decision
-        self.later_moves_held = 0  # later moves not made: the generator was behind its budget
 
     def observe(self, slack_s: float, quiet: bool) -> float:
         """One slot's slack; returns how far to move the slot grid now (seconds, 0.0: not now)."""
@@ -60,9 +52,6 @@ class MarginControl:
             return 0.0
         move = -float(np.clip(error, -self.max_step_s, self.max_step_s))
         self._slack.clear()  # judge the next step on slots after this one
-        if move > 0 and self.keeping_up is not None and not self.keeping_up():
-            self.later_moves_held += 1
-            return 0.0
         self.shifted_s += move
         self.adjustments += 1
         return move
@@ -89,5 +78,4 @@ class MarginControl:
             "jitter_ms": ms(self.jitter_s()),
             "slots_moved_ms": self.shifted_s * 1000.0,
             "adjustments": self.adjustments,
-            "later_moves_held": self.later_moves_held,
         }
