@@ -9,7 +9,6 @@ to the stream) in real time with a fake generator."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import numpy as np
@@ -19,10 +18,10 @@ from live_avatar.server.config import SessionConfig
 from live_avatar.server.media.margin import MarginControl
 from live_avatar.server.metrics import ServerMetrics
 from live_avatar.server.session import AvatarSession
+from tests.support.session_feed import SR, feed_in_real_time
 from tests.unit.test_stream_session import FakeGenerator
 
-SR, FPS, S = 16000, 25, 640
-PACKET = 320  # 20 ms, as a WebRTC peer sends them
+FPS, S = 25, 640
 
 
 class HiccupGenerator(FakeGenerator):
@@ -51,10 +50,7 @@ async def live_run(gen: FakeGenerator, program: np.ndarray, stream_config: Strea
     t0 = time.monotonic()
     stream.start(t0)
     try:
-        for i in range(0, program.size, PACKET):
-            await asyncio.sleep(max(0.0, t0 + (i + PACKET) / SR - time.monotonic()))
-            session.push_audio(program[i : i + PACKET], t_arrival=time.monotonic())
-        await asyncio.sleep(0.3)
+        await feed_in_real_time(session, program, t0)
         return session, session.stats()
     finally:
         await session.close("test over")
