@@ -115,7 +115,8 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
                     allow_slow: bool = False, detect=None) -> str | None:
     """``avatar preflight`` for the engine about to load: on a known GPU, or when ``gpu``/``gpu_memory`` is
     given. Returns a line to print (or None); raises PreflightRefused with the whole answer when the
-    configuration does not fit or cannot reach 25 fps, unless ``allow_slow``. Skipped for CPU/tiny runs."""
+    configuration does not fit or cannot reach 25 fps, unless ``allow_slow``. With no size in ``options``,
+    sets the largest live one there instead of refusing (_live_size_instead_of_default). Skipped for CPU/tiny runs."""
     if engine != "liveavatar" or options.get("tiny") or str(options.get("device") or "auto").startswith("cpu"):
         return None
     from live_avatar.core.engines.liveavatar.options import vae_compile_wanted
@@ -150,9 +151,26 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
     if result.ok:
         return (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps "
                 f"(an estimate from measured figures; avatar preflight for details)")
+    chosen = _live_size_instead_of_default(options, result.suggestion, allow_slow)
+    if chosen:
+        return chosen
     if allow_slow:
         return "starting anyway (--allow-slow):\n" + format_report(result)
     raise PreflightRefused("refused by the preflight check (--allow-slow starts anyway):\n" + format_report(result))
+
+
+def _live_size_instead_of_default(options: dict, suggestion: dict | None, allow_slow: bool) -> str | None:
+    """No size asked for: the engine's default (704*384, the reference's offline size) holds real time
+    on no single GPU, so a live server takes the largest size of the same aspect that does with the
+    options given (none added: FP8 or compile stay the user's choice). ``options`` gets that size."""
+    if options.get("size") or allow_slow or not suggestion or not suggestion.get("works_on_this_gpu") \
+            or suggestion.get("changes"):
+        return None
+    options["size"] = suggestion["size"]
+    return (f"preflight: no size given, and the default 704*384 cannot hold real time here: serving at "
+            f"{suggestion['size']}, the largest {suggestion['aspect']} "
+            f"size that does, about {suggestion['expected_fps']:.0f} fps, {suggestion['sessions']} session(s) "
+            f"(--engine-option size=W*H to choose; avatar preflight for details)")
 
 
 def run(args: argparse.Namespace) -> int:

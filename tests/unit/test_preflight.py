@@ -187,6 +187,28 @@ def test_serve_refuses_a_configuration_that_cannot_hold_real_time() -> None:
     assert ok.startswith("preflight: fits, 1 real-time session")
 
 
+def test_serve_with_no_size_takes_the_largest_live_size_with_the_options_given() -> None:
+    """704*384 (the engine's default, the reference's offline size) holds real time on no single GPU:
+    a live server asked for no size serves the largest that does, adding no option of its own."""
+    options = {"weights": "/x", "fp8": True, "compile": True}
+    said = serve.preflight_check("liveavatar", options, gpu="H200")
+    assert options["size"] == "320*512" and "serving at 320*512" in said and "704*384" in said
+    assert serve.preflight_check("liveavatar", options, gpu="H200").startswith("preflight: fits")  # as chosen
+    bf16 = {"weights": "/x"}
+    serve.preflight_check("liveavatar", bf16, gpu="H200")
+    w, h = map(int, bf16["size"].split("*"))
+    assert w * h < 320 * 512 and "fp8" not in bf16 and "compile" not in bf16  # smaller, not quietly FP8
+    # a size asked for is never changed; --allow-slow keeps the default
+    with pytest.raises(serve.PreflightRefused):
+        serve.preflight_check("liveavatar", {**options, "size": "704*384"}, gpu="H200")
+    slow = {"weights": "/x", "fp8": True, "compile": True}
+    assert serve.preflight_check("liveavatar", slow, gpu="H200", allow_slow=True).startswith("starting anyway")
+    assert "size" not in slow
+    # nothing holds real time in memory this small: refused, with what it would need
+    with pytest.raises(serve.PreflightRefused):
+        serve.preflight_check("liveavatar", {"weights": "/x", "fp8": True, "compile": True}, gpu_memory=24)
+
+
 def test_serve_checks_a_detected_known_gpu_and_skips_cpu_tiny_and_unknown() -> None:
     detected = lambda device: ("NVIDIA H100 80GB HBM3", 79.1)
     with pytest.raises(serve.PreflightRefused, match="does not fit"):
