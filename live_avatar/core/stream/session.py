@@ -464,7 +464,7 @@ class StreamSession:
                 if target is not None:  # behind the playout by more than a block: skip
                     self._skip_to(target)
                     continue
-                if not cfg.buffered and self._late_and_silent(f, need, now):  # lose a pause, not a word
+                if not cfg.buffered and self._late_and_silent(f, need, now, input_late):  # lose a pause, not a word
                     self._counters.silent_skipped += self.block_frames
                     self._skip_to(f + self.block_frames)
                     continue
@@ -677,11 +677,11 @@ class StreamSession:
             self._full_band.trim_before((keep_from - self._context) * self._fb_ratio)
         self._speech.forget_before(keep_from // S)
 
-    def _late_and_silent(self, f: int, need: int, now: float) -> bool:
-        """Live: block ``f`` would reach its slot, or is behind the input, by over ``silence_skip_late_s``,
-        its audio (lookahead included) is all there and none of it is speech."""
+    def _late_and_silent(self, f: int, need: int, now: float, input_late: float | None) -> bool:
+        """Live: block ``f`` would reach its slot, or is behind the input (``input_late``, from
+        _input_lateness_s), by over ``silence_skip_late_s``, its audio (lookahead included) is all there
+        and none of it is speech."""
         after = self.config.silence_skip_late_s
-        input_late = self._input_lateness_s(need, now)
         if after is None or input_late is None:  # None: its audio is not all there
             return False
         late = self._schedule.lateness(f, now)
