@@ -15,6 +15,10 @@ GPUs (--gpu) by bf16 TFLOP/s and memory bandwidth, or timed by a GPU's own measu
 has them (the H100 SXM): an estimate. Real time needs 25 fps (a 12-frame block within 480 ms, live overhead
 included). Speech-to-lips at best follows from the block, the lookahead (--lookahead) and the playout margin.
 
+A suggested size keeps 10 % of a block's budget free (--margin): a size at the budget's edge is live on
+one card and not on the next of the same name. A size asked for that holds 25 fps with less is answered
+yes, with the largest size that keeps the margin beside it.
+
 Exit status: 0 fits and holds real time; 1 does not (the answer names the nearest size that works);
 2 a bad request (unknown GPU, bad size)."""
 
@@ -44,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio past each block the live window waits for (engine option lookahead_s; default the "
                         "engine's 0.08): 0 takes 55 ms off speech-to-lips (measured), the block's last frames then "
                         "encoded without right context")
+    p.add_argument("--margin", type=float, default=None, metavar="SHARE",
+                   help="the share of a block's budget a suggested size keeps free (default 0.1, under which the server "
+                        "warns); a size asked for is judged at 25 fps, its margin shown")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         gpu_memory_gb=args.gpu_memory, gpus=args.gpus, live_factor=args.live_factor,
         text_encoder=not (args.random_weights or args.text_encoder_cpu), kv_layout=args.kv_layout,
         lookahead_s=args.lookahead,
+        **({} if args.margin is None else {"suggest_margin": args.margin}),
     )
     try:
         result = estimate(request)

@@ -149,8 +149,12 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
         lookahead_s=float(options["lookahead_s"]) if options.get("lookahead_s") is not None else None,
     ))
     if result.ok:
-        return (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps "
-                f"(an estimate from measured figures; avatar preflight for details)")
+        said = (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps, "
+                f"{result.compute_margin:.0%} compute margin (an estimate from measured figures; avatar preflight for details)")
+        if result.suggestion:  # real time, but with too thin a margin: what keeps one
+            said += (f"; under {result.suggestion['margin_asked_pct']:g}% a slower card or any hiccup costs frames: "
+                     f"{result.suggestion['size']} keeps {result.suggestion['compute_margin_pct']:.0f}%")
+        return said
     chosen = _live_size_instead_of_default(options, result.suggestion, allow_slow)
     if chosen:
         return chosen
@@ -162,14 +166,17 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
 def _live_size_instead_of_default(options: dict, suggestion: dict | None, allow_slow: bool) -> str | None:
     """No size asked for: the engine's default (704*384, the reference's offline size) holds real time
     on no single GPU, so a live server takes the largest size of the same aspect that does with the
-    options given (none added: FP8 or compile stay the user's choice). ``options`` gets that size."""
+    options given (none added: FP8 or compile stay the user's choice) and the compute margin under which
+    the server warns (a size at the budget's edge is live on one card and not on the next of the same
+    name: lent H100s ran 320x512 at 457-489 ms a block). ``options`` gets that size."""
     if options.get("size") or allow_slow or not suggestion or not suggestion.get("works_on_this_gpu") \
             or suggestion.get("changes"):
         return None
     options["size"] = suggestion["size"]
     return (f"preflight: no size given, and the default 704*384 cannot hold real time here: serving at "
-            f"{suggestion['size']}, the largest {suggestion['aspect']} "
-            f"size that does, about {suggestion['expected_fps']:.0f} fps, {suggestion['sessions']} session(s) "
+            f"{suggestion['size']}, the largest {suggestion['aspect']} size that does with a "
+            f"{suggestion['margin_asked_pct']:g}% compute margin ({suggestion['compute_margin_pct']:.0f}%), "
+            f"about {suggestion['expected_fps']:.0f} fps, {suggestion['sessions']} session(s) "
             f"(--engine-option size=W*H to choose; avatar preflight for details)")
 
 

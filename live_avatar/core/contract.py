@@ -57,6 +57,11 @@ class AudioBlock:
         return self.samples[self.context : self.context + self.num_frames * samples_per_frame]
 
 
+# Under this share of a block's real-time budget left free (its frames / fps, minus the compute), jitter
+# costs frames: live sessions and the start-up warm-up warn, and the preflight suggests sizes that keep it.
+LOW_COMPUTE_MARGIN = 0.10
+
+
 @dataclass
 class BlockTimings:
     audio_ready_at: float  # when the last sample this block needs had arrived

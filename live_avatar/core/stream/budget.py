@@ -14,11 +14,13 @@ from collections import deque
 
 import numpy as np
 
+from live_avatar.core.contract import LOW_COMPUTE_MARGIN
+
 logger = logging.getLogger(__name__)
 
 
 class ComputeBudget:
-    def __init__(self, block_s: float, *, window: int = 8, warn_below: float = 0.10, name: str = "session") -> None:
+    def __init__(self, block_s: float, *, window: int = 8, warn_below: float = LOW_COMPUTE_MARGIN, name: str = "session") -> None:
         self.block_s = block_s
         self.warn_below = warn_below
         self.name = name

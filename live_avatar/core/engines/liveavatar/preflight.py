@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from live_avatar.core.config_loading import ConfigError, from_mapping, read_yaml_mapping
+from live_avatar.core.contract import LOW_COMPUTE_MARGIN
 from live_avatar.resources import config_path
 
 from .audio_window import MAX_LOOKAHEAD_S, lookahead_samples
@@ -215,6 +216,9 @@ class PreflightRequest:
     text_encoder: bool = True  # a real checkpoint holds umT5-XXL on the GPU (unless text_encoder_device=cpu); random weights do not
     kv_layout: str = "contiguous"  # "compact": one sink copy instead of one per step (the table measured contiguous)
     lookahead_s: float | None = None  # the live window's audio past its block; None: the engine's default
+    # a suggested size keeps this share of a block's budget free (LOW_COMPUTE_MARGIN: under it the server warns, and
+    # a slower card of the same name or any hiccup costs frames); a size asked for is judged at 25 fps only
+    suggest_margin: float = LOW_COMPUTE_MARGIN
 
 
 @dataclass
@@ -253,11 +257,17 @@ class PreflightEstimate:
     def ok(self) -> bool:
         return self.fits and self.realtime
 
+    @property
+    def compute_margin(self) -> float:
+        """The share of a block's real-time budget left free by one session's live block."""
+        return 1.0 - self.block_ms * self.live_factor / BLOCK_VIDEO_MS
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "fits": self.fits, "realtime": self.realtime, "sessions": self.sessions,
             "sessions_by_memory_per_gpu": self.sessions_by_memory, "sessions_by_compute_per_gpu": self.sessions_by_compute,
             "expected_fps": round(self.expected_fps, 1), "target_fps": TARGET_FPS,
+            "compute_margin_pct": round(100 * self.compute_margin, 1),
             "speech_to_lips_floor_ms": round(self.speech_to_lips_floor_ms), "lookahead_ms": self.lookahead_ms,
             "lookahead_s": self.lookahead_s,
             "weights_gb": round(self.weights_gb, 2), "per_session_gb": round(self.per_session_gb, 2),
@@ -280,6 +290,8 @@ def estimate(request: PreflightRequest, table: PreflightTable | None = None, *, 
     live_factor = table.live_factor if request.live_factor is None else request.live_factor
     if live_factor < 1.0:
         raise PreflightError(f"--live-factor must be >= 1, got {live_factor}")
+    if not 0.0 <= request.suggest_margin < 1.0:
+        raise PreflightError(f"--margin must be 0 to 0.99 (a share of the block's budget), got {request.suggest_margin:g}")
     if request.lookahead_s is not None and not 0.0 <= request.lookahead_s <= MAX_LOOKAHEAD_S:
         raise PreflightError(f"--lookahead (engine option lookahead_s) must be 0 to {MAX_LOOKAHEAD_S:g} s, got {request.lookahead_s:g}")
     try:
@@ -291,7 +303,7 @@ def estimate(request: PreflightRequest, table: PreflightTable | None = None, *, 
     if request.fp8 and gpu is not None and not gpu.fp8:
         raise PreflightError(f"--fp8: the {gpu.name} has no FP8 tensor cores (the FP8 DiT needs Ada, Hopper or newer)")
     result = _evaluate(table, request, frame, request.fp8, request.compiled, gpu, reference, live_factor)
-    if suggest and not result.ok:
+    if suggest and (not result.ok or result.compute_margin < request.suggest_margin):
         result.suggestion = _suggest(table, request, result, gpu, reference, live_factor)
     return result
 
@@ -476,17 +488,25 @@ def _candidate_frames(aspect: str, largest_tokens: int, smallest_tokens: int) ->
 
 def _suggest(table: PreflightTable, request: PreflightRequest, result: PreflightEstimate, gpu: GpuSpec | None,
              reference: GpuSpec, live_factor: float) -> dict[str, Any]:
-    """The largest frame of the same aspect that works, first with the requested options, then with FP8
-    and/or compile where those are not on; failing that, the memory the smallest working frame needs."""
+    """The largest frame of the same aspect that works with the margin asked for (request.suggest_margin), else
+    at 25 fps with a thinner one, first with the requested options, then with FP8 and/or compile where those
+    are not on; failing that, the memory the smallest working frame needs."""
     fp8_ok = gpu is None or gpu.fp8
     variants = [(request.fp8, request.compiled), (request.fp8 or fp8_ok, request.compiled), (request.fp8, True), (request.fp8 or fp8_ok, True)]
     variants = list(dict.fromkeys(variants))
     frames = _candidate_frames(request.aspect, result.tokens, table.smallest_suggested_tokens)
+    if result.ok:  # asked for a size that holds 25 fps with too thin a margin: a smaller one that keeps it
+        frames = [f for f in frames if latent_tokens(f) < result.tokens]
+    # the options given first, even with a thinner margin: serve's size for a default must add no option
+    margins = (request.suggest_margin,) if result.ok else tuple(dict.fromkeys((request.suggest_margin, 0.0)))
     for fp8, compiled in variants:
-        for frame in frames:
-            r = _evaluate(table, request, frame, fp8, compiled, gpu, reference, live_factor)
-            if r.ok:
-                return _suggestion(r, request, fp8, compiled)
+        for margin in margins:
+            for frame in frames:
+                r = _evaluate(table, request, frame, fp8, compiled, gpu, reference, live_factor)
+                if r.ok and r.compute_margin >= margin:
+                    return _suggestion(r, request, fp8, compiled)
+    if result.ok:
+        return None  # no smaller size keeps the margin: nothing better to say
     fp8, compiled = variants[-1]
     for frame in reversed(frames):  # smallest first: the least memory that holds real time
         r = _evaluate(table, request, frame, fp8, compiled, gpu, reference, live_factor)
@@ -511,9 +531,12 @@ def _suggestion(r: PreflightEstimate, request: PreflightRequest, fp8: bool, comp
     timing = r.basis["timing"].split(" (")[0]  # measured, interpolated, extrapolated or estimated
     text = f"--size {size} --aspect {request.aspect}" + "".join(f" {c}" for c in changes)
     text += f" (frame {r.frame[0]}x{r.frame[1]}, {r.expected_fps:.1f} fps {timing}"
+    text += f", {r.compute_margin:.0%} margin" if r.realtime else ""
     text += f", {r.sessions} session{'s' if r.sessions != 1 else ''})" if r.ok else ")"
     return {"size": size, "frame": list(r.frame), "aspect": request.aspect, "fp8": fp8, "compiled": compiled,
             "changes": changes, "works_on_this_gpu": True, "expected_fps": round(r.expected_fps, 1), "timing": timing,
+            "compute_margin_pct": round(100 * r.compute_margin, 1),
+            "margin_asked_pct": round(100 * request.suggest_margin, 1),
             "sessions": r.sessions, "weights_gb": round(r.weights_gb, 2), "per_session_gb": round(r.per_session_gb, 2), "text": text}
 
 
@@ -535,7 +558,7 @@ def format_report(r: PreflightEstimate) -> str:
         f"  per session        {r.per_session_gb:6.1f} GB   (+ {r.headroom_gb:g} GB headroom)",
         f"  sessions by memory {r.sessions_by_memory:6d}      per GPU",
         (f"  block (12 frames)  {r.block_ms:6.0f} ms   direct; x{r.live_factor:g} live = {r.block_ms * r.live_factor:.0f} ms "
-         f"for {BLOCK_VIDEO_MS:.0f} ms of video"),
+         f"for {BLOCK_VIDEO_MS:.0f} ms of video" + (f": {r.compute_margin:.0%} margin" if r.realtime else "")),
         f"  expected fps       {r.expected_fps:6.1f}      one session ({TARGET_FPS:g} needed for real time)",
         f"  sessions by compute{r.sessions_by_compute:6d}      per GPU (sessions share it: total fps / {TARGET_FPS:g})",
         f"  sessions           {r.sessions:6d}      {'in all' if r.gpus > 1 else ''}".rstrip(),
@@ -558,7 +581,12 @@ def format_report(r: PreflightEstimate) -> str:
     else:
         lines.append(f"Answer: fits in memory ({r.sessions_by_memory} session{'s' if r.sessions_by_memory != 1 else ''}) "
                      f"but cannot hold real time: {r.expected_fps:.1f} fps < {TARGET_FPS:g}.")
-    if r.suggestion:
+    if r.suggestion and r.ok:
+        s = r.suggestion
+        lines.append(f"Margin: {r.compute_margin:.0%} of the block's budget is under {s['margin_asked_pct']:g}%: the "
+                     "server warns, and a slower card of the same name or any hiccup costs frames; the largest size "
+                     f"that keeps it: {s['text']}.")
+    elif r.suggestion:
         s = r.suggestion
         lines.append(("Nearest size that works: " if s.get("works_on_this_gpu") else "Suggestion: ") + s["text"] + ".")
     lines.extend(f"Note: {n}." for n in r.notes)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from live_avatar.core.contract import AudioBlock
+from live_avatar.core.contract import LOW_COMPUTE_MARGIN, AudioBlock
 
 if TYPE_CHECKING:
     from .engine import LiveAvatarEngine
@@ -49,7 +49,6 @@ MAX_WARMUP_SESSIONS = 3
 # Blocks of the timed session after the warm-up (the first, with its prefill, is not counted): how
 # fast this device is should be learnt at start-up, not from a viewer (see the module docstring).
 TIMED_BLOCKS = 8
-MARGIN_WARNING = 0.10  # as the live sessions' ComputeBudget
 
 
 @dataclass
@@ -69,7 +68,7 @@ class WarmupReport:
 
     @property
     def margin(self) -> float | None:
-        """1 - measured / budget: below MARGIN_WARNING a live session falls behind on any hiccup."""
+        """1 - measured / budget: below LOW_COMPUTE_MARGIN a live session falls behind on any hiccup."""
         if not self.measured_block_s or not self.budget_s:
             return None
         return 1.0 - self.measured_block_s / self.budget_s
@@ -88,13 +87,13 @@ class WarmupReport:
                      f"{self.budget_s * 1000:.0f} ms budget (margin {self.margin:+.0%})")
             if self.margin < 0:
                 text += ": slower than real time, live sessions will skip frames (a smaller --size is faster)"
-            elif self.margin < MARGIN_WARNING:
-                text += f": below {MARGIN_WARNING:.0%}, live sessions may fall behind on any hiccup"
+            elif self.margin < LOW_COMPUTE_MARGIN:
+                text += f": below {LOW_COMPUTE_MARGIN:.0%}, live sessions may fall behind on any hiccup"
         return text
 
     @property
     def needs_warning(self) -> bool:
-        return bool(self.graphs_in_last_session) or (self.margin is not None and self.margin < MARGIN_WARNING)
+        return bool(self.graphs_in_last_session) or (self.margin is not None and self.margin < LOW_COMPUTE_MARGIN)
 
 
 def warmup_audio_block(context: int, lookahead: int, first_frame: int, num_frames: int, seed: int) -> AudioBlock:
