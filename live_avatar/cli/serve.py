@@ -152,8 +152,9 @@ def preflight_check(engine: str, options: dict, gpu: str | None = None, gpu_memo
         said = (f"preflight: fits, {result.sessions} real-time session(s), about {result.expected_fps:.0f} fps, "
                 f"{result.compute_margin:.0%} compute margin (an estimate from measured figures; avatar preflight for details)")
         if result.suggestion:  # real time, but with too thin a margin: what keeps one
-            said += (f"; under {result.suggestion['margin_asked_pct']:g}% a slower card or any hiccup costs frames: "
-                     f"{result.suggestion['size']} keeps {result.suggestion['compute_margin_pct']:.0f}%")
+            s = result.suggestion
+            said += (f"; under {s['margin_asked_pct']:g}% a slower card or any hiccup costs frames: "
+                     + " ".join([f"size={s['size']}", *s["changes"]]) + f" keeps {s['compute_margin_pct']:.0f}%")
         return said
     chosen = _live_size_instead_of_default(options, result.suggestion, allow_slow)
     if chosen:
@@ -173,9 +174,11 @@ def _live_size_instead_of_default(options: dict, suggestion: dict | None, allow_
             or suggestion.get("changes"):
         return None
     options["size"] = suggestion["size"]
+    asked, margin = suggestion["margin_asked_pct"], suggestion["compute_margin_pct"]
+    kept = (f"with a {asked:g}% compute margin ({margin:.0f}%)" if margin >= asked else
+            f"({margin:.0f}% compute margin: no size of these options keeps {asked:g}%)")
     return (f"preflight: no size given, and the default 704*384 cannot hold real time here: serving at "
-            f"{suggestion['size']}, the largest {suggestion['aspect']} size that does with a "
-            f"{suggestion['margin_asked_pct']:g}% compute margin ({suggestion['compute_margin_pct']:.0f}%), "
+            f"{suggestion['size']}, the largest {suggestion['aspect']} size that does {kept}, "
             f"about {suggestion['expected_fps']:.0f} fps, {suggestion['sessions']} session(s) "
             f"(--engine-option size=W*H to choose; avatar preflight for details)")
 
