@@ -1,0 +1,85 @@
+"""The DiT's self-attention alone, per SDPA backend and dtype, at the live sizes' shapes (GPU).
+
+Attention is a quarter of a graphed FP8 block's GPU time at 320x512 (cuDNN's flash kernel, bf16:
+bench/results/liveavatar_h200_graphs.json). This times one self-attention call as a live block makes it
+(queries: the block's 3 latent frames; keys: the sink + the full KV ring) with each backend torch offers,
+in bf16 and, where a backend takes it, FP8 (e4m3) inputs: how much an FP8 or other attention could take
+off a block before anyone writes one. Numbers only; nothing here changes the engine.
+
+    python -m bench.attention_backends [--output bench/results/attention_backends_<gpu>.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HEADS, HEAD_DIM, LAYERS, STEPS = 40, 128, 40, 4
+# (frame, latent tokens per frame, sink tokens): the ring holds 4 blocks of 3 latent frames at most
+SIZES = {"320x512": (640, 1600), "384x640": (960, 2400)}
+
+
+def _time_ms(fn, repeats: int) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return 1000.0 * (time.perf_counter() - start) / repeats
+
+
+def run(repeats: int = 20) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "sizes": {}}
+    for size, (tokens, sink) in SIZES.items():
+        nq, nk = 3 * tokens, sink + 12 * tokens
+        flop = 4.0 * nq * nk * HEAD_DIM * HEADS
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g)
+                   for n in (nq, nk, nk))
+        reference = F.scaled_dot_product_attention(q, k, v).float()
+        rows = {}
+        for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp8_e4m3", torch.float8_e4m3fn)):
+            qq, kk, vv = (t.to(dtype) for t in (q, k, v))
+            for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+                key = f"{dtype_name}/{backend.name.lower()}"
+                try:
+                    with sdpa_kernel(backend):
+                        out = F.scaled_dot_product_attention(qq, kk, vv)
+                        ms = _time_ms(lambda q=qq, k=kk, v=vv: F.scaled_dot_product_attention(q, k, v), repeats)
+                except Exception as exc:  # a backend that does not take these inputs: say which and why
+                    rows[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                    continue
+                err = (out.float() - reference).abs()
+                rows[key] = {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1),
+                             "per_block_ms": round(ms * LAYERS * STEPS, 1),
+                             "max_abs_err_vs_bf16": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5)}
+        results["sizes"][size] = {"queries": nq, "keys": nk, "gflop_per_call": round(flop / 1e9, 1), "backends": rows}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--output", type=Path, default=None)
+    args = p.parse_args(argv)
+    results = run(args.repeats)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
