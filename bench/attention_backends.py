@@ -3,8 +3,9 @@
 Attention is a quarter of a graphed FP8 block's GPU time at 320x512 (cuDNN's flash kernel, bf16:
 bench/results/liveavatar_h200_graphs.json). This times one self-attention call as a live block makes it
 (queries: the block's 3 latent frames; keys: the sink + the full KV ring) with each backend torch offers,
-in bf16 and, where a backend takes it, FP8 (e4m3) inputs: how much an FP8 or other attention could take
-off a block before anyone writes one. Numbers only; nothing here changes the engine.
+in bf16 and, where a backend takes it, FP8 (e4m3) inputs, and SageAttention 1 (INT8 Q.K, where the
+``sageattention`` package is installed): how much a lower-precision attention could take off a block
+before the engine takes one up. Numbers only; nothing here changes the engine.
 
     python -m bench.attention_backends [--output bench/results/attention_backends_<gpu>.json]
 """
@@ -32,6 +33,19 @@ def _time_ms(fn, repeats: int) -> float:
         fn()
     torch.cuda.synchronize()
     return 1000.0 * (time.perf_counter() - start) / repeats
+
+
+def _sageattention(q, k, v, reference, flop: float, repeats: int) -> dict:
+    """SageAttention 1 (pip sageattention, Triton): Q and K quantised to INT8 per block, P.V in fp16."""
+    try:
+        from sageattention import sageattn
+    except ImportError:
+        return {"error": "sageattention not installed"}
+    out = sageattn(q, k, v, tensor_layout="HND")
+    ms = _time_ms(lambda: sageattn(q, k, v, tensor_layout="HND"), repeats)
+    err = (out.float() - reference).abs()
+    return {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1), "per_block_ms": round(ms * LAYERS * STEPS, 1),
+            "max_abs_err_vs_bf16": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5)}
 
 
 def run(repeats: int = 20) -> dict:
@@ -63,6 +77,7 @@ def run(repeats: int = 20) -> dict:
                 rows[key] = {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1),
                              "per_block_ms": round(ms * LAYERS * STEPS, 1),
                              "max_abs_err_vs_bf16": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5)}
+        rows["int8_qk/sageattention"] = _sageattention(q, k, v, reference, flop, repeats)
         results["sizes"][size] = {"queries": nq, "keys": nk, "gflop_per_call": round(flop / 1e9, 1), "backends": rows}
     return results
 
