@@ -207,7 +207,8 @@ def test_serve_refuses_a_configuration_that_cannot_hold_real_time() -> None:
 
 def test_serve_with_no_size_takes_the_largest_live_size_with_the_options_given() -> None:
     """704*384 (the engine's default, the reference's offline size) holds real time on no single GPU:
-    a live server asked for no size serves the largest that does, adding no option of its own."""
+    a live server asked for no size serves the largest that does with the 10 % compute margin the server
+    warns under, adding no option of its own."""
     options = {"weights": "/x", "fp8": True, "compile": True}
     said = serve.preflight_check("liveavatar", options, gpu="H200")
     # 320*512 holds 25 fps on the H200's figures, at a 4 % margin: the default keeps the 10 % the server warns under
