@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +26,7 @@ import numpy as np
 
 from bench import e2e
 from bench.forked import run_forked
+from bench.result_file import result_header, write_result
 from live_avatar.server.pause_watch import PauseWatch
 
 
@@ -93,17 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         runs["forked"].append(asyncio.run(loop_lag_during(lambda: run_forked(analyse))))
     medians = {mode: {key: float(np.median([r[key] for r in rs])) for key in ("analysis_s", "loop_lag_max_ms")}
                for mode, rs in runs.items()}
-    out = {"benchmark": "analysis_loop_lag", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "command": "python -m bench.analysis_loop_lag " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-           "seconds_received": args.seconds, "runs": runs, "medians": medians}
+    out = {**result_header("analysis_loop_lag", argv), "seconds_received": args.seconds, "runs": runs, "medians": medians}
     for mode, m in medians.items():
         print(f"{mode:7s} analysis {m['analysis_s']:.2f} s   loop woke late by up to {m['loop_lag_max_ms']:.1f} ms "
               f"(median of {args.repeats})")
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.output}")
+        write_result(args.output, out)
     return 0
 
 

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from bench.result_file import result_header, write_result
 from live_avatar.core.stream import StreamConfig, StreamSession
 from live_avatar.server.config import SessionConfig
 from live_avatar.server.media.margin import MarginControl
@@ -135,18 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in run.items() if k != "speech_to_lips_ms"}), run["speech_to_lips_ms"]["p50"],
               flush=True)
         runs.append(run)
-    result = {
-        "benchmark": "analysis_margin_deficit",
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python -m bench.analysis_margin_deficit " + " ".join(sys.argv[1:] if argv is None else argv),
+    write_result(args.output, {
+        **result_header("analysis_margin_deficit", argv),
         "config": {"over": args.over, "seconds": args.seconds, "recover_at_s": args.recover_at, "seed": args.seed,
                    "block_frames": BLOCK_FRAMES, "jitter": 0.05},
-        "machine": {"platform": platform.platform()},
         "runs": runs,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+    })
     return 0
 
 

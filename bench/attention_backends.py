@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from bench.result_file import result_header, write_result
+
 HEADS, HEAD_DIM, LAYERS, STEPS = 40, 128, 40, 4
 # (frame, latent tokens per frame, sink tokens): the ring holds 4 blocks of 3 latent frames at most
 SIZES = {"320x512": (640, 1600), "384x640": (960, 2400)}
@@ -35,17 +37,21 @@ def _time_ms(fn, repeats: int) -> float:
     return 1000.0 * (time.perf_counter() - start) / repeats
 
 
+def _timed_row(call, reference, flop: float, repeats: int) -> dict:
+    """One attention implementation: its time a call and a block, and its error against bf16 SDPA."""
+    err = (call().float() - reference).abs()
+    ms = _time_ms(call, repeats)
+    return {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1), "per_block_ms": round(ms * LAYERS * STEPS, 1),
+            "max_abs_err_vs_bf16": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5)}
+
+
 def _sageattention(q, k, v, reference, flop: float, repeats: int) -> dict:
     """SageAttention 1 (pip sageattention, Triton): Q and K quantised to INT8 per block, P.V in fp16."""
     try:
         from sageattention import sageattn
     except ImportError:
         return {"error": "sageattention not installed"}
-    out = sageattn(q, k, v, tensor_layout="HND")
-    ms = _time_ms(lambda: sageattn(q, k, v, tensor_layout="HND"), repeats)
-    err = (out.float() - reference).abs()
-    return {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1), "per_block_ms": round(ms * LAYERS * STEPS, 1),
-            "max_abs_err_vs_bf16": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5)}
+    return _timed_row(lambda: sageattn(q, k, v, tensor_layout="HND"), reference, flop, repeats)
 
 
 def run(repeats: int = 20) -> dict:
@@ -68,15 +74,10 @@ def run(repeats: int = 20) -> dict:
                 key = f"{dtype_name}/{backend.name.lower()}"
                 try:
                     with sdpa_kernel(backend):
-                        out = F.scaled_dot_product_attention(qq, kk, vv)
-                        ms = _time_ms(lambda q=qq, k=kk, v=vv: F.scaled_dot_product_attention(q, k, v), repeats)
+                        rows[key] = _timed_row(lambda q=qq, k=kk, v=vv: F.scaled_dot_product_attention(q, k, v),
+                                               reference, flop, repeats)
                 except Exception as exc:  # a backend that does not take these inputs: say which and why
                     rows[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-                    continue
-                err = (out.float() - reference).abs()
-                rows[key] = {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1),
-                             "per_block_ms": round(ms * LAYERS * STEPS, 1),
-                             "max_abs_err_vs_bf16": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5)}
         rows["int8_qk/sageattention"] = _sageattention(q, k, v, reference, flop, repeats)
         results["sizes"][size] = {"queries": nq, "keys": nk, "gflop_per_call": round(flop / 1e9, 1), "backends": rows}
     return results
@@ -87,12 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    results = run(args.repeats)
-    text = json.dumps(results, indent=1)
-    print(text)
+    results = {**result_header("attention_backends", argv), **run(args.repeats)}
+    print(json.dumps(results, indent=1))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+        write_result(args.output, results)
     return 0
 
 
